@@ -1,0 +1,1 @@
+"""Pure ML for digitbot: preprocessing, the CNN, recognition, training. No I/O beyond files."""

@@ -1,0 +1,97 @@
+"""Datasets on local disk: MNIST (read with torchvision's class) and Semeion. Never downloads."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.datasets import MNIST
+
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"
+
+
+def default_mnist_dir() -> Path:
+    return Path(os.environ.get("DIGITS_MNIST_DIR", DEFAULT_DATA_DIR / "mnist"))
+
+
+def default_semeion_path() -> Path:
+    return Path(os.environ.get("DIGITS_SEMEION_PATH", DEFAULT_DATA_DIR / "semeion" / "semeion.data"))
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "digitbot"
+
+
+def _find(directory: Path, name: str) -> Path:
+    for candidate in (directory / name, directory / f"{name}.gz",
+                      directory / "MNIST" / "raw" / name, directory / "MNIST" / "raw" / f"{name}.gz"):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"MNIST file {name}(.gz) not found under {directory}")
+
+
+def mnist_checksum(directory: str | Path | None = None) -> str:
+    """sha256 over the four MNIST files as found (gz or raw), in a fixed order."""
+    directory = Path(directory or default_mnist_dir())
+    digest = hashlib.sha256()
+    for name in MNIST_FILES:
+        path = _find(directory, name)
+        digest.update(path.name.encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def mnist_root(directory: str | Path | None = None) -> Path:
+    """A root that torchvision's MNIST class reads with download=False.
+
+    Accepts a folder of the four IDX files (gzip or not) or an existing torchvision root.
+    Gzipped files are decompressed once into a cache folder keyed by their checksum.
+    """
+    directory = Path(directory or default_mnist_dir())
+    if all((directory / "MNIST" / "raw" / name).exists() for name in MNIST_FILES):
+        return directory
+    root = _cache_root() / f"mnist-{mnist_checksum(directory)[:16]}"
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in MNIST_FILES:
+        target = raw / name
+        if target.exists():
+            continue
+        source = _find(directory, name)
+        tmp = raw / f".{name}.tmp"
+        opener = gzip.open if source.suffix == ".gz" else open
+        with opener(source, "rb") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        tmp.replace(target)
+    return root
+
+
+def load_mnist(train: bool, directory: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 (N,28,28), labels int64 (N,))."""
+    dataset = MNIST(str(mnist_root(directory)), train=train, download=False)
+    return dataset.data.clone(), dataset.targets.clone()
+
+
+def load_semeion(path: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Semeion digits as (images 16x16 uint8 0/255, labels, collection round).
+
+    Records come in six rounds of the digits 0..9 (about 20 records per digit per round), so the
+    round index groups samples collected together; use it to split "users" without overlap.
+    """
+    rows = np.loadtxt(path or default_semeion_path(), dtype=np.float32)
+    images = (rows[:, :256].reshape(-1, 16, 16) * 255).astype(np.uint8)
+    labels = rows[:, 256:266].argmax(axis=1).astype(np.int64)
+    rounds = np.concatenate([[0], np.cumsum((labels[1:] == 0) & (labels[:-1] == 9))])
+    return images, labels, rounds.astype(np.int64)

@@ -1,0 +1,145 @@
+"""The digit CNN and its checkpoint format.
+
+A checkpoint is a plain dict (weights, config, metrics, data checksum) saved with torch.save and
+always loaded with ``weights_only=True`` so that loading never executes pickled code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+# The early layers a personal fine-tune keeps frozen (weights and BatchNorm statistics).
+FROZEN_PREFIXES = ("conv1.", "bn1.", "conv2.", "bn2.")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    channels: tuple[int, int, int] = (32, 64, 128)
+    hidden: int = 256
+    dropout: float = 0.5
+    num_classes: int = 10
+
+
+class DigitNet(nn.Module):
+    """The seed's CNN: three 3x3 conv + BN + max-pool blocks, fc 1152 -> 256 -> 10."""
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        c1, c2, c3 = self.config.channels
+        self.conv1 = nn.Conv2d(1, c1, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c1)
+        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c2)
+        self.conv3 = nn.Conv2d(c2, c3, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c3)
+        self.fc1 = nn.Linear(c3 * 3 * 3, self.config.hidden)
+        self.dropout = nn.Dropout(self.config.dropout)
+        self.fc2 = nn.Linear(self.config.hidden, self.config.num_classes)
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen part during fine-tuning: conv1/conv2 blocks, (N,1,28,28) -> (N,C2,7,7)."""
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
+        return F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """The trainable part during fine-tuning: conv3 block and the classifier."""
+        h = F.max_pool2d(F.relu(self.bn3(self.conv3(h))), 2)
+        h = self.dropout(F.relu(self.fc1(h.flatten(1))))
+        return self.fc2(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x))
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 or [0,1] float images (N,28,28) or (N,1,28,28) -> normalised float (N,1,28,28)."""
+    x = images.float()
+    if images.dtype == torch.uint8:
+        x = x / 255.0
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    return (x - MNIST_MEAN) / MNIST_STD
+
+
+@dataclass
+class Checkpoint:
+    state_dict: dict[str, torch.Tensor]
+    config: ModelConfig = field(default_factory=ModelConfig)
+    metrics: dict[str, float] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "digitbot-checkpoint-v1",
+            "state_dict": self.state_dict,
+            "config": dataclasses.asdict(self.config),
+            "metrics": dict(self.metrics),
+            "meta": dict(self.meta),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Checkpoint:
+        if data.get("format") != "digitbot-checkpoint-v1":
+            raise ValueError("not a digitbot checkpoint")
+        config = dict(data["config"])
+        config["channels"] = tuple(config["channels"])
+        return cls(
+            state_dict=data["state_dict"],
+            config=ModelConfig(**config),
+            metrics=dict(data.get("metrics", {})),
+            meta=dict(data.get("meta", {})),
+        )
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(self.to_dict(), buffer)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> Checkpoint:
+        return cls.from_dict(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))
+
+    def save(self, path: str | Path) -> None:
+        """Atomic write: a crash or a full disk never leaves a half-written checkpoint behind."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(self.to_bytes())
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | Path) -> Checkpoint:
+        return cls.from_bytes(Path(path).read_bytes())
+
+    def build(self) -> DigitNet:
+        """A model in eval mode with these weights (partial state dicts fill in from nothing)."""
+        model = DigitNet(self.config)
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "base.pt"
+
+
+def load_base(path: str | Path | None = None) -> Checkpoint:
+    return Checkpoint.load(path or os.environ.get("DIGITBOT_BASE_WEIGHTS", DEFAULT_WEIGHTS))

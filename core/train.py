@@ -1,0 +1,144 @@
+"""Base-model training recipe: MNIST + batched augmentation, AdamW + OneCycle, weight EMA.
+
+Reproducible: one seed drives initialisation, shuffling and augmentation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from core.augment import AugmentConfig, augment
+from core.data import load_mnist, mnist_checksum
+from core.model import Checkpoint, DigitNet, ModelConfig, normalize
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.05
+    ema_decay: float = 0.999
+    seed: int = 1
+    train_subset: int = 0  # 0 = all 60,000; small values make a smoke run
+    test_subset: int = 0
+    threads: int = 0  # 0 = torch default
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             device: torch.device, batch_size: int = 1000) -> float:
+    """Accuracy of ``model`` on uint8 images (N,28,28)."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(images), batch_size):
+        x = normalize(images[start:start + batch_size].to(device))
+        correct += int((model(x).argmax(1).cpu() == labels[start:start + batch_size]).sum())
+    return correct / max(len(images), 1)
+
+
+def train_epoch(model: DigitNet, ema: AveragedModel, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler, images: torch.Tensor,
+                labels: torch.Tensor, config: TrainConfig, generator: torch.Generator,
+                device: torch.device, desc: str) -> float:
+    model.train()
+    order = torch.randperm(len(images), generator=generator)
+    total, count = 0.0, 0
+    batches = range(0, len(images) - config.batch_size + 1, config.batch_size)
+    for start in tqdm(batches, desc=desc, leave=False, mininterval=2.0):
+        index = order[start:start + config.batch_size]
+        x = images[index].to(device, non_blocking=True).float().unsqueeze(1) / 255.0
+        x = augment(x, config.augment, generator=generator if device.type == "cpu" else None)
+        x = (x - 0.1307) / 0.3081
+        y = labels[index].to(device, non_blocking=True)
+        loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        ema.update_parameters(model)
+        total += loss.item() * len(index)
+        count += len(index)
+    return total / max(count, 1)
+
+
+def train_base(config: TrainConfig, data_dir: str | Path | None = None,
+               log: Callable[[str], None] = print) -> tuple[Checkpoint, dict[str, list[float]]]:
+    """Train the base model; returns the checkpoint (EMA weights) and the training curves."""
+    torch.manual_seed(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = pick_device()
+    generator = torch.Generator().manual_seed(config.seed)
+    train_x, train_y = load_mnist(train=True, directory=data_dir)
+    test_x, test_y = load_mnist(train=False, directory=data_dir)
+    if config.train_subset:
+        train_x, train_y = train_x[:config.train_subset], train_y[:config.train_subset]
+    if config.test_subset:
+        test_x, test_y = test_x[:config.test_subset], test_y[:config.test_subset]
+    if device.type == "cuda":
+        train_x, train_y = train_x.to(device), train_y.to(device)
+
+    model = DigitNet(config.model).to(device)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = max(len(train_x) // config.batch_size, 1)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.2)
+
+    curves: dict[str, list[float]] = {"loss": [], "test_acc": [], "ema_test_acc": []}
+    started = time.time()
+    for epoch in range(1, config.epochs + 1):
+        loss = train_epoch(model, ema, optimizer, scheduler, train_x, train_y, config, generator,
+                           device, desc=f"epoch {epoch}/{config.epochs}")
+        acc = evaluate(model, test_x, test_y, device)
+        ema_acc = evaluate(ema.module, test_x, test_y, device)
+        curves["loss"].append(loss)
+        curves["test_acc"].append(acc)
+        curves["ema_test_acc"].append(ema_acc)
+        log(f"epoch {epoch:3d}  loss {loss:.4f}  test {acc:.4%}  ema {ema_acc:.4%}  "
+            f"{time.time() - started:.0f}s")
+
+    final: DigitNet = ema.module  # type: ignore[assignment]
+    state = {k: v.detach().cpu().clone() for k, v in final.state_dict().items()}
+    metrics = {"mnist_test_accuracy": curves["ema_test_acc"][-1],
+               "mnist_test_size": float(len(test_x)),
+               "train_seconds": time.time() - started}
+    meta = {"recipe": dataclasses.asdict(config), "data_sha256": mnist_checksum(data_dir),
+            "device": str(device), "torch": torch.__version__}
+    return Checkpoint(state_dict=state, config=config.model, metrics=metrics, meta=meta), curves
+
+
+def plot_curves(curves: dict[str, list[float]], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = range(1, len(curves["loss"]) + 1)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(epochs, curves["loss"])
+    left.set(title="training loss", xlabel="epoch")
+    right.plot(epochs, [100 * a for a in curves["test_acc"]], label="model")
+    right.plot(epochs, [100 * a for a in curves["ema_test_acc"]], label="EMA")
+    right.set(title="MNIST test accuracy (%)", xlabel="epoch")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""digitbot: the command line and the settings shared by bot/, storage/ and worker/."""

@@ -1,0 +1,50 @@
+"""One settings object, read from the environment (prefix DIGITBOT_) and an optional .env file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DIGITBOT_", env_file=".env", extra="ignore")
+
+    # Telegram / Bot API. No token: `digitbot run` starts the local Bot API emulator instead.
+    telegram_token: SecretStr | None = None
+    telegram_base_url: str = "https://api.telegram.org/bot"
+    telegram_base_file_url: str = "https://api.telegram.org/file/bot"
+    webhook_url: str | None = None  # set to run in webhook mode (scale-out)
+    webhook_listen: str = "127.0.0.1"
+    webhook_port: int = 8443
+    emulator_host: str = "127.0.0.1"
+    emulator_port: int = 8080
+    admin_ids: list[int] = Field(default_factory=list)
+
+    # Storage. Default: an SQLite file under data_dir, migrated at start-up.
+    data_dir: Path = PROJECT_ROOT / "var"
+    database_url: str | None = None
+    weights_dir: Path | None = None  # personal weights as files here instead of DB blobs
+    max_samples_per_user: int = 20_000
+
+    # Models and continual learning.
+    base_weights: Path = PROJECT_ROOT / "weights" / "base.pt"
+    finetune_interval_s: float = 60.0
+    finetune_min_labels: int = 10
+    celery_broker_url: str | None = None  # e.g. redis://127.0.0.1:6379/0 for scale-out workers
+    inference_threads: int = 2
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'digitbot.db').resolve()}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
