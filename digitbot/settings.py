@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     finetune_interval_s: float = 60.0
     finetune_min_labels: int = 10
     celery_broker_url: str | None = None  # e.g. redis://127.0.0.1:6379/0 for scale-out workers
+    finetune_lease_s: float = 120.0  # a running job whose heartbeat is older is re-queued
+    finetune_max_attempts: int = 3  # then the job is marked failed with its last error
     inference_threads: int = 2
 
     @property
