@@ -142,4 +142,5 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "base.pt"
 
 
 def load_base(path: str | Path | None = None) -> Checkpoint:
-    return Checkpoint.load(path or os.environ.get("DIGITBOT_BASE_WEIGHTS", DEFAULT_WEIGHTS))
+    """The base model: ``path``, else $DIGITBOT_BASE_WEIGHTS, else the shipped weights/base.pt."""
+    return Checkpoint.load(path or os.environ.get("DIGITBOT_BASE_WEIGHTS") or DEFAULT_WEIGHTS)

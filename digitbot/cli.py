@@ -26,6 +26,51 @@ def _cmd_train_base(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from core.model import load_base
+    from core.recognize import PersonalModel, Recognizer
+
+    recognizer = Recognizer(load_base(args.base))
+    personal = PersonalModel.from_bytes(Path(args.user_model).read_bytes()) if args.user_model else None
+    failures = 0
+    for index, name in enumerate(args.images):
+        path = Path(name)
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            reading_status, reading = f"unreadable: {error.strerror}", None
+        else:
+            reading = recognizer.read(data, personal)
+            reading_status = reading.status
+        record: dict[str, object] = {
+            "path": name,
+            "digits": reading.text if reading else "",
+            "confidences": [round(p.confidence, 4) for p in reading.predictions] if reading else [],
+            "sources": [p.source for p in reading.predictions] if reading else [],
+        }
+        if reading_status != "ok":
+            record["error"] = reading_status
+            failures += 1
+        if args.json:
+            print(json.dumps(record), flush=True)
+        elif reading is not None and reading_status == "ok":
+            shown = ", ".join(f"{p.digit} ({p.confidence:.0%} {p.source})" for p in reading.predictions)
+            print(f"{name}: {record['digits']}   [{shown}]")
+        else:
+            print(f"{name}: no digits read ({reading_status})")
+        if args.explain and reading is not None and reading.preprocessed is not None:
+            from core.explain import explain_figure
+
+            out = Path(args.explain)
+            if len(args.images) > 1:
+                out = out.with_name(f"{out.stem}-{index}{out.suffix}")
+            explain_figure(reading.preprocessed, [p.probabilities for p in reading.predictions], out)
+    return 1 if failures == len(args.images) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digitbot", description="Handwritten digit bot")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=0)
     train.add_argument("--dry-run", action="store_true", help="one short epoch on a subset")
     train.set_defaults(func=_cmd_train_base)
+
+    predict = sub.add_parser("predict", help="read the digits in images")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("--user-model", default=None, help="a personal checkpoint (digitbot finetune)")
+    predict.add_argument("--base", default=None, help="base checkpoint (default weights/base.pt)")
+    predict.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    predict.add_argument("--explain", default=None, metavar="OUT.png", help="write an explanation figure")
+    predict.set_defaults(func=_cmd_predict)
     return parser
 
 

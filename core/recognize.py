@@ -1,0 +1,137 @@
+"""Recognition: the base model plus an optional personal model, batched, with per-digit provenance.
+
+Both models share the frozen trunk (conv1/conv2 are never fine-tuned), so the trunk runs once per
+batch and only the heads run twice. The personal answer is used when its temperature-scaled
+confidence clears the personal model's threshold; otherwise the base model answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from core.model import Checkpoint, DigitNet, normalize
+
+if TYPE_CHECKING:
+    from core.preprocess import DigitCrop, Preprocessed
+
+BASE, PERSONAL = "base", "personal"
+DEFAULT_PERSONAL_THRESHOLD = 0.9
+
+
+@dataclass(frozen=True)
+class DigitPrediction:
+    digit: int
+    confidence: float
+    source: str  # BASE or PERSONAL
+    base_digit: int
+    base_confidence: float
+    probabilities: list[float]
+
+    def runner_up(self) -> int:
+        """The second most likely digit under the answering model (for "4 or 9?" replies)."""
+        order = np.argsort(self.probabilities)[::-1]
+        return int(order[1])
+
+
+@dataclass
+class PhotoReading:
+    status: str
+    predictions: list[DigitPrediction] = field(default_factory=list)
+    crops: list[DigitCrop] = field(default_factory=list)
+    preprocessed: Preprocessed | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(str(p.digit) for p in self.predictions)
+
+
+class PersonalModel:
+    """A user's fine-tuned head with its calibration; merged with the base weights on first use."""
+
+    def __init__(self, checkpoint: Checkpoint, *, version: int | None = None) -> None:
+        self.checkpoint = checkpoint
+        self.version = version
+        self.temperature = float(checkpoint.meta.get("temperature", 1.0))
+        self.threshold = float(checkpoint.meta.get("threshold", DEFAULT_PERSONAL_THRESHOLD))
+        self._model: DigitNet | None = None
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, *, version: int | None = None) -> PersonalModel:
+        return cls(Checkpoint.from_bytes(blob), version=version)
+
+    def model(self, base: Checkpoint, device: torch.device) -> DigitNet:
+        if self._model is None:
+            state = dict(base.state_dict)
+            state.update(self.checkpoint.state_dict)  # personal checkpoints hold only the head
+            model = DigitNet(base.config)
+            model.load_state_dict(state)
+            self._model = model.to(device).eval()
+        return self._model
+
+
+class Recognizer:
+    def __init__(self, base: Checkpoint, *, device: str = "cpu", base_temperature: float | None = None) -> None:
+        self.base = base
+        self.device = torch.device(device)
+        self.model = base.build().to(self.device)
+        self.base_temperature = float(
+            base_temperature if base_temperature is not None else base.meta.get("temperature", 1.0))
+
+    @torch.inference_mode()
+    def probabilities(self, images: np.ndarray, personal: PersonalModel | None = None
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated class probabilities (N,10) of the base and (if given) the personal model."""
+        x = normalize(torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))).to(self.device)
+        trunk = self.model.trunk(x)
+        base = F.softmax(self.model.head(trunk) / self.base_temperature, dim=1).cpu().numpy()
+        if personal is None:
+            return base, None
+        head = personal.model(self.base, self.device).head(trunk)
+        return base, F.softmax(head / personal.temperature, dim=1).cpu().numpy()
+
+    def classify(self, images: np.ndarray | Sequence[np.ndarray],
+                 personal: PersonalModel | None = None) -> list[DigitPrediction]:
+        stacked = np.stack(list(images)) if not isinstance(images, np.ndarray) else images
+        if len(stacked) == 0:
+            return []
+        base, own = self.probabilities(stacked, personal)
+        results = []
+        for i in range(len(stacked)):
+            base_digit = int(base[i].argmax())
+            base_conf = float(base[i, base_digit])
+            if own is not None and personal is not None and float(own[i].max()) >= personal.threshold:
+                probs, source = own[i], PERSONAL
+            else:
+                probs, source = base[i], BASE
+            digit = int(probs.argmax())
+            results.append(DigitPrediction(
+                digit=digit, confidence=float(probs[digit]), source=source, base_digit=base_digit,
+                base_confidence=base_conf, probabilities=[round(float(p), 6) for p in probs]))
+        return results
+
+    def read(self, data: bytes, personal: PersonalModel | None = None) -> PhotoReading:
+        return self.read_many([data], personal)[0]
+
+    def read_many(self, photos: Sequence[bytes], personal: PersonalModel | None = None) -> list[PhotoReading]:
+        """Preprocess every photo, then classify all their digits in one batch."""
+        from core.preprocess import preprocess
+
+        prepared = [preprocess(data) for data in photos]
+        crops = [crop for pre in prepared if pre.status == "ok" for crop in pre.digits]
+        predictions = self.classify([c.image for c in crops], personal) if crops else []
+        readings, cursor = [], 0
+        for pre in prepared:
+            if pre.status != "ok":
+                readings.append(PhotoReading(status=pre.status, preprocessed=pre))
+                continue
+            count = len(pre.digits)
+            readings.append(PhotoReading(status="ok", predictions=predictions[cursor:cursor + count],
+                                         crops=list(pre.digits), preprocessed=pre))
+            cursor += count
+        return readings
