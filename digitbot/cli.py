@@ -71,6 +71,28 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failures == len(args.images) else 0
 
 
+def _cmd_worker(args: argparse.Namespace) -> int:
+    import logging
+
+    from digitbot.settings import get_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    if args.celery:
+        if not settings.celery_broker_url:
+            print("digitbot worker --celery needs DIGITBOT_CELERY_BROKER_URL (e.g. redis://127.0.0.1:6379/0)",
+                  file=sys.stderr)
+            return 2
+        from worker.celery_app import run_celery_worker
+
+        run_celery_worker(settings, concurrency=args.concurrency)
+    else:
+        from worker.runner import run_local_worker
+
+        run_local_worker(settings)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digitbot", description="Handwritten digit bot")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="one JSON object per image per line")
     predict.add_argument("--explain", default=None, metavar="OUT.png", help="write an explanation figure")
     predict.set_defaults(func=_cmd_predict)
+
+    work = sub.add_parser("worker", help="run fine-tune jobs (GPU when present, CPU otherwise)")
+    work.add_argument("--celery", action="store_true", help="consume jobs from Celery (scale-out)")
+    work.add_argument("--concurrency", type=int, default=1, help="Celery worker processes")
+    work.set_defaults(func=_cmd_worker)
     return parser
 
 

@@ -1,0 +1,121 @@
+"""Scale-out: fine-tune jobs carried by Celery (Redis broker) to `digitbot worker --celery` processes.
+
+The database job row stays the source of truth: a Celery message only says "job N may be run
+now". Delivery guarantees come from Celery (acks late, re-delivery when a worker process dies,
+Redis visibility timeout when a whole worker machine disappears) and from the job row (claimed
+with a compare-and-set, heartbeat lease re-queued by the sweep), so a job is never lost and a
+duplicate message never trains a user's model twice at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+from celery import Celery
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError as DatabaseUnavailable
+
+from digitbot.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "digitbot.finetune"
+QUEUE = "finetune"
+# Errors meaning "the broker is unreachable": the job stays queued in the database.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuOperationalError, RedisError, ConnectionError, OSError)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    # The visibility timeout must exceed the longest fine-tune, or Redis hands the unacked
+    # message to a second worker while the first is still training (the DB claim would then
+    # make the second one skip, but it would waste a worker slot).
+    visibility_timeout = max(3600, int(settings.finetune_lease_s * 10))
+    return {
+        "broker_url": settings.celery_broker_url,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_retry_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,
+        "task_default_queue": QUEUE,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 3,
+        "broker_transport_options": {
+            "visibility_timeout": visibility_timeout,
+            "socket_connect_timeout": 3,
+            "socket_timeout": 10,
+            # Publishing never blocks a sweep for long when Redis is down.
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
+        },
+        "worker_hijack_root_logger": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+    }
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    celery = Celery("digitbot")
+    celery.conf.update(celery_config(settings))
+    return celery
+
+
+app = make_celery()
+
+
+def worker_identity() -> str:
+    return f"celery:{socket.gethostname()}:{os.getpid()}"
+
+
+@app.task(
+    name=TASK_NAME,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    retry_on_worker_lost=True,
+    autoretry_for=(DatabaseUnavailable,),
+    retry_backoff=5,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=8,
+)
+def finetune_task(self: Any, job_id: int) -> dict[str, Any]:
+    """Run fine-tune job `job_id` (a no-op when another worker holds it or it already ended)."""
+    from worker.jobs import run_job
+
+    outcome = run_job(job_id, settings=get_settings(), worker_id=worker_identity())
+    log.info("job %s: %s", job_id, outcome.state)
+    return outcome.as_dict()
+
+
+def publish(job_id: int, *, celery: Celery | None = None) -> bool:
+    """Send job `job_id` to the Celery queue; False (logged) when the broker is unreachable."""
+    celery = celery or app
+    try:
+        celery.send_task(TASK_NAME, args=[job_id], queue=QUEUE,
+                         retry=True, retry_policy={"max_retries": 1, "interval_start": 0,
+                                                   "interval_step": 0.5, "interval_max": 1})
+    except BROKER_ERRORS as exc:
+        log.warning("broker unreachable, fine-tune job %s stays queued in the database and is "
+                    "published again at the next sweep: %s", job_id, exc)
+        return False
+    return True
+
+
+def run_celery_worker(settings: Settings, *, concurrency: int = 1, loglevel: str = "INFO") -> None:
+    """The `digitbot worker --celery` process: consumes fine-tune tasks until stopped."""
+    celery = app
+    celery.conf.update(celery_config(settings))
+    celery.worker_main([
+        "worker", f"--loglevel={loglevel}", f"--concurrency={concurrency}", "--pool=prefork",
+        "-Q", QUEUE, "--without-gossip", "--without-mingle",
+        f"--hostname=digitbot-finetune@{socket.gethostname()}",
+    ])

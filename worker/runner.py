@@ -1,0 +1,182 @@
+"""Where fine-tune jobs run: the embedded local worker (default) or Celery workers (scale-out).
+
+`start_embedded` is what `digitbot run` starts next to the bot: the APScheduler sweep plus a
+dispatcher. Without `Settings.celery_broker_url` jobs run in one local worker thread of this
+process; with it they are published to Celery and `digitbot worker --celery` processes run them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from digitbot.settings import Settings
+from worker.scheduler import (
+    FinetuneRequest,
+    FinetuneScheduler,
+    Notify,
+    SessionFactory,
+    Sweeper,
+    default_session_factory,
+    request_finetune,
+)
+
+log = logging.getLogger(__name__)
+
+
+class LocalDispatcher:
+    """Runs jobs one at a time in a worker thread of this process (the embedded default)."""
+
+    def __init__(self, settings: Settings, session_factory: SessionFactory, *,
+                 on_done: Callable[[], None] | None = None, worker_id: str = "local") -> None:
+        self._settings = settings
+        self._session_factory = session_factory
+        self._on_done = on_done
+        self._worker_id = worker_id
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finetune")
+        self._in_flight: set[int] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, job_ids: Sequence[int]) -> list[int]:
+        submitted = []
+        with self._lock:
+            for job_id in job_ids:
+                if job_id in self._in_flight:
+                    continue
+                self._in_flight.add(job_id)
+                future = self._executor.submit(self._run, job_id)
+                future.add_done_callback(lambda f, job_id=job_id: self._finished(job_id, f))
+                submitted.append(job_id)
+        return submitted
+
+    def _run(self, job_id: int) -> None:
+        from worker.jobs import run_job
+
+        outcome = run_job(job_id, settings=self._settings, worker_id=self._worker_id,
+                          session_factory=self._session_factory)
+        log.info("fine-tune job %s: %s %s", job_id, outcome.state, outcome.reason or "")
+
+    def _finished(self, job_id: int, future: Future[None]) -> None:
+        with self._lock:
+            self._in_flight.discard(job_id)
+        if future.exception() is not None:
+            log.error("fine-tune job %s crashed the local worker thread", job_id,
+                      exc_info=future.exception())
+        if self._on_done is not None:
+            self._on_done()
+
+    def idle(self) -> bool:
+        with self._lock:
+            return not self._in_flight
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._executor.shutdown(wait=wait, cancel_futures=True)
+
+
+class CeleryDispatcher:
+    """Publishes queued jobs to Celery; a job still queued after `republish_after_s` is sent again
+    (its message may have been lost with Redis), a duplicate is harmless (the claim is a CAS)."""
+
+    def __init__(self, settings: Settings, *, republish_after_s: float | None = None) -> None:
+        from worker.celery_app import make_celery
+
+        self._celery = make_celery(settings)
+        self._republish_after_s = republish_after_s if republish_after_s is not None \
+            else settings.finetune_lease_s
+        self._published: dict[int, float] = {}
+
+    def __call__(self, job_ids: Sequence[int]) -> list[int]:
+        from worker.celery_app import publish
+
+        now = time.monotonic()
+        self._published = {j: t for j, t in self._published.items() if j in set(job_ids)}
+        sent = []
+        for job_id in job_ids:
+            last = self._published.get(job_id)
+            if last is not None and now - last < self._republish_after_s:
+                continue
+            if not publish(job_id, celery=self._celery):
+                break  # the broker is down: the rest stay queued too, retried next sweep
+            self._published[job_id] = now
+            sent.append(job_id)
+        return sent
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._celery.close()
+
+
+@dataclass
+class WorkerHandle:
+    """What `start_embedded` returns: stop it on shutdown; `request_finetune` serves /train."""
+
+    settings: Settings
+    sweeper: Sweeper
+    scheduler: FinetuneScheduler
+    dispatcher: LocalDispatcher | CeleryDispatcher
+    session_factory: SessionFactory
+
+    def request_finetune(self, telegram_id: int) -> FinetuneRequest:
+        request = request_finetune(telegram_id, settings=self.settings, session_factory=self.session_factory)
+        if request.accepted:
+            self.scheduler.wake()
+        return request
+
+    def sweep_now(self) -> None:
+        self.scheduler.wake()
+
+    def stop(self, wait: bool = True) -> None:
+        self.scheduler.stop()
+        self.dispatcher.shutdown(wait=wait)
+
+
+def start_embedded(settings: Settings, *, notify: Notify | None = None,
+                   session_factory: SessionFactory | None = None, first_sweep_delay_s: float = 1.0
+                   ) -> WorkerHandle:
+    """Start the fine-tune sweep and its dispatcher in this process; returns a handle to stop them."""
+    factory = session_factory or default_session_factory(settings)
+    scheduler_ref: list[FinetuneScheduler] = []
+
+    def after_job() -> None:  # deliver the promotion message and pick up the next job now
+        if scheduler_ref:
+            scheduler_ref[0].wake()
+
+    dispatcher: LocalDispatcher | CeleryDispatcher
+    if settings.celery_broker_url:
+        dispatcher = CeleryDispatcher(settings)
+        log.info("fine-tune jobs go to Celery at %s", _redact(settings.celery_broker_url))
+    else:
+        dispatcher = LocalDispatcher(settings, factory, on_done=after_job)
+        log.info("fine-tune jobs run in the embedded local worker")
+    sweeper = Sweeper(settings, session_factory=factory, dispatch=dispatcher, notify=notify)
+    scheduler = FinetuneScheduler(sweeper, interval_s=settings.finetune_interval_s,
+                                  first_run_delay_s=first_sweep_delay_s)
+    scheduler_ref.append(scheduler)
+    scheduler.start()
+    return WorkerHandle(settings=settings, sweeper=sweeper, scheduler=scheduler, dispatcher=dispatcher,
+                        session_factory=factory)
+
+
+def run_local_worker(settings: Settings, *, notify: Notify | None = None) -> None:
+    """`digitbot worker`: sweep and run jobs in the foreground until interrupted."""
+    handle = start_embedded(settings, notify=notify, first_sweep_delay_s=0.0)
+    stop = threading.Event()
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        log.info("stopping the fine-tune worker")
+    finally:
+        handle.stop()
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<broker url>"

@@ -1,0 +1,197 @@
+"""The fine-tune sweep: an APScheduler job that turns "enough new labels" into fine-tune jobs.
+
+Every `Settings.finetune_interval_s` one sweep (max_instances=1, coalesce=True, so sweeps never
+overlap or pile up):
+1. re-queues running jobs whose heartbeat is older than `Settings.finetune_lease_s` (their
+   worker died) or fails them after `Settings.finetune_max_attempts` runs;
+2. creates a job for every user with >= `Settings.finetune_min_labels` labels since their last
+   run (the database allows one open job per user, so concurrent sweeps cannot double it);
+3. hands every queued job to the dispatcher (the local worker, or Celery; when Redis is down the
+   jobs simply stay queued and the next sweep tries again);
+4. delivers promotion notifications not yet sent (an outbox on the job row), so a job that ran
+   on a Celery worker elsewhere still reaches the user.
+Every sweep is safe to run concurrently from several processes (bot replicas).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from digitbot.settings import Settings, get_settings
+from storage import repository as repo
+
+log = logging.getLogger(__name__)
+
+SessionFactory = sessionmaker[Session]
+Notify = Callable[[int, dict[str, Any]], Any]
+Dispatch = Callable[[Sequence[int]], list[int]]
+SWEEP_JOB_ID = "finetune-sweep"
+# /train accepts fewer labels than the sweep waits for, but not so few that nothing can be learnt.
+MIN_LABELS_ON_REQUEST = 5
+
+
+def default_session_factory(settings: Settings) -> SessionFactory:
+    from storage.db import init_db
+
+    return init_db(settings)
+
+
+@dataclass
+class SweepReport:
+    requeued: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    created: list[int] = field(default_factory=list)
+    dispatched: list[int] = field(default_factory=list)
+    waiting: list[int] = field(default_factory=list)  # queued but not handed over this time
+    notified: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FinetuneRequest:
+    accepted: bool
+    reason: str  # "queued" | "already_queued" | "not_enough_labels" | "unknown_user"
+    job_id: int | None = None
+    labels: int = 0
+    needed: int = 0
+
+
+class Sweeper:
+    def __init__(self, settings: Settings, *, session_factory: SessionFactory, dispatch: Dispatch,
+                 notify: Notify | None = None) -> None:
+        self.settings = settings
+        self.session_factory = session_factory
+        self.dispatch = dispatch
+        self.notify = notify
+
+    def sweep(self) -> SweepReport:
+        report = SweepReport()
+        now = datetime.now(UTC)
+        stale_before = now - timedelta(seconds=self.settings.finetune_lease_s)
+        with self.session_factory.begin() as session:
+            requeued, failed = repo.requeue_stale_jobs(
+                session, stale_before=stale_before, max_attempts=self.settings.finetune_max_attempts)
+        report.requeued, report.failed = list(requeued), list(failed)
+        for job_id in report.requeued:
+            log.warning("fine-tune job %s: its worker stopped sending heartbeats; re-queued", job_id)
+        for job_id in report.failed:
+            log.error("fine-tune job %s: failed after %d attempts", job_id,
+                      self.settings.finetune_max_attempts)
+
+        with self.session_factory() as session:
+            due = repo.users_due_for_finetune(session, min_labels=self.settings.finetune_min_labels)
+        for user_id in due:
+            job_id = self._create_job(user_id)
+            if job_id is not None:
+                report.created.append(job_id)
+
+        with self.session_factory() as session:
+            queued = list(repo.queued_job_ids(session))
+        if queued:
+            report.dispatched = list(self.dispatch(queued))
+            report.waiting = [j for j in queued if j not in set(report.dispatched)]
+        report.notified = self.deliver_notifications()
+        if report.created or report.requeued or report.failed or report.dispatched:
+            log.info("fine-tune sweep: %d created, %d re-queued, %d failed, %d dispatched, %d waiting",
+                     len(report.created), len(report.requeued), len(report.failed),
+                     len(report.dispatched), len(report.waiting))
+        return report
+
+    def safe_sweep(self) -> SweepReport | None:
+        """The scheduled entry point: a sweep that fails (database down) is logged, never raised."""
+        try:
+            return self.sweep()
+        except SQLAlchemyError as exc:
+            log.warning("fine-tune sweep skipped, the database is unavailable (next sweep retries): %s",
+                        exc.__class__.__name__)
+        except Exception:
+            log.exception("fine-tune sweep failed; the next sweep retries")
+        return None
+
+    def _create_job(self, user_id: int) -> int | None:
+        try:
+            with self.session_factory.begin() as session:
+                return repo.create_finetune_job(session, user_id=user_id)
+        except repo.JobAlreadyOpen:
+            return None  # another sweep (or /train) got there first: debounced by the database
+
+    def deliver_notifications(self) -> list[int]:
+        if self.notify is None:
+            return []
+        delivered = []
+        with self.session_factory() as session:
+            pending = list(repo.unnotified_promotions(session))
+        for note in pending:
+            with self.session_factory.begin() as session:
+                if not repo.mark_notified(session, job_id=note.job_id):
+                    continue  # another process took this one
+            try:
+                self.notify(note.telegram_id, note.summary)
+                delivered.append(note.job_id)
+            except Exception:
+                log.exception("notifying user of fine-tune job %s failed", note.job_id)
+        return delivered
+
+
+def request_finetune(telegram_id: int, *, settings: Settings | None = None,
+                     session_factory: SessionFactory | None = None) -> FinetuneRequest:
+    """The bot's /train: queue a fine-tune now if the user has a few labels, else say why not."""
+    settings = settings or get_settings()
+    factory = session_factory or default_session_factory(settings)
+    needed = min(MIN_LABELS_ON_REQUEST, settings.finetune_min_labels)
+    with factory() as session:
+        user_id = repo.user_id_for(session, telegram_id=telegram_id)
+        if user_id is None:
+            return FinetuneRequest(False, "unknown_user", needed=needed)
+        labels = repo.count_labels(session, user_id=user_id)
+        open_job = repo.open_job_id(session, user_id=user_id)
+    if open_job is not None:
+        return FinetuneRequest(True, "already_queued", job_id=open_job, labels=labels, needed=needed)
+    if labels < needed:
+        return FinetuneRequest(False, "not_enough_labels", labels=labels, needed=needed)
+    try:
+        with factory.begin() as session:
+            job_id = repo.create_finetune_job(session, user_id=user_id)
+    except repo.JobAlreadyOpen:
+        with factory() as session:
+            open_job = repo.open_job_id(session, user_id=user_id)
+        return FinetuneRequest(True, "already_queued", job_id=open_job, labels=labels, needed=needed)
+    return FinetuneRequest(True, "queued", job_id=job_id, labels=labels, needed=needed)
+
+
+class FinetuneScheduler:
+    """APScheduler's BackgroundScheduler running `Sweeper.safe_sweep` every `interval_s`."""
+
+    def __init__(self, sweeper: Sweeper, *, interval_s: float, first_run_delay_s: float = 1.0) -> None:
+        self.sweeper = sweeper
+        self.interval_s = interval_s
+        self.first_run_delay_s = first_run_delay_s
+        self._scheduler = BackgroundScheduler(timezone=UTC)
+        self._wake_lock = threading.Lock()
+
+    def start(self) -> None:
+        self._scheduler.add_job(
+            self.sweeper.safe_sweep, "interval", seconds=self.interval_s, id=SWEEP_JOB_ID,
+            max_instances=1, coalesce=True, misfire_grace_time=None,
+            next_run_time=datetime.now(UTC) + timedelta(seconds=self.first_run_delay_s))
+        self._scheduler.start()
+
+    def wake(self) -> None:
+        """Run a sweep as soon as possible (after /train or a finished job)."""
+        with self._wake_lock:
+            if self._scheduler.running:
+                self._scheduler.add_job(self.sweeper.safe_sweep, id=f"{SWEEP_JOB_ID}-now",
+                                        replace_existing=True, max_instances=1, coalesce=True,
+                                        misfire_grace_time=None)
+
+    def stop(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=True)
