@@ -1,0 +1,128 @@
+"""Files held by the emulator: uploads from users and the bot, photo sizes, getFile paths."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import mimetypes
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+# Telegram's getFile limit for bots; bigger files get "Bad Request: file is too big".
+MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
+# The downscaled photo sizes Telegram generates (longest side), smallest first.
+PHOTO_SIDES = (90, 320, 800, 1280)
+
+
+@dataclass
+class StoredFile:
+    file_id: str
+    file_unique_id: str
+    data: bytes
+    file_path: str
+    mime_type: str
+
+    @property
+    def file_size(self) -> int:
+        return len(self.data)
+
+
+class FileStore:
+    def __init__(self) -> None:
+        self._counter = itertools.count(1)
+        self.by_id: dict[str, StoredFile] = {}
+        self.by_path: dict[str, StoredFile] = {}
+
+    def clear(self) -> None:
+        self.by_id.clear()
+        self.by_path.clear()
+
+    def add(self, data: bytes, *, folder: str, file_name: str | None = None,
+            mime_type: str | None = None) -> StoredFile:
+        number = next(self._counter)
+        extension = _extension(file_name, mime_type, data)
+        unique = hashlib.sha256(data).hexdigest()[:16]
+        stored = StoredFile(
+            file_id=f"EMU{number:06d}{secrets.token_urlsafe(18)}",
+            file_unique_id=f"U{unique}",
+            data=data,
+            file_path=f"{folder}/file_{number}{extension}",
+            mime_type=mime_type or mimetypes.guess_type(f"x{extension}")[0] or "application/octet-stream",
+        )
+        self.by_id[stored.file_id] = stored
+        self.by_path[stored.file_path] = stored
+        return stored
+
+    def get(self, file_id: str) -> StoredFile | None:
+        return self.by_id.get(file_id)
+
+    def add_photo(self, data: bytes) -> list[dict[str, Any]] | None:
+        """Telegram's `photo` array: downscaled JPEG sizes plus the original, smallest first.
+
+        The original bytes are kept as the largest size (Telegram would recompress them), so a
+        test can send an oversized photo and check the bot falls back to a smaller size.
+        Returns None when the bytes are not a decodable image.
+        """
+        image = decode_image(data)
+        if image is None:
+            return None
+        height, width = image.shape[:2]
+        sizes: list[dict[str, Any]] = []
+        for side in PHOTO_SIDES:
+            scale = side / max(height, width)
+            if scale >= 1:
+                break
+            small = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
+                               interpolation=cv2.INTER_AREA)
+            ok, encoded = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 87])
+            if ok:
+                sizes.append(self._photo_size(encoded.tobytes(), small.shape[1], small.shape[0]))
+        sizes.append(self._photo_size(data, width, height))
+        return sizes
+
+    def _photo_size(self, data: bytes, width: int, height: int) -> dict[str, Any]:
+        stored = self.add(data, folder="photos", mime_type=_sniff_mime(data) or "image/jpeg")
+        return {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id,
+                "width": width, "height": height, "file_size": stored.file_size}
+
+    def add_document(self, data: bytes, *, file_name: str | None, mime_type: str | None) -> dict[str, Any]:
+        mime = mime_type or _sniff_mime(data) or mimetypes.guess_type(file_name or "")[0]
+        stored = self.add(data, folder="documents", file_name=file_name, mime_type=mime)
+        document: dict[str, Any] = {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id,
+                                    "file_size": stored.file_size, "mime_type": stored.mime_type}
+        if file_name:
+            document["file_name"] = file_name
+        return document
+
+
+def decode_image(data: bytes) -> np.ndarray | None:
+    if not data:
+        return None
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    try:
+        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None
+    return image if image is not None and image.size else None
+
+
+_MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF8", "image/gif"),
+          (b"BM", "image/bmp"), (b"RIFF", "image/webp"), (b"%PDF", "application/pdf"))
+
+
+def _sniff_mime(data: bytes) -> str | None:
+    return next((mime for magic, mime in _MAGIC if data.startswith(magic)), None)
+
+
+def _extension(file_name: str | None, mime_type: str | None, data: bytes) -> str:
+    if file_name and "." in file_name:
+        suffix = "." + file_name.rsplit(".", 1)[1].lower()
+        if suffix[1:].isalnum() and len(suffix) <= 6:
+            return suffix
+    mime = mime_type or _sniff_mime(data)
+    guessed = mimetypes.guess_extension(mime) if mime else None
+    return {".jpe": ".jpg", ".jpeg": ".jpg"}.get(guessed or "", guessed or "")

@@ -1,0 +1,150 @@
+"""The emulator's aiohttp server: Bot API at /bot<TOKEN>/<method>, file downloads at
+/file/bot<TOKEN>/<file_path>, the client API at /emulator/api/..., the web chat at /.
+
+    async with EmulatorServer(port=0) as server:   # port 0: pick a free port
+        bot = telegram.Bot(server.token, base_url=server.bot_api_url,
+                           base_file_url=server.file_api_url)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from bot.emulator.botapi import Params, Upload, call_method
+from bot.emulator.state import BotApiError, EmulatorState
+from bot.emulator.webapi import add_client_routes
+
+DEFAULT_TOKEN = "1000001:local-emulator-token"
+STATIC_DIR = Path(__file__).with_name("static")
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+STATE_KEY = web.AppKey("emulator_state", EmulatorState)
+log = logging.getLogger(__name__)
+
+
+def json_response(payload: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(payload, ensure_ascii=False), status=status,
+                        content_type="application/json")
+
+
+async def read_params(request: web.Request) -> Params:
+    raw: dict[str, Any] = dict(request.query)
+    if request.method == "POST" and request.body_exists:
+        if request.content_type == "application/json":
+            try:
+                body = await request.json()
+            except ValueError:
+                raise BotApiError(400, "Bad Request: can't parse JSON request body") from None
+            if not isinstance(body, dict):
+                raise BotApiError(400, "Bad Request: the JSON request body must be an object")
+            raw.update(body)
+        else:
+            form = await request.post()
+            for name, value in form.items():
+                if isinstance(value, web.FileField):
+                    raw[name] = Upload(value.file.read(), value.filename, value.content_type)
+                else:
+                    raw[name] = value
+    return Params(raw)
+
+
+def _check_token(request: web.Request) -> EmulatorState:
+    state = request.app[STATE_KEY]
+    if request.match_info["token"] != state.token:
+        raise BotApiError(401, "Unauthorized")
+    return state
+
+
+async def bot_api(request: web.Request) -> web.Response:
+    try:
+        state = _check_token(request)
+        result = await call_method(state, request.match_info["method"], await read_params(request))
+    except BotApiError as error:
+        return json_response(error.to_json(), status=error.error_code)
+    except Exception:
+        log.exception("emulator: %s failed", request.match_info.get("method"))
+        return json_response({"ok": False, "error_code": 500, "description": "Internal Server Error"}, 500)
+    return json_response({"ok": True, "result": result})
+
+
+async def download_file(request: web.Request) -> web.StreamResponse:
+    try:
+        state = _check_token(request)
+    except BotApiError as error:
+        return json_response(error.to_json(), status=error.error_code)
+    stored = state.files.by_path.get(request.match_info["file_path"])
+    if stored is None:
+        return json_response({"ok": False, "error_code": 404, "description": "Not Found"}, status=404)
+    return web.Response(body=stored.data, content_type=stored.mime_type)
+
+
+async def chat_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "chat.html")
+
+
+def create_app(state: EmulatorState) -> web.Application:
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+    app[STATE_KEY] = state
+    app.router.add_route("*", "/bot{token}/{method}", bot_api)
+    app.router.add_get("/file/bot{token}/{file_path:.+}", download_file)
+    add_client_routes(app, state)
+    app.router.add_get("/", chat_page)
+    app.router.add_static("/static/", STATIC_DIR)
+    return app
+
+
+class EmulatorServer:
+    """Start/stop the emulator inside the running event loop."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str = DEFAULT_TOKEN) -> None:
+        self.host, self.port, self.token = host, port, token
+        self.state = EmulatorState(token)
+        self.app = create_app(self.state)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def bot_api_url(self) -> str:
+        """For telegram.Bot(base_url=...) / DIGITBOT_TELEGRAM_BASE_URL (the token is appended)."""
+        return f"{self.base_url}/bot"
+
+    @property
+    def file_api_url(self) -> str:
+        """For telegram.Bot(base_file_url=...) / DIGITBOT_TELEGRAM_BASE_FILE_URL."""
+        return f"{self.base_url}/file/bot"
+
+    @property
+    def page_url(self) -> str:
+        return f"{self.base_url}/"
+
+    async def start(self) -> EmulatorServer:
+        self.state.closing = False
+        self._runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True,
+                                     shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def stop(self) -> None:
+        self.state.closing = True
+        self.state.notify()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> EmulatorServer:
+        return await self.start()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        await self.stop()
