@@ -93,6 +93,18 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from sqlalchemy import make_url
+
+    from digitbot.settings import get_settings
+    from storage.db import upgrade_to_head
+
+    url = args.url or get_settings().resolved_database_url
+    upgrade_to_head(url)
+    print(f"database at {make_url(url).render_as_string(hide_password=True)} is at the latest schema")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digitbot", description="Handwritten digit bot")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=0)
     train.add_argument("--dry-run", action="store_true", help="one short epoch on a subset")
     train.set_defaults(func=_cmd_train_base)
+
+    db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_command", required=True)
+    upgrade = db.add_parser("upgrade", help="apply the Alembic migrations (alembic upgrade head)")
+    upgrade.add_argument("--url", default=None, help="database URL (default: DIGITBOT_DATABASE_URL or var/)")
+    upgrade.set_defaults(func=_cmd_db_upgrade)
 
     predict = sub.add_parser("predict", help="read the digits in images")
     predict.add_argument("images", nargs="+", metavar="IMAGE")

@@ -1,0 +1,118 @@
+"""Engines and sessions: SQLite (WAL, foreign keys, busy timeout) or PostgreSQL (pooled).
+
+Sessions come from :func:`session_factory` / :func:`init_db`. Use one short transaction per unit
+of work and never hold a session across inference or training::
+
+    Session = init_db(get_settings())
+    with Session.begin() as session:        # commits on success, rolls back on error
+        repository.record_reading(session, ...)
+
+The factory's ``info`` carries the storage options the repository needs (``weights_dir``,
+``max_samples_per_user``); every session copies it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from digitbot.settings import PROJECT_ROOT, Settings
+
+MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def _is_memory_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def create_db_engine(url: str | URL, *, echo: bool = False) -> Engine:
+    """An engine with this project's connection settings for SQLite or PostgreSQL."""
+    url = make_url(url)
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, echo=echo, pool_size=5, max_overflow=10, pool_pre_ping=True)
+
+    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+    if _is_memory_sqlite(url):
+        kwargs["poolclass"] = StaticPool
+    else:
+        Path(url.database or "").parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, echo=echo, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, issue BEGIN (see the "begin" hook below).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        if not _is_memory_sqlite(url):
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(conn: Any) -> None:
+        # Take the write lock up front: a deferred transaction that reads and then writes fails
+        # with SQLITE_BUSY (no waiting) when another writer committed in between; IMMEDIATE waits.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def session_factory(
+    url: str | URL,
+    *,
+    weights_dir: Path | None = None,
+    max_samples_per_user: int | None = None,
+    echo: bool = False,
+) -> sessionmaker[Session]:
+    """A session factory bound to a new engine; ``factory.kw['bind']`` is the engine."""
+    engine = create_db_engine(url, echo=echo)
+    info = {"weights_dir": Path(weights_dir) if weights_dir else None,
+            "max_samples_per_user": max_samples_per_user}
+    return sessionmaker(bind=engine, expire_on_commit=False, info=info)
+
+
+def init_db(settings: Settings, *, upgrade: bool | None = None) -> sessionmaker[Session]:
+    """The application's session factory. ``upgrade`` defaults to True for SQLite (the embedded
+    default migrates itself at start-up); PostgreSQL is migrated with ``digitbot db upgrade``."""
+    url = settings.resolved_database_url
+    if upgrade is None:
+        upgrade = make_url(url).get_backend_name() == "sqlite"
+    if upgrade:
+        upgrade_to_head(url)
+    return session_factory(
+        url, weights_dir=settings.weights_dir, max_samples_per_user=settings.max_samples_per_user
+    )
+
+
+def alembic_config(url: str | URL | None = None) -> Config:
+    """Alembic configuration for ``migrations/``; without a URL env.py uses the settings' URL."""
+    config = Config(str(MIGRATIONS_DIR / "alembic.ini"))
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url is not None:
+        rendered = make_url(url).render_as_string(hide_password=False)
+        config.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
+    return config
+
+
+def upgrade_to_head(url: str | URL | None = None) -> None:
+    """Apply every migration (``alembic upgrade head``)."""
+    if url is not None and make_url(url).get_backend_name() == "sqlite" and not _is_memory_sqlite(
+        make_url(url)
+    ):
+        Path(make_url(url).database or "").parent.mkdir(parents=True, exist_ok=True)
+    command.upgrade(alembic_config(url), "head")
+
+
+def downgrade(url: str | URL | None = None, revision: str = "base") -> None:
+    """Revert migrations down to ``revision`` (``alembic downgrade base`` by default)."""
+    command.downgrade(alembic_config(url), revision)

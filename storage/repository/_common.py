@@ -1,0 +1,33 @@
+"""Helpers shared by the repository modules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Table, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from storage.models import User
+
+
+def insert_ignore(session: Session, table: Table, values: dict[str, Any]) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING on either backend; True when a row was inserted."""
+    dialect = session.get_bind().dialect.name
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    result = session.execute(module.insert(table).values(**values).on_conflict_do_nothing())
+    return bool(getattr(result, "rowcount", 0) == 1)
+
+
+def user_id_for(session: Session, telegram_id: int) -> int | None:
+    return session.scalar(select(User.id).where(User.telegram_id == telegram_id))
+
+
+def lock_user(session: Session, user_id: int) -> User | None:
+    """Load the user row with a row lock (PostgreSQL) so per-user writes serialise.
+
+    SQLite needs no row lock: every transaction there starts with BEGIN IMMEDIATE.
+    """
+    return session.scalars(
+        select(User).where(User.id == user_id).with_for_update().execution_options(populate_existing=True)
+    ).one_or_none()

@@ -1,0 +1,122 @@
+"""Users, processed Telegram updates, and forgetting a user."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from storage import weights
+from storage.models import (
+    FinetuneJob,
+    Label,
+    ModelVersion,
+    Prediction,
+    ProcessedUpdate,
+    Reading,
+    Sample,
+    User,
+    utcnow,
+)
+from storage.repository._common import insert_ignore
+
+
+def get_user(session: Session, *, telegram_id: int) -> User | None:
+    """The user with this Telegram id, or None."""
+    return session.scalars(select(User).where(User.telegram_id == telegram_id)).one_or_none()
+
+
+def get_user_by_id(session: Session, *, user_id: int) -> User | None:
+    """The user with this database id (workers know users by id), or None."""
+    return session.get(User, user_id)
+
+
+def get_or_create_user(session: Session, *, telegram_id: int, language: str | None = None) -> User:
+    """The user with this Telegram id, created if new (safe when two updates race).
+
+    ``language`` (Telegram's ``language_code``) is stored for a new user only; an existing user's
+    choice is changed with :func:`set_user_language`.
+    """
+    user = get_user(session, telegram_id=telegram_id)
+    if user is not None:
+        return user
+    insert_ignore(
+        session,
+        User.__table__,  # type: ignore[arg-type]
+        {"telegram_id": telegram_id, "language": language, "settings": {}, "created_at": utcnow(),
+         "labels_since_finetune": 0},
+    )
+    user = get_user(session, telegram_id=telegram_id)
+    assert user is not None
+    return user
+
+
+def set_user_language(session: Session, *, telegram_id: int, language: str | None) -> User:
+    """Store the user's preferred language (None: follow Telegram's language again)."""
+    user = get_or_create_user(session, telegram_id=telegram_id)
+    user.language = language
+    session.flush()
+    return user
+
+
+def mark_update_processed(session: Session, *, update_id: int) -> bool:
+    """Remember a Telegram update id; False when it was already processed (a redelivery).
+
+    Call it in the same transaction as the writes the update causes, so both happen or neither.
+    """
+    return insert_ignore(
+        session,
+        ProcessedUpdate.__table__,  # type: ignore[arg-type]
+        {"update_id": update_id, "processed_at": utcnow()},
+    )
+
+
+def prune_processed_updates(session: Session, *, older_than: datetime) -> int:
+    """Delete remembered update ids processed before ``older_than``; returns how many."""
+    result = session.execute(delete(ProcessedUpdate).where(ProcessedUpdate.processed_at < older_than))
+    return int(getattr(result, "rowcount", 0))
+
+
+def forget_user(session: Session, *, telegram_id: int) -> int:
+    """Delete every row of this user (samples, predictions, labels, readings, jobs, models, the user
+    itself) and their weight files (unlinked once the transaction commits). Returns rows deleted."""
+    user_id = session.scalar(select(User.id).where(User.telegram_id == telegram_id))
+    if user_id is None:
+        return 0
+    paths = list(
+        session.scalars(
+            select(ModelVersion.weights_path).where(
+                ModelVersion.user_id == user_id, ModelVersion.weights_path.is_not(None)
+            )
+        )
+    )
+    deleted = 0
+    # Children first, explicitly: correct even where ON DELETE CASCADE is not enforced.
+    for model in (Label, Prediction, FinetuneJob, Sample, Reading):
+        result = session.execute(delete(model).where(model.user_id == user_id))
+        deleted += int(getattr(result, "rowcount", 0))
+    # A version's parent may be another of this user's versions: unlink before deleting.
+    session.execute(
+        update(ModelVersion).where(ModelVersion.user_id == user_id).values(parent_id=None)
+        .execution_options(synchronize_session=False)
+    )
+    for statement in (delete(ModelVersion).where(ModelVersion.user_id == user_id),
+                      delete(User).where(User.id == user_id)):
+        result = session.execute(statement)
+        deleted += int(getattr(result, "rowcount", 0))
+    weights.delete_after_commit(session, [p for p in paths if p])
+    return deleted
+
+
+def count_user_rows(session: Session, *, user_id: int) -> dict[str, int]:
+    """Rows per table that belong to ``user_id`` (used to prove that forget leaves nothing)."""
+    counts = {
+        model.__tablename__: session.scalar(
+            select(func.count()).select_from(model).where(model.user_id == user_id)
+        )
+        or 0
+        for model in (Label, Prediction, FinetuneJob, Sample, Reading, ModelVersion)
+    }
+    counts["users"] = session.scalar(select(func.count()).select_from(User).where(User.id == user_id)) or 0
+    return counts
