@@ -16,7 +16,9 @@ version=$(ls /usr/lib/postgresql | sort -n | tail -1)
 if ! pg_lsclusters -h | grep -q "^$version main"; then
     pg_createcluster "$version" main >&2
 fi
-pg_conftool "$version" main set listen_addresses 127.0.0.1 >&2
+# pg_conftool writes the value unquoted (a syntax error for an address); a conf.d file does not.
+pg_conftool "$version" main remove listen_addresses >&2 2>/dev/null || true
+echo "listen_addresses = '127.0.0.1'" >"/etc/postgresql/$version/main/conf.d/listen.conf"
 pg_ctlcluster "$version" main start >&2 2>/dev/null || true
 for _ in $(seq 30); do pg_isready -h 127.0.0.1 -q && break; sleep 0.5; done
 su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\"" >&2
