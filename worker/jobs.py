@@ -6,10 +6,10 @@ State machine of a job row (storage.models.FinetuneJob):
        ^                                   |
        +---- error with attempts left -----+  (also: the sweep, when the heartbeat went stale)
 
-* claim: one UPDATE ... WHERE state='queued' (or running with a stale heartbeat), so two workers
+* claim: a row-locked queued -> running transition (storage.repository.claim_job), so two workers
   given the same job (a duplicate Celery message, a re-delivery) never train it at once; the
-  attempt number is the fencing token of every later write.
-* while training, a heartbeat thread refreshes `heartbeat_at`; a worker that dies stops it, and
+  attempt number is the fencing token of every later write (worker/jobrows.py).
+* while training, a heartbeat thread renews the lease; a worker that dies stops renewing it, and
   the sweep re-queues the job after `Settings.finetune_lease_s`.
 * finish: storing the model version, promoting it (the previous active version is retired, kept
   for rollback) or recording it as rejected with the gate's reason, and closing the job happen in
@@ -19,20 +19,26 @@ State machine of a job row (storage.models.FinetuneJob):
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from core.finetune import FinetuneConfig, FinetuneResult
+from core.model import Checkpoint, load_base
 from digitbot.settings import Settings
 from storage import repository as repo
+from storage.models import QUEUED
+from worker import jobrows
 
 log = logging.getLogger(__name__)
 
+Trainer = Callable[..., FinetuneResult]
 PROMOTED, REJECTED, SKIPPED, FAILED, RETRY, LOST = (
     "promoted", "rejected", "skipped", "failed", "retry", "lost")
 
@@ -52,8 +58,8 @@ class JobOutcome:
 
 
 class Heartbeat:
-    """Refreshes the job's lease every `interval_s` while the job runs; `lost` is set when the
-    lease was taken away (the sweep thought this worker dead and another worker claimed it)."""
+    """Renews the job's lease every `interval_s` while the job runs; `lost` is set when the lease
+    was taken away (the sweep thought this worker dead and the job was re-queued)."""
 
     def __init__(self, session_factory: Any, *, job_id: int, attempt: int, interval_s: float) -> None:
         self._factory = session_factory
@@ -76,7 +82,7 @@ class Heartbeat:
         while not self._stop.wait(self._interval_s):
             try:
                 with self._factory.begin() as session:
-                    held = repo.heartbeat_job(session, job_id=self._job_id, attempt=self._attempt)
+                    held = jobrows.renew_lease(session, job_id=self._job_id, attempt=self._attempt)
             except SQLAlchemyError as exc:  # the database blinked: try again at the next beat
                 log.warning("job %s heartbeat failed: %s", self._job_id, exc.__class__.__name__)
                 continue
@@ -84,6 +90,12 @@ class Heartbeat:
                 log.warning("job %s: lease lost, this worker will not write its result", self._job_id)
                 self.lost.set()
                 return
+
+
+@functools.lru_cache(maxsize=2)
+def cached_base(path: str) -> Checkpoint:
+    """The base checkpoint (Settings.base_weights, i.e. DIGITBOT_BASE_WEIGHTS), loaded once per process."""
+    return load_base(path)
 
 
 def pick_device(device: str | None = None) -> str:
@@ -95,82 +107,105 @@ def pick_device(device: str | None = None) -> str:
 
 
 def run_job(job_id: int, *, settings: Settings, worker_id: str, session_factory: Any | None = None,
-            device: str | None = None, base: Any | None = None, config: Any | None = None) -> JobOutcome:
+            device: str | None = None, base: Checkpoint | None = None,
+            config: FinetuneConfig | None = None, trainer: Trainer | None = None) -> JobOutcome:
     """Claim job `job_id`, fine-tune, gate, store and promote or reject; never raises for a bad job
-    (errors are recorded on the job row, which is re-queued while attempts remain)."""
+    (errors are recorded on the job row, which is re-queued while attempts remain).
+
+    `trainer` defaults to core.finetune.finetune_user (same signature)."""
     if session_factory is None:
         from worker.scheduler import default_session_factory
 
         session_factory = default_session_factory(settings)
-    with session_factory.begin() as session:
-        claim = repo.claim_finetune_job(session, job_id=job_id, worker_id=worker_id,
-                                        stale_before=_stale_before(settings))
+    claim = _claim(session_factory, job_id)
     if claim is None:
-        return JobOutcome(job_id, SKIPPED, "not claimable (already running elsewhere or finished)")
-    outcome = JobOutcome(job_id, FAILED, user_id=claim.user_id, telegram_id=claim.telegram_id)
+        return JobOutcome(job_id, SKIPPED, "not claimable (running elsewhere, or already finished)")
+    log.info("fine-tune job %s (user %s, attempt %s) claimed by %s", job_id, claim.user_id, claim.attempt,
+             worker_id)
     heartbeat = Heartbeat(session_factory, job_id=job_id, attempt=claim.attempt,
-                          interval_s=max(0.2, settings.finetune_lease_s / 4))
+                          interval_s=max(0.1, settings.finetune_lease_s / 4))
     try:
         with heartbeat:
-            result, parent_id = _train(session_factory, claim, device=device, base=base, config=config)
+            result, parent_id = _train(session_factory, claim, device=device,
+                                       base=base or cached_base(str(settings.base_weights)),
+                                       config=config, trainer=trainer)
         if heartbeat.lost.is_set():
             return JobOutcome(job_id, LOST, "lease lost while training", claim.user_id, claim.telegram_id)
-        return _finish(session_factory, claim, result, parent_id, outcome)
+        return _finish(session_factory, claim, result, parent_id)
     except Exception as exc:
         log.exception("fine-tune job %s (attempt %s) failed", job_id, claim.attempt)
         error = "".join(traceback.format_exception_only(exc)).strip()[:2000]
-        try:
-            with session_factory.begin() as session:
-                retrying = repo.fail_finetune_job(
-                    session, job_id=job_id, attempt=claim.attempt, error=error,
-                    retry=claim.attempt < settings.finetune_max_attempts)
-        except SQLAlchemyError:
-            log.exception("could not record the failure of job %s; the sweep re-queues it", job_id)
-            retrying = True
-        outcome.state, outcome.reason = (RETRY if retrying else FAILED), error
-        return outcome
+        return _record_failure(session_factory, claim, error, settings.finetune_max_attempts)
 
 
-def _stale_before(settings: Settings) -> datetime:
-    from datetime import timedelta
+def _claim(session_factory: Any, job_id: int) -> jobrows.Claim | None:
+    with session_factory.begin() as session:
+        job = repo.claim_job(session, job_id=job_id)
+        if job is None:
+            return None
+        user = repo.get_user_by_id(session, user_id=job.user_id)
+        telegram_id = user.telegram_id if user is not None else 0
+        return jobrows.Claim(job_id=job.id, user_id=job.user_id, telegram_id=telegram_id,
+                             attempt=job.attempts)
 
-    return datetime.now(UTC) - timedelta(seconds=settings.finetune_lease_s)
 
-
-def _train(session_factory: Any, claim: Any, *, device: str | None, base: Any | None,
-           config: Any | None) -> tuple[Any, int | None]:
+def _train(session_factory: Any, claim: jobrows.Claim, *, device: str | None, base: Checkpoint,
+           config: FinetuneConfig | None, trainer: Trainer | None) -> tuple[FinetuneResult, int | None]:
     from core.finetune import finetune_user
-    from core.model import Checkpoint, load_base
 
+    trainer = trainer or finetune_user
     with session_factory() as session:
         training = repo.training_set(session, user_id=claim.user_id)
-        active = repo.active_model(session, user_id=claim.user_id)
-    current = Checkpoint.from_bytes(active.weights) if active is not None else None
-    result = finetune_user(base if base is not None else load_base(), training.images, training.labels,
-                           current=current, config=config, device=pick_device(device))
-    return result, (active.version_id if active is not None else None)
+        active = repo.active_model_version(session, user_id=claim.user_id)
+        current_bytes = (repo.load_weights(session, user_id=claim.user_id, version_id=active.id)
+                         if active is not None else None)
+        parent_id = active.id if active is not None else None
+    current = Checkpoint.from_bytes(current_bytes) if current_bytes is not None else None
+    result = trainer(base, training.images, training.labels,
+                     current=current, config=config, device=pick_device(device))
+    return result, parent_id
 
 
-def _finish(session_factory: Any, claim: Any, result: Any, parent_id: int | None,
-            outcome: JobOutcome) -> JobOutcome:
-    metrics = dict(result.metrics)
+def _finish(session_factory: Any, claim: jobrows.Claim, result: FinetuneResult,
+            parent_id: int | None) -> JobOutcome:
+    metrics: dict[str, Any] = {k: v for k, v in result.metrics.items()
+                               if isinstance(v, int | float | str | bool)}
+    promote = bool(result.decision.promote)
     with session_factory.begin() as session:
-        if not repo.job_still_held(session, job_id=claim.job_id, attempt=claim.attempt):
+        if not jobrows.holds(session, job_id=claim.job_id, attempt=claim.attempt):
             return JobOutcome(claim.job_id, LOST, "lease lost before finishing", claim.user_id,
                               claim.telegram_id)
-        version_id = repo.add_model_version(
-            session, user_id=claim.user_id, weights=result.checkpoint.to_bytes(), metrics=metrics,
-            parent_id=parent_id)
-        if result.decision.promote:
-            repo.promote_model_version(session, user_id=claim.user_id, version_id=version_id)
+        version = repo.add_model_version(session, user_id=claim.user_id, parent_id=parent_id,
+                                         weights=result.checkpoint.to_bytes(), metrics=metrics)
+        if promote:
+            repo.promote_model_version(session, user_id=claim.user_id, version_id=version.id)
         else:
-            repo.reject_model_version(session, user_id=claim.user_id, version_id=version_id,
+            repo.reject_model_version(session, user_id=claim.user_id, version_id=version.id,
                                       reason=result.decision.reason)
-        state = PROMOTED if result.decision.promote else REJECTED
-        repo.finish_finetune_job(session, job_id=claim.job_id, attempt=claim.attempt, outcome=state,
-                                 model_version_id=version_id, metrics=metrics)
-    outcome.state, outcome.reason = state, result.decision.reason
-    outcome.model_version_id, outcome.metrics = version_id, metrics
-    log.info("fine-tune job %s for user %s: %s (%s)", claim.job_id, claim.user_id, state,
-             result.decision.reason)
+        metrics.update(version=version.version, reason=result.decision.reason)
+        state = PROMOTED if promote else REJECTED
+        repo.finish_job(session, job_id=claim.job_id, metrics=metrics, outcome=state,
+                        model_version_id=version.id)
+        version_id = version.id
+    log.info("fine-tune job %s for user %s: %s version %s (%s)", claim.job_id, claim.user_id, state,
+             metrics["version"], result.decision.reason)
+    return JobOutcome(claim.job_id, state, result.decision.reason, claim.user_id, claim.telegram_id,
+                      version_id, metrics)
+
+
+def _record_failure(session_factory: Any, claim: jobrows.Claim, error: str, max_attempts: int) -> JobOutcome:
+    outcome = JobOutcome(claim.job_id, FAILED, error, claim.user_id, claim.telegram_id)
+    try:
+        with session_factory.begin() as session:
+            if not jobrows.holds(session, job_id=claim.job_id, attempt=claim.attempt):
+                outcome.state = LOST
+                return outcome
+            job = repo.fail_job(session, job_id=claim.job_id, error=error, retry=True,
+                                max_attempts=max_attempts)
+            outcome.state = RETRY if job.state == QUEUED else FAILED
+    except SQLAlchemyError:
+        # The database is unreachable: the job stays "running" and its lease expires, so the
+        # sweep re-queues it once the database is back.
+        log.exception("could not record the failure of job %s; the sweep will re-queue it", claim.job_id)
+        outcome.state = RETRY
     return outcome

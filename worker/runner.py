@@ -7,6 +7,7 @@ process; with it they are published to Celery and `digitbot worker --celery` pro
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -49,7 +50,7 @@ class LocalDispatcher:
                     continue
                 self._in_flight.add(job_id)
                 future = self._executor.submit(self._run, job_id)
-                future.add_done_callback(lambda f, job_id=job_id: self._finished(job_id, f))
+                future.add_done_callback(functools.partial(self._finished, job_id))
                 submitted.append(job_id)
         return submitted
 

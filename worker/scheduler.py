@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from digitbot.settings import Settings, get_settings
 from storage import repository as repo
+from worker import jobrows
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ Dispatch = Callable[[Sequence[int]], list[int]]
 SWEEP_JOB_ID = "finetune-sweep"
 # /train accepts fewer labels than the sweep waits for, but not so few that nothing can be learnt.
 MIN_LABELS_ON_REQUEST = 5
+NOTIFY_WITHIN_S = 24 * 3600  # an older unannounced promotion is not news any more
 
 
 def default_session_factory(settings: Settings) -> SessionFactory:
@@ -47,8 +49,7 @@ def default_session_factory(settings: Settings) -> SessionFactory:
 
 @dataclass
 class SweepReport:
-    requeued: list[int] = field(default_factory=list)
-    failed: list[int] = field(default_factory=list)
+    requeued: int = 0  # running jobs whose lease expired: queued again, or failed when out of attempts
     created: list[int] = field(default_factory=list)
     dispatched: list[int] = field(default_factory=list)
     waiting: list[int] = field(default_factory=list)  # queued but not handed over this time
@@ -58,7 +59,7 @@ class SweepReport:
 @dataclass(frozen=True)
 class FinetuneRequest:
     accepted: bool
-    reason: str  # "queued" | "already_queued" | "not_enough_labels" | "unknown_user"
+    reason: str  # "queued" | "already_queued" | "not_enough_labels" | "no_new_labels" | "unknown_user"
     job_id: int | None = None
     labels: int = 0
     needed: int = 0
@@ -71,38 +72,42 @@ class Sweeper:
         self.session_factory = session_factory
         self.dispatch = dispatch
         self.notify = notify
+        self._lock = threading.Lock()
 
     def sweep(self) -> SweepReport:
+        with self._lock:  # a wake-up sweep waits for the scheduled one instead of overlapping it
+            return self._sweep()
+
+    def _sweep(self) -> SweepReport:
         report = SweepReport()
-        now = datetime.now(UTC)
-        stale_before = now - timedelta(seconds=self.settings.finetune_lease_s)
+        stale_before = datetime.now(UTC) - timedelta(seconds=self.settings.finetune_lease_s)
         with self.session_factory.begin() as session:
-            requeued, failed = repo.requeue_stale_jobs(
-                session, stale_before=stale_before, max_attempts=self.settings.finetune_max_attempts)
-        report.requeued, report.failed = list(requeued), list(failed)
-        for job_id in report.requeued:
-            log.warning("fine-tune job %s: its worker stopped sending heartbeats; re-queued", job_id)
-        for job_id in report.failed:
-            log.error("fine-tune job %s: failed after %d attempts", job_id,
-                      self.settings.finetune_max_attempts)
+            report.requeued = repo.requeue_stale_jobs(
+                session, started_before=stale_before, max_attempts=self.settings.finetune_max_attempts)
+        if report.requeued:
+            log.warning("fine-tune sweep: %d job(s) whose worker stopped renewing its lease were "
+                        "re-queued (or failed after %d attempts)", report.requeued,
+                        self.settings.finetune_max_attempts)
 
         with self.session_factory() as session:
             due = repo.users_due_for_finetune(session, min_labels=self.settings.finetune_min_labels)
         for user_id in due:
-            job_id = self._create_job(user_id)
-            if job_id is not None:
-                report.created.append(job_id)
+            with self.session_factory.begin() as session:
+                job = repo.create_finetune_job(session, user_id=user_id)
+                if job is not None:  # None: another sweep or /train got there first
+                    report.created.append(job.id)
 
         with self.session_factory() as session:
-            queued = list(repo.queued_job_ids(session))
+            queued = jobrows.queued_job_ids(session)
         if queued:
             report.dispatched = list(self.dispatch(queued))
-            report.waiting = [j for j in queued if j not in set(report.dispatched)]
+            handed = set(report.dispatched)
+            report.waiting = [j for j in queued if j not in handed]
         report.notified = self.deliver_notifications()
-        if report.created or report.requeued or report.failed or report.dispatched:
-            log.info("fine-tune sweep: %d created, %d re-queued, %d failed, %d dispatched, %d waiting",
-                     len(report.created), len(report.requeued), len(report.failed),
-                     len(report.dispatched), len(report.waiting))
+        if report.created or report.requeued or report.dispatched or report.notified:
+            log.info("fine-tune sweep: %d created, %d re-queued, %d dispatched, %d waiting, %d notified",
+                     len(report.created), report.requeued, len(report.dispatched), len(report.waiting),
+                     len(report.notified))
         return report
 
     def safe_sweep(self) -> SweepReport | None:
@@ -110,61 +115,56 @@ class Sweeper:
         try:
             return self.sweep()
         except SQLAlchemyError as exc:
-            log.warning("fine-tune sweep skipped, the database is unavailable (next sweep retries): %s",
+            log.warning("fine-tune sweep skipped, the database is unavailable (the next sweep retries): %s",
                         exc.__class__.__name__)
         except Exception:
             log.exception("fine-tune sweep failed; the next sweep retries")
         return None
 
-    def _create_job(self, user_id: int) -> int | None:
-        try:
-            with self.session_factory.begin() as session:
-                return repo.create_finetune_job(session, user_id=user_id)
-        except repo.JobAlreadyOpen:
-            return None  # another sweep (or /train) got there first: debounced by the database
-
     def deliver_notifications(self) -> list[int]:
+        """Tell users about promotions not announced yet (each once, whichever process ran the job)."""
         if self.notify is None:
             return []
-        delivered = []
+        since = datetime.now(UTC) - timedelta(seconds=NOTIFY_WITHIN_S)
         with self.session_factory() as session:
-            pending = list(repo.unnotified_promotions(session))
-        for note in pending:
+            pending = jobrows.pending_notices(session, since=since)
+        delivered = []
+        for notice in pending:
             with self.session_factory.begin() as session:
-                if not repo.mark_notified(session, job_id=note.job_id):
-                    continue  # another process took this one
+                if not jobrows.mark_notified(session, job_id=notice.job_id):
+                    continue  # another process announced this one
             try:
-                self.notify(note.telegram_id, note.summary)
-                delivered.append(note.job_id)
+                self.notify(notice.telegram_id, notice.summary)
+                delivered.append(notice.job_id)
             except Exception:
-                log.exception("notifying user of fine-tune job %s failed", note.job_id)
+                log.exception("telling user of fine-tune job %s about the new model failed", notice.job_id)
         return delivered
 
 
 def request_finetune(telegram_id: int, *, settings: Settings | None = None,
                      session_factory: SessionFactory | None = None) -> FinetuneRequest:
-    """The bot's /train: queue a fine-tune now if the user has a few labels, else say why not."""
+    """The bot's /train: queue a fine-tune now if the user has a few new labels, else say why not."""
     settings = settings or get_settings()
     factory = session_factory or default_session_factory(settings)
     needed = min(MIN_LABELS_ON_REQUEST, settings.finetune_min_labels)
-    with factory() as session:
-        user_id = repo.user_id_for(session, telegram_id=telegram_id)
-        if user_id is None:
+    with factory.begin() as session:
+        user = repo.get_user(session, telegram_id=telegram_id)
+        if user is None:
             return FinetuneRequest(False, "unknown_user", needed=needed)
-        labels = repo.count_labels(session, user_id=user_id)
-        open_job = repo.open_job_id(session, user_id=user_id)
-    if open_job is not None:
-        return FinetuneRequest(True, "already_queued", job_id=open_job, labels=labels, needed=needed)
-    if labels < needed:
-        return FinetuneRequest(False, "not_enough_labels", labels=labels, needed=needed)
-    try:
-        with factory.begin() as session:
-            job_id = repo.create_finetune_job(session, user_id=user_id)
-    except repo.JobAlreadyOpen:
-        with factory() as session:
-            open_job = repo.open_job_id(session, user_id=user_id)
-        return FinetuneRequest(True, "already_queued", job_id=open_job, labels=labels, needed=needed)
-    return FinetuneRequest(True, "queued", job_id=job_id, labels=labels, needed=needed)
+        labels = repo.current_label_count(session, user_id=user.id)
+        new_labels = user.labels_since_finetune
+        open_job = jobrows.open_job_id(session, user_id=user.id)
+        if open_job is not None:
+            return FinetuneRequest(True, "already_queued", open_job, labels, needed)
+        if labels < needed:
+            return FinetuneRequest(False, "not_enough_labels", None, labels, needed)
+        if new_labels == 0 and user.finetune_started_at is not None:
+            return FinetuneRequest(False, "no_new_labels", None, labels, needed)
+        job = repo.create_finetune_job(session, user_id=user.id)
+        if job is None:
+            return FinetuneRequest(True, "already_queued", jobrows.open_job_id(session, user_id=user.id),
+                                   labels, needed)
+        return FinetuneRequest(True, "queued", job.id, labels, needed)
 
 
 class FinetuneScheduler:
