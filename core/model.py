@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -86,8 +87,9 @@ class Checkpoint:
             "format": "digitbot-checkpoint-v1",
             "state_dict": self.state_dict,
             "config": dataclasses.asdict(self.config),
-            "metrics": dict(self.metrics),
-            "meta": dict(self.meta),
+            # JSON round trip: only plain types may enter the file, or weights_only loading refuses it
+            "metrics": json.loads(json.dumps(self.metrics, default=str)),
+            "meta": json.loads(json.dumps(self.meta, default=str)),
         }
 
     @classmethod

@@ -121,7 +121,7 @@ def train_base(config: TrainConfig, data_dir: str | Path | None = None,
                "mnist_test_size": float(len(test_x)),
                "train_seconds": time.time() - started}
     meta = {"recipe": dataclasses.asdict(config), "data_sha256": mnist_checksum(data_dir),
-            "device": str(device), "torch": torch.__version__}
+            "device": str(device), "torch": str(torch.__version__)}
     return Checkpoint(state_dict=state, config=config.model, metrics=metrics, meta=meta), curves
 
 
