@@ -90,7 +90,9 @@ class FileStore:
                 "width": width, "height": height, "file_size": stored.file_size}
 
     def add_document(self, data: bytes, *, file_name: str | None, mime_type: str | None) -> dict[str, Any]:
-        mime = mime_type or _sniff_mime(data) or mimetypes.guess_type(file_name or "")[0]
+        if mime_type in (None, "", "application/octet-stream"):  # unknown: detect like Telegram apps
+            mime_type = _sniff_mime(data) or mimetypes.guess_type(file_name or "")[0]
+        mime = mime_type
         stored = self.add(data, folder="documents", file_name=file_name, mime_type=mime)
         document: dict[str, Any] = {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id,
                                     "file_size": stored.file_size, "mime_type": stored.mime_type}

@@ -8,6 +8,7 @@ event loop thread; `changed()` wakes long-polling waiters (getUpdates and the we
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import itertools
 import time
@@ -109,10 +110,8 @@ class EmulatorState:
 
     async def wait_changed(self, timeout: float) -> None:
         event = self._changed
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            pass
 
     # -- users and chats -------------------------------------------------------------------
     def upsert_user(self, user_id: int, *, first_name: str | None = None, last_name: str | None = None,

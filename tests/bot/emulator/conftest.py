@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.bot.emulator.support import digit_png
+
+
+@pytest.fixture(scope="session")
+def png() -> bytes:
+    return digit_png()
