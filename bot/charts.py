@@ -7,16 +7,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 
 import matplotlib.dates
-import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
 from matplotlib import font_manager
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from bot.i18n import Translator, translator
 
@@ -50,54 +52,55 @@ def _cjk_font() -> str | None:
 
 
 def render_stats_chart(data: ChartData, _: Translator) -> bytes:
-    """A PNG: rolling accuracy (answers given vs base model) and the true-vs-answered matrix."""
+    """A PNG: accuracy over time (answers given vs base model) and the wrote-vs-answered matrix.
+
+    Uses a bare Figure (no pyplot state), so /stats charts can render in several threads at once.
+    """
     font = _cjk_font()
     if _.language.startswith("zh") and font is None:
         _ = translator("en")
-    rc = {"font.sans-serif": [font, "DejaVu Sans"]} if font else {}
-    with plt.rc_context(rc):
-        fig, (ax_time, ax_conf) = plt.subplots(1, 2, figsize=(11, 4.4), gridspec_kw={"width_ratios": [1.5, 1]})
-        try:
-            _plot_accuracy(ax_time, data, _)
-            _plot_confusion(fig, ax_conf, data, _)
-            fig.tight_layout()
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format="png", dpi=100)
-        finally:
-            plt.close(fig)
+    text: dict[str, Any] = {"fontfamily": [font, "DejaVu Sans"]} if font else {}
+    fig = Figure(figsize=(11, 4.4))
+    ax_time, ax_conf = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.5, 1]})
+    _plot_accuracy(ax_time, data, _, text)
+    _plot_confusion(fig, ax_conf, data, _, text)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
 
 
-def _plot_accuracy(ax: plt.Axes, data: ChartData, _: Translator) -> None:
-    ax.set_title(_("Accuracy over time"))
+def _plot_accuracy(ax: Axes, data: ChartData, _: Translator, text: dict[str, Any]) -> None:
+    ax.set_title(_("Accuracy over time"), **text)
     ax.set_ylim(-0.02, 1.02)
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.grid(alpha=0.3)
     if not data.points:
-        ax.text(0.5, 0.5, _("No labelled digits yet"), ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, _("No labelled digits yet"), ha="center", va="center", transform=ax.transAxes, **text)
         return
-    times = [p.at for p in data.points]
+    times = matplotlib.dates.date2num([p.at for p in data.points])
     ax.plot(times, [p.accuracy for p in data.points], marker="o", ms=3, lw=2, label=_("answers given"))
     ax.plot(times, [p.base_accuracy for p in data.points], marker=".", ms=3, lw=1.5, ls="--",
             label=_("base model"))
     for when, version in data.promotions:
-        ax.axvline(when, color="tab:green", alpha=0.7, lw=1)  # type: ignore[arg-type]
-        ax.annotate(_("personal v{version}", version=version), (when, 0.03), rotation=90,  # type: ignore[arg-type]
-                    fontsize=8, color="tab:green", ha="right", va="bottom")
+        x = float(matplotlib.dates.date2num(when))
+        ax.axvline(x, color="tab:green", alpha=0.7, lw=1)
+        ax.annotate(_("personal v{version}", version=version), (x, 0.03), rotation=90,
+                    fontsize=8, color="tab:green", ha="right", va="bottom", **text)
     locator = matplotlib.dates.AutoDateLocator()
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(matplotlib.dates.ConciseDateFormatter(locator))
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right", prop={"size": 8, "family": text.get("fontfamily", "sans-serif")})
 
 
-def _plot_confusion(fig: plt.Figure, ax: plt.Axes, data: ChartData, _: Translator) -> None:
+def _plot_confusion(fig: Figure, ax: Axes, data: ChartData, _: Translator, text: dict[str, Any]) -> None:
     matrix = np.zeros((10, 10), dtype=int)
     if len(data.confusion):
         matrix[:] = np.asarray(data.confusion, dtype=int)
-    ax.set_title(_("What you wrote vs what I answered"))
+    ax.set_title(_("What you wrote vs what I answered"), **text)
     image = ax.imshow(matrix, cmap="Blues")
-    ax.set_xlabel(_("answered"))
-    ax.set_ylabel(_("you wrote"))
+    ax.set_xlabel(_("answered"), **text)
+    ax.set_ylabel(_("you wrote"), **text)
     ax.set_xticks(range(10))
     ax.set_yticks(range(10))
     peak = matrix.max() or 1

@@ -6,8 +6,8 @@ callback_data formats (reading ids are storage's integer ids, positions start at
   ``p:<reading>:<pos>``             show the 0-9 picker for one position of a row of digits
   ``b:<reading>``                   back from the picker to the overview
   ``u:<reading>``                   undo: forget the labels given for this reading
-  ``f:yes`` / ``f:no``              /forget confirmation
-  ``l:<language>``                  /lang choice
+  ``f:yes:<user>`` / ``f:no:<user>``  /forget confirmation (only <user>, who asked, may answer)
+  ``l:<language>``                  /lang choice (sets the language of whoever taps it)
 """
 
 from __future__ import annotations
@@ -110,10 +110,25 @@ def digit_picker_keyboard(
     return InlineKeyboardMarkup(rows)
 
 
-def forget_keyboard(_: Translator) -> InlineKeyboardMarkup:
+_FORGET_ACTION = re.compile(r"^f:(?P<answer>yes|no):(?P<user>\d{1,20})$")
+
+
+def forget_keyboard(telegram_id: int, _: Translator) -> InlineKeyboardMarkup:
     return InlineKeyboardMarkup(
-        [[_button(_("🗑 Yes, delete everything"), "f:yes"), _button(_("Cancel"), "f:no")]]
+        [[_button(_("🗑 Yes, delete everything"), f"f:yes:{telegram_id}"),
+          _button(_("Cancel"), f"f:no:{telegram_id}")]]
     )
+
+
+def parse_forget_action(data: str | None) -> tuple[bool, int] | None:
+    """(confirmed, telegram id of the user who asked) or None for malformed callback_data."""
+    match = _FORGET_ACTION.match(data or "")
+    return None if match is None else (match["answer"] == "yes", int(match["user"]))
+
+
+def parse_language_action(data: str | None) -> str | None:
+    code = (data or "")[2:] if (data or "").startswith("l:") else None
+    return code if code in LANGUAGE_NAMES else None
 
 
 def language_keyboard(current: str) -> InlineKeyboardMarkup:

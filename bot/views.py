@@ -88,13 +88,15 @@ def reading_text(card: ReadingCard, _: Translator) -> str:
         lines.append(_recorded_line(card, _))
         lines.append(_("Tap another button to change it, or ↩️ Undo."))
         return "\n".join(lines)
-    for i, d in enumerate(card.digits):
-        if d.confidence < LOW_CONFIDENCE and d.runner_up is not None:
-            if len(card.digits) == 1:
-                lines.append(_("I'm not sure: {first} or {second}?", first=d.digit, second=d.runner_up))
-            else:
-                lines.append(_("I'm not sure about #{position}: {first} or {second}?",
-                               position=i + 1, first=d.digit, second=d.runner_up))
+    unsure = [(i, d) for i, d in enumerate(card.digits)
+              if d.confidence < LOW_CONFIDENCE and d.runner_up is not None]
+    if len(card.digits) == 1 and unsure:
+        digit = card.digits[0]
+        lines.append(_("I'm not sure: {first} or {second}?", first=digit.digit, second=digit.runner_up))
+    elif unsure:
+        lines.append(_("I'm not sure about {digits}", digits="; ".join(
+            _("#{position}: {first} or {second}?", position=i + 1, first=d.digit, second=d.runner_up)
+            for i, d in unsure)))
     lines.append("")
     if len(card.digits) == 1:
         lines.append(_("Tap ✅ if I'm right, or the right digit."))

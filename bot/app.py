@@ -1,0 +1,140 @@
+"""The one place that wires everything: settings -> storage, recognizer, services, the
+python-telegram-bot Application, the local Bot API emulator (no token) and the fine-tune worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import signal
+from typing import Any
+
+from pydantic import SecretStr
+from telegram import Update
+from telegram.error import TelegramError
+from telegram.ext import AIORateLimiter, Application, ApplicationBuilder
+
+from bot.handlers import register
+from bot.handlers.commands import register_commands
+from bot.handlers.common import SERVICES_KEY
+from bot.handlers.errors import install_redaction
+from bot.handlers.stats import promotion_notifier
+from bot.services import BotServices
+from digitbot.settings import Settings
+
+log = logging.getLogger(__name__)
+AnyApplication = Application[Any, Any, Any, Any, Any, Any]
+
+
+def build_application(settings: Settings, *, services: BotServices) -> AnyApplication:
+    """The Application for any Bot API server given by the settings' token and base URLs."""
+    if settings.telegram_token is None:
+        raise ValueError("no Telegram token: set DIGITBOT_TELEGRAM_TOKEN (digitbot run starts the emulator)")
+    application = (
+        ApplicationBuilder()
+        .token(settings.telegram_token.get_secret_value())
+        .base_url(settings.telegram_base_url)
+        .base_file_url(settings.telegram_base_file_url)
+        .rate_limiter(AIORateLimiter(max_retries=3))
+        .concurrent_updates(True)
+        .post_init(_post_init)
+        .build()
+    )
+    application.bot_data[SERVICES_KEY] = services
+    register(application)
+    return application
+
+
+async def _post_init(application: AnyApplication) -> None:
+    services: BotServices = application.bot_data[SERVICES_KEY]
+    services.set_notifier(promotion_notifier(application, asyncio.get_running_loop()))
+    try:
+        await register_commands(application.bot)
+    except TelegramError as error:  # a server without setMyCommands still gets a working bot
+        log.warning("setMyCommands failed: %s", error)
+
+
+def webhook_secret(token: str) -> str:
+    """Telegram's secret_token header value, the same on every replica (derived from the token)."""
+    return hashlib.sha256(f"digitbot-webhook:{token}".encode()).hexdigest()[:48]
+
+
+async def start_bot(application: AnyApplication, settings: Settings) -> None:
+    """Initialise and start the Application, then long polling (or the webhook when configured)."""
+    await application.initialize()
+    await application.start()
+    updater = application.updater
+    assert updater is not None
+    if settings.webhook_url:
+        token = application.bot.token
+        await updater.start_webhook(
+            listen=settings.webhook_listen, port=settings.webhook_port, url_path="telegram",
+            webhook_url=settings.webhook_url.rstrip("/") + "/telegram", secret_token=webhook_secret(token),
+            allowed_updates=Update.ALL_TYPES)
+    else:
+        await updater.start_polling(allowed_updates=Update.ALL_TYPES, timeout=25)
+
+
+async def stop_bot(application: AnyApplication) -> None:
+    if application.updater is not None and application.updater.running:
+        await application.updater.stop()
+    if application.running:
+        await application.stop()
+    await application.shutdown()
+
+
+def build_services(settings: Settings, *, sessions: Any | None = None) -> BotServices:
+    """Storage (migrated when SQLite) and the recognizer behind the handlers."""
+    from core.model import load_base
+    from core.recognize import Recognizer
+    from storage.db import init_db
+
+    return BotServices(
+        sessions=sessions or init_db(settings), recognizer=Recognizer(load_base(settings.base_weights)),
+        inference_threads=settings.inference_threads, finetune_min_labels=settings.finetune_min_labels,
+        finetune_interval_s=settings.finetune_interval_s)
+
+
+async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """`digitbot run`: emulator (no token), bot, embedded fine-tune worker, until ``stop`` or a signal."""
+    from bot.emulator import EmulatorServer
+    from worker.runner import start_embedded
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    emulator = None
+    if settings.telegram_token is None:
+        emulator = await EmulatorServer(host=settings.emulator_host, port=settings.emulator_port).start()
+        settings = settings.model_copy(update={
+            "telegram_token": SecretStr(emulator.token), "telegram_base_url": emulator.bot_api_url,
+            "telegram_base_file_url": emulator.file_api_url, "webhook_url": None})
+    assert settings.telegram_token is not None
+    install_redaction(settings.telegram_token.get_secret_value())
+    services = build_services(settings)
+    application = build_application(settings, services=services)
+    worker = start_embedded(settings, notify=services.notify_model_promoted, session_factory=services.sessions)
+    services.request_finetune_fn = worker.request_finetune
+    try:
+        await start_bot(application, settings)
+        me = application.bot.username
+        if emulator is not None:
+            print(f"digitbot is running against the local Bot API emulator.\n"
+                  f"Web chat: {emulator.page_url}  (bot @{me}; Ctrl+C to stop)", flush=True)
+        else:
+            mode = f"webhook {settings.webhook_url}" if settings.webhook_url else "long polling"
+            print(f"digitbot @{me} is running ({mode}); Ctrl+C to stop", flush=True)
+        await stop.wait()
+    finally:
+        await stop_bot(application)
+        await asyncio.to_thread(worker.stop)
+        services.close()
+        if emulator is not None:
+            await emulator.stop()
+
+
+def run(settings: Settings) -> None:
+    asyncio.run(serve(settings))

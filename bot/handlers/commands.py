@@ -1,0 +1,172 @@
+"""/start, /help, /lang, /forget, /train, unknown commands, and the command menu (setMyCommands)."""
+
+from __future__ import annotations
+
+import logging
+
+from telegram import Bot, BotCommand, Update
+from telegram.ext import ContextTypes
+
+from bot.handlers.common import edit_message, is_private, services_of, user_translator
+from bot.i18n import LANGUAGE_NAMES, SUPPORTED_LANGUAGES, resolve_language, translator
+from bot.keyboards import forget_keyboard, language_keyboard, parse_forget_action, parse_language_action
+
+log = logging.getLogger(__name__)
+
+
+def N_(message: str) -> str:
+    """Marks a message for extraction; it is translated where it is shown."""
+    return message
+
+
+COMMANDS: list[tuple[str, str]] = [
+    ("start", N_("what I do and what I store")),
+    ("help", N_("how to use me")),
+    ("stats", N_("how often I'm right for you, with a chart")),
+    ("train", N_("fine-tune your personal model now")),
+    ("lang", N_("choose the language (English / 中文)")),
+    ("forget", N_("delete everything I stored about you")),
+]
+
+
+async def register_commands(bot: Bot) -> None:
+    """setMyCommands: English for everyone, plus each translation for its Telegram language."""
+    for language in SUPPORTED_LANGUAGES:
+        _ = translator(language)
+        commands = [BotCommand(name, _(description)) for name, description in COMMANDS]
+        code = language.split("_")[0]  # setMyCommands takes ISO 639-1 codes ("zh", not "zh_CN")
+        await bot.set_my_commands(commands, language_code=None if language == "en" else code)
+
+
+async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    if update.effective_message is None:
+        return
+    _ = await user_translator(update, context)
+    await update.effective_message.reply_text(
+        _("Hi! I read handwritten digits from photos and learn your handwriting from your corrections.\n\n"
+          "Send me a photo of one digit or a row of digits on paper (or an image sent as a file). I reply "
+          "with what I read and how sure I am. Tap ✅ if I'm right or the right digit if I'm wrong, or "
+          "reply to my answer with the right digits (e.g. 4271).\n\n"
+          "What I store and why: the small 28×28 crops of your digits and your photo's Telegram file id, "
+          "what I answered and which model answered, and your confirmations and corrections. I use them "
+          "only to show you how often I'm right (/stats) and to fine-tune a personal copy of my model on "
+          "your handwriting, which I switch on only when it does better for you. /forget deletes all of "
+          "it at any time.")
+    )
+
+
+async def on_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    if update.effective_message is None:
+        return
+    _ = await user_translator(update, context)
+    lines = [_("Send a photo of handwritten digits (or an image file up to 20 MB) and I'll read it."),
+             _("Correct me with the buttons under my answer, or reply to it with the right digits."), ""]
+    lines += [f"/{name} — {_(description)}" for name, description in COMMANDS]
+    await update.effective_message.reply_text("\n".join(lines))
+
+
+async def on_lang(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    message, user = update.effective_message, update.effective_user
+    if message is None or user is None:
+        return
+    _ = await user_translator(update, context)
+    if context.args:
+        choice = context.args[0].strip()
+        language = choice if choice in LANGUAGE_NAMES else next(
+            (code for code, name in LANGUAGE_NAMES.items() if name == choice), None)
+        if language is None and choice.replace("_", "-").lower().split("-")[0] in {"en", "zh"}:
+            language = resolve_language(choice)
+        if language is not None:
+            await services_of(context).set_language(user.id, language)
+            await message.reply_text(translator(language)("Language set to English."))
+            return
+    await message.reply_text(_("Choose your language:"), reply_markup=language_keyboard(_.language))
+
+
+async def on_language_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    query = update.callback_query
+    if query is None:
+        return
+    language = parse_language_action(query.data)
+    if language is None:
+        _ = await user_translator(update, context)
+        await query.answer(_("This button doesn't work any more."), show_alert=True)
+        return
+    await services_of(context).set_language(query.from_user.id, language)
+    _ = translator(language)
+    await query.answer(_("Language set to English."))
+    if query.message is not None:
+        await edit_message(query.message, _("Language set to English."), reply_markup=None)
+
+
+async def on_forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    message, user = update.effective_message, update.effective_user
+    if message is None or user is None:
+        return
+    _ = await user_translator(update, context)
+    await message.reply_text(
+        _("This deletes everything I stored about you: your digits, labels, statistics and personal "
+          "model. It cannot be undone. Are you sure?"),
+        reply_markup=forget_keyboard(user.id, _),
+    )
+
+
+async def on_forget_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    query = update.callback_query
+    if query is None:
+        return
+    _ = await user_translator(update, context)
+    parsed = parse_forget_action(query.data)
+    if parsed is None:
+        await query.answer(_("This button doesn't work any more."), show_alert=True)
+        return
+    confirmed, asker = parsed
+    if asker != query.from_user.id:
+        await query.answer(_("Only the person who asked can answer this. Send /forget yourself to delete "
+                             "your own data."), show_alert=True)
+        return
+    if not confirmed:
+        await query.answer()
+        if query.message is not None:
+            await edit_message(query.message, _("Cancelled. Nothing was deleted."), reply_markup=None)
+        return
+    deleted = await services_of(context).forget(asker)
+    log.info("forgot a user: %d rows deleted", deleted)
+    await query.answer(_("Deleted."))
+    if query.message is not None:
+        await edit_message(query.message, _("Done: everything I stored about you is deleted ({rows} records). "
+                                            "Send a photo any time to start again.", rows=deleted),
+                           reply_markup=None)
+
+
+async def on_train(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    message, user = update.effective_message, update.effective_user
+    if message is None or user is None:
+        return
+    _ = await user_translator(update, context)
+    outcome = await services_of(context).request_finetune(user.id)
+    minutes = max(1, round(outcome.interval_s / 60))
+    texts = {
+        "queued": _("Fine-tune requested: I'm training a personal model on your {labels} labelled digits and "
+                    "will tell you if it does better than the current one.", labels=outcome.labels),
+        "already_queued": _("A fine-tune for you is already queued or running; I'll tell you when it's done."),
+        "not_enough_labels": _("I need at least {needed} labelled digits before I can fine-tune; you have "
+                               "{labels}. Send photos and confirm or correct my answers.",
+                               needed=outcome.needed, labels=outcome.labels),
+        "unknown_user": _("I have no labelled digits from you yet. Send photos and confirm or correct my "
+                          "answers, then ask again."),
+    }
+    await message.reply_text(texts.get(outcome.reason, _(
+        "Fine-tuning runs automatically about every {minutes} min once you have enough new labels.",
+        minutes=minutes)))
+
+
+async def on_unknown_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    message = update.effective_message
+    if message is None or message.text is None:
+        return
+    command = message.text.split()[0]
+    if not is_private(update) and not command.lower().endswith("@" + (context.bot.username or "").lower()):
+        return  # in groups, only commands addressed to this bot
+    _ = await user_translator(update, context)
+    await message.reply_text(_("I don't know that command. /help lists what I can do."))

@@ -1,0 +1,45 @@
+"""Small helpers every handler uses: the services facade and the user's translator."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from telegram import Message, Update
+from telegram.error import BadRequest
+from telegram.ext import ContextTypes
+
+from bot.i18n import DEFAULT_LANGUAGE, Translator, translator
+from bot.services import BotServices
+
+log = logging.getLogger(__name__)
+SERVICES_KEY = "services"
+
+
+def services_of(context: ContextTypes.DEFAULT_TYPE) -> BotServices:
+    services: BotServices = context.application.bot_data[SERVICES_KEY]
+    return services
+
+
+async def user_translator(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Translator:
+    """The translator for whoever sent this update: their /lang choice, else Telegram's language."""
+    user = update.effective_user
+    if user is None:
+        return translator(DEFAULT_LANGUAGE)
+    return translator(await services_of(context).language(user.id, user.language_code))
+
+
+def is_private(update: Update) -> bool:
+    return update.effective_chat is not None and update.effective_chat.type == "private"
+
+
+async def edit_message(message: Message | Any, text: str | None, **kwargs: Any) -> None:
+    """Edit text and/or keyboard; "message is not modified" (a repeated tap) is not an error."""
+    try:
+        if text is None:
+            await message.edit_reply_markup(**kwargs)
+        else:
+            await message.edit_text(text, **kwargs)
+    except BadRequest as error:
+        if "not modified" not in str(error).lower():
+            raise

@@ -1,0 +1,176 @@
+"""Labels from the inline buttons and from text replies to the bot's answer (e.g. ``4271``)."""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+
+from telegram import CallbackQuery, Message, Update
+from telegram.ext import ContextTypes
+
+from bot.handlers.common import edit_message, is_private, services_of, user_translator
+from bot.i18n import Translator
+from bot.keyboards import ReadingAction, digit_picker_keyboard, parse_reading_action, reading_keyboard
+from bot.services import BadLabel, NotFound, NotOwner
+from bot.views import ReadingCard, reading_text
+
+log = logging.getLogger(__name__)
+
+
+def _not_owner(_: Translator) -> str:
+    return _("Only the person who sent the photo can correct this.")
+
+
+def _stale(_: Translator) -> str:
+    return _("I no longer have this photo (maybe after /forget). Please send it again.")
+
+
+def _dead_button(_: Translator) -> str:
+    return _("This button doesn't work any more. Please send the photo again.")
+
+
+async def on_reading_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    query = update.callback_query
+    if query is None or query.from_user is None:
+        return
+    _ = await user_translator(update, context)
+    action = parse_reading_action(query.data)
+    if action is None:
+        await query.answer(_dead_button(_), show_alert=True)
+        return
+    services = services_of(context)
+    try:
+        card = await services.card(query.from_user.id, action.reading_id)
+        if not _belongs_to_message(card, query):
+            await query.answer(_dead_button(_), show_alert=True)
+            return
+        card = await _apply(action, card, update, context)
+    except NotOwner:
+        await query.answer(_not_owner(_), show_alert=True)
+        return
+    except NotFound:
+        await query.answer(_stale(_), show_alert=True)
+        if query.message is not None:
+            await edit_message(query.message, None, reply_markup=None)
+        return
+    await _show(action, card, query, _)
+
+
+def _belongs_to_message(card: ReadingCard, query: CallbackQuery) -> bool:
+    """Buttons act only on the reading shown in the message they are attached to."""
+    message = query.message
+    if message is None or card.bot_message_id is None:
+        return True  # inline-mode message or reply not attached yet: the owner check suffices
+    return message.chat.id == card.chat_id and message.message_id == card.bot_message_id
+
+
+async def _apply(action: ReadingAction, card: ReadingCard, update: Update,
+                 context: ContextTypes.DEFAULT_TYPE) -> ReadingCard:
+    services, user_id, update_id = services_of(context), card.owner_telegram_id, update.update_id
+    if action.kind == "digit" and action.position is not None and action.digit is not None:
+        if action.position >= len(card.digits):
+            raise NotFound(action.reading_id)
+        return await services.label_digit(user_id, action.reading_id, action.position, action.digit, update_id)
+    if action.kind == "confirm":
+        return await services.label_all(user_id, action.reading_id, None, update_id)
+    if action.kind == "undo":
+        return await services.undo(user_id, action.reading_id, update_id)
+    if action.kind == "pick" and (action.position is None or action.position >= len(card.digits)):
+        raise NotFound(action.reading_id)
+    return card  # "pick" / "back" only change the keyboard
+
+
+async def _show(action: ReadingAction, card: ReadingCard, query: CallbackQuery, _: Translator) -> None:
+    message = query.message
+    overview = reading_keyboard(card.reading_id, card.predicted, card.labels, _)
+    if action.kind == "pick" and action.position is not None:
+        await query.answer(_("Which digit is #{position}?", position=action.position + 1))
+        if message is not None:
+            picker = digit_picker_keyboard(card.reading_id, action.position, card.labels[action.position], _)
+            await edit_message(message, None, reply_markup=picker)
+        return
+    if action.kind == "back":
+        await query.answer()
+        if message is not None:
+            await edit_message(message, None, reply_markup=overview)
+        return
+    if action.kind == "undo":
+        await query.answer(_("Undone: nothing is recorded for this photo now."))
+    else:
+        await query.answer(_("Recorded: {digits}", digits=_recorded(card)))
+    if message is not None:
+        await edit_message(message, reading_text(card, _), reply_markup=overview)
+
+
+def _recorded(card: ReadingCard) -> str:
+    return "".join(str(d.label if d.label is not None else d.digit) for d in card.digits)
+
+
+def _cleaned(text: str) -> str:
+    # NFKC turns full-width digits (４２７１, common with Chinese input methods) into ASCII ones.
+    return "".join(unicodedata.normalize("NFKC", text).split())
+
+
+async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A text message: a correction when it replies to the bot's answer, else a hint (private chats)."""
+    message = update.effective_message
+    user = update.effective_user
+    if message is None or user is None or message.text is None:
+        return
+    replied = message.reply_to_message
+    to_bot = replied is not None and replied.from_user is not None and replied.from_user.id == context.bot.id
+    if not to_bot and not is_private(update):
+        return  # group chatter that is not addressed to the bot
+    _ = await user_translator(update, context)
+    text = _cleaned(message.text)
+    if replied is None or not to_bot:
+        if text.isascii() and text.isdigit():
+            await message.reply_text(_("To correct me, reply to my answer to your photo with the right digits."))
+        else:
+            await message.reply_text(
+                _("Send me a photo of handwritten digits and I'll read them. /help explains more."))
+        return
+    await _correct_by_reply(update, context, message, replied, text, _)
+
+
+async def _correct_by_reply(update: Update, context: ContextTypes.DEFAULT_TYPE, message: Message,
+                            replied: Message, text: str, _: Translator) -> None:
+    assert update.effective_user is not None
+    services, user_id = services_of(context), update.effective_user.id
+    card = await services.card_for_reply(user_id, replied.chat_id, replied.message_id)
+    reading_id = card.reading_id if card is not None else _reading_id_in(replied)
+    if reading_id is None:
+        await message.reply_text(_("That message isn't one of my answers to a photo. To correct me, reply "
+                                   "to my answer with the right digits."))
+        return
+    if not (text.isascii() and text.isdigit()):
+        await message.reply_text(_("Please reply with digits only, e.g. {example}.",
+                                   example=card.text if card is not None else "4271"))
+        return
+    try:
+        card = await services.label_all(user_id, reading_id, text, update.update_id)
+    except NotOwner:
+        await message.reply_text(_not_owner(_))
+        return
+    except NotFound:
+        await message.reply_text(_stale(_))
+        return
+    except BadLabel as error:
+        await message.reply_text(_("I read {count} digits in that photo; please reply with exactly {count} "
+                                   "digits.", count=error.expected_length))
+        return
+    await edit_message(replied, reading_text(card, _),
+                       reply_markup=reading_keyboard(card.reading_id, card.predicted, card.labels, _))
+    await message.reply_text(_("Recorded: {digits}", digits=_recorded(card)))
+
+
+def _reading_id_in(message: Message) -> int | None:
+    """The reading a bot answer is about, from its keyboard (the answer belongs to another user or its
+    reply was never attached): lets the owner check give the precise answer."""
+    markup = message.reply_markup
+    for row in markup.inline_keyboard if markup is not None else ():
+        for button in row:
+            action = parse_reading_action(button.callback_data if isinstance(button.callback_data, str) else None)
+            if action is not None:
+                return action.reading_id
+    return None

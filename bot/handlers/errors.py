@@ -1,0 +1,75 @@
+"""The one error handler, and a logging filter that keeps the bot token out of every log line."""
+
+from __future__ import annotations
+
+import logging
+import re
+import traceback
+
+from telegram import Update
+from telegram.error import Forbidden
+from telegram.ext import ContextTypes
+
+from bot.i18n import resolve_language, translator
+
+log = logging.getLogger(__name__)
+REDACTED = "<redacted>"
+# Anything shaped like a bot token (digits:35 url-safe chars), also when it is not the configured one.
+_TOKEN_SHAPE = re.compile(r"\b\d{5,}:[A-Za-z0-9_-]{30,}\b")
+
+
+class RedactTokenFilter(logging.Filter):
+    """Replaces the bot token (and anything shaped like one) in messages and tracebacks."""
+
+    def __init__(self, token: str | None) -> None:
+        super().__init__()
+        self.token = token
+
+    def redact(self, text: str) -> str:
+        if self.token:
+            text = text.replace(self.token, REDACTED)
+        return _TOKEN_SHAPE.sub(REDACTED, text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        record.msg, record.args = self.redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        return True
+
+
+def install_redaction(token: str | None) -> RedactTokenFilter:
+    """Attach the filter to every root handler (filters on a logger miss records from its children)."""
+    redactor = RedactTokenFilter(token)
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in root.handlers:
+        handler.addFilter(redactor)
+    # httpx logs every request URL, and Bot API URLs contain the token.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    return redactor
+
+
+async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+    error = context.error
+    if isinstance(error, Forbidden):
+        log.info("the user blocked the bot or left the chat: %s", error)
+        return
+    update_id = update.update_id if isinstance(update, Update) else None
+    log.error("update %s failed", update_id, exc_info=error)
+    if not isinstance(update, Update):
+        return
+    # The user's Telegram language, not the stored one: the database may be what failed.
+    user = update.effective_user
+    _ = translator(resolve_language(user.language_code if user is not None else None))
+    text = _("Sorry, something went wrong. Please try again.")
+    try:
+        if update.callback_query is not None:
+            await update.callback_query.answer(text, show_alert=True)
+        elif update.effective_chat is not None:
+            await context.bot.send_message(update.effective_chat.id, text)
+    except Exception as exc:  # the Bot API itself may be what failed; never raise from here
+        log.warning("could not tell the user about the error: %s", exc.__class__.__name__)

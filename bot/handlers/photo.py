@@ -1,0 +1,133 @@
+"""Photos and images sent as files in; the digits read, with confidence and a keyboard, out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from telegram import Message, Update
+from telegram.constants import ChatAction
+from telegram.error import BadRequest
+from telegram.ext import ContextTypes
+
+from bot.handlers.common import is_private, services_of, user_translator
+from bot.i18n import Translator
+from bot.keyboards import reading_keyboard
+from bot.views import reading_text
+
+log = logging.getLogger(__name__)
+MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024  # the Bot API's getFile limit
+_REJECTED_IMAGE_TYPES = frozenset({"image/svg+xml"})
+_BUSY_AT = 4  # photos waiting from one user before they are told they will be answered in turn
+
+
+@dataclass(frozen=True)
+class _Incoming:
+    file_id: str
+    file_unique_id: str
+    size: int | None
+
+
+def _is_image_type(mime_type: str | None) -> bool:
+    if mime_type is None or mime_type == "application/octet-stream":
+        return True  # unknown: let the decoder decide
+    return mime_type.startswith("image/") and mime_type not in _REJECTED_IMAGE_TYPES
+
+
+def _pick_file(message: Message) -> _Incoming | str:
+    """The file to read, or the reason ("not_an_image" | "too_large") it cannot be read."""
+    if message.photo:
+        fitting = [p for p in message.photo if p.file_size is None or p.file_size <= MAX_DOWNLOAD_BYTES]
+        if not fitting:
+            return "too_large"
+        best = max(fitting, key=lambda p: (p.width * p.height, p.file_size or 0))
+        return _Incoming(best.file_id, best.file_unique_id, best.file_size)
+    document = message.document
+    if document is None or message.animation is not None or not _is_image_type(document.mime_type):
+        return "not_an_image"
+    if document.file_size is not None and document.file_size > MAX_DOWNLOAD_BYTES:
+        return "too_large"
+    return _Incoming(document.file_id, document.file_unique_id, document.file_size)
+
+
+def problem_text(status: str, _: Translator, **values: int) -> str:
+    texts = {
+        "not_an_image": _("That doesn't look like an image I can read. Please send a photo "
+                          "(JPEG or PNG) of handwritten digits."),
+        "too_large": _("That file is too large for me (the limit is 20 MB). Please send a smaller image."),
+        "no_digit": _("I couldn't find any digits in this photo. Try a close, well-lit photo of dark "
+                      "digits on light paper."),
+        "too_many_digits": _("That's too many digits for one photo. Please photograph at most 12 digits "
+                             "at a time."),
+        "quota": _("You have stored the maximum number of digits ({limit}). Use /forget to start over.",
+                   limit=values.get("limit", 0)),
+    }
+    return texts.get(status, texts["not_an_image"])
+
+
+async def on_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    message = update.effective_message
+    user = update.effective_user
+    if message is None or user is None:
+        return
+    _ = await user_translator(update, context)
+    incoming = _pick_file(message)
+    if isinstance(incoming, str):
+        await message.reply_text(problem_text(incoming, _), do_quote=True)
+        return
+    waiting = context.user_data.setdefault("photos_waiting", 0) if context.user_data is not None else 0
+    if context.user_data is not None:
+        context.user_data["photos_waiting"] = waiting + 1
+        if waiting + 1 == _BUSY_AT:
+            await message.reply_text(_("You're sending photos faster than I can read them; "
+                                       "I'll answer each one in turn."))
+    try:
+        await _read_and_reply(update, context, message, incoming, _)
+    finally:
+        if context.user_data is not None:
+            context.user_data["photos_waiting"] = max(0, context.user_data.get("photos_waiting", 1) - 1)
+
+
+async def _read_and_reply(update: Update, context: ContextTypes.DEFAULT_TYPE, message: Message,
+                          incoming: _Incoming, _: Translator) -> None:
+    assert update.effective_user is not None
+    typing = asyncio.create_task(message.reply_chat_action(ChatAction.TYPING))
+    try:
+        telegram_file = await context.bot.get_file(incoming.file_id)
+        data = bytes(await telegram_file.download_as_bytearray())
+    except BadRequest as error:
+        if "too big" in str(error).lower():
+            await message.reply_text(problem_text("too_large", _), do_quote=True)
+            return
+        raise
+    finally:
+        await asyncio.gather(typing, return_exceptions=True)
+    if len(data) > MAX_DOWNLOAD_BYTES:
+        await message.reply_text(problem_text("too_large", _), do_quote=True)
+        return
+    services = services_of(context)
+    outcome = await services.read_photo(
+        update_id=update.update_id, telegram_id=update.effective_user.id,
+        language=update.effective_user.language_code or _.language, chat_id=message.chat_id,
+        file_id=incoming.file_id, file_unique_id=incoming.file_unique_id, data=data)
+    if outcome.status == "duplicate":
+        log.info("update %s was already processed; not storing it again", update.update_id)
+        return
+    if outcome.card is None:
+        await message.reply_text(problem_text(outcome.status, _, limit=outcome.quota or 0), do_quote=True)
+        return
+    card = outcome.card
+    sent = await message.reply_text(
+        reading_text(card, _), do_quote=True,
+        reply_markup=reading_keyboard(card.reading_id, card.predicted, card.labels, _))
+    await services.attach_message(card.reading_id, sent.chat_id, sent.message_id)
+
+
+async def on_other_media(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Stickers, voice, video, locations...: say what the bot can read (in private chats)."""
+    message = update.effective_message
+    if message is None or not is_private(update):
+        return
+    _ = await user_translator(update, context)
+    await message.reply_text(problem_text("not_an_image", _), do_quote=True)

@@ -1,0 +1,81 @@
+"""/stats (text and a chart image) and the "your personal model went live" notification."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from telegram import Update
+from telegram.error import Forbidden
+from telegram.ext import Application, ContextTypes
+
+from bot.charts import AccuracyPoint, ChartData, render_stats_chart
+from bot.handlers.common import services_of, user_translator
+from bot.i18n import translator
+from bot.services import confusion_matrix, promotions
+from bot.views import stats_text
+
+log = logging.getLogger(__name__)
+
+
+async def on_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    message, user = update.effective_message, update.effective_user
+    if message is None or user is None:
+        return
+    _ = await user_translator(update, context)
+    card, stats = await services_of(context).stats(user.id)
+    await message.reply_text(stats_text(card, _))
+    if card.labelled == 0:
+        return
+    chart = ChartData(
+        points=[AccuracyPoint(b.end, b.count, b.accuracy, b.base_accuracy) for b in stats.buckets],
+        promotions=promotions(stats),
+        confusion=confusion_matrix(stats),
+    )
+    png = await asyncio.to_thread(render_stats_chart, chart, _)
+    await message.reply_photo(png, caption=_("Accuracy over time (your personal model's promotions marked) "
+                                             "and what you wrote vs what I answered."))
+
+
+def _percent(value: Any) -> str:
+    try:
+        return f"{float(value):.0%}"
+    except (TypeError, ValueError):
+        return "—"
+
+
+async def send_promotion(context: ContextTypes.DEFAULT_TYPE) -> None:
+    """JobQueue callback: tell a user their better personal model is live."""
+    job = context.job
+    assert job is not None
+    telegram_id: int = job.data[0]  # type: ignore[index]
+    summary: dict[str, Any] = job.data[1]  # type: ignore[index]
+    language = await services_of(context).language(telegram_id, None)
+    _ = translator(language)
+    text = _("🎉 Your personal model v{version} is live! On your held-out digits it's right {after} of the "
+             "time (before: {before}), trained on {labels} of your labels, and it still reads standard "
+             "digits ({mnist} on MNIST). /stats shows the details.",
+             version=summary.get("version", "?"), after=_percent(summary.get("accuracy_after")),
+             before=_percent(summary.get("accuracy_before")), labels=summary.get("labels", "?"),
+             mnist=_percent(summary.get("mnist_accuracy")))
+    try:
+        await context.bot.send_message(telegram_id, text)
+    except Forbidden:
+        log.info("promotion not announced: user %s blocked the bot", telegram_id)
+
+
+def promotion_notifier(application: Application[Any, Any, Any, Any, Any, Any],
+                       loop: asyncio.AbstractEventLoop) -> Callable[[int, dict[str, Any]], None]:
+    """A ``notify(telegram_id, summary)`` callable for the fine-tune worker (safe from any thread)."""
+
+    def notify(telegram_id: int, summary: dict[str, Any]) -> None:
+        job_queue = application.job_queue
+        if job_queue is None:
+            log.warning("no JobQueue: promotion for user %s not announced", telegram_id)
+            return
+        loop.call_soon_threadsafe(lambda: job_queue.run_once(
+            send_promotion, when=0, data=(telegram_id, dict(summary)), name=f"promotion:{telegram_id}"))
+
+    return notify

@@ -1,0 +1,302 @@
+"""The facade the handlers call: recognition and storage, off the event loop, as plain values.
+
+Recognition (OpenCV + torch in core/) runs in a small thread pool sized by
+``Settings.inference_threads`` so one slow photo never stalls other users; database calls run in
+threads too (``asyncio.to_thread``). All SQL stays in storage/, all torch in core/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.i18n import resolve_language
+from bot.views import DigitCard, ReadingCard, StatsCard
+from core.recognize import PersonalModel, PhotoReading, Recognizer
+from storage import repository as repo
+from storage.errors import InvalidLabel, NotYourSample, QuotaExceeded, UnknownSample
+from storage.records import DigitRecord, ReadingView, UserStats
+from storage.repository.readings import owned_reading
+
+log = logging.getLogger(__name__)
+_PERSONAL_CACHE_SIZE = 64
+
+
+class NotFound(LookupError):
+    """The reading is gone (e.g. after /forget) or never existed."""
+
+
+class NotOwner(PermissionError):
+    """The reading belongs to someone else: only the person who sent the photo may label it."""
+
+
+class BadLabel(ValueError):
+    def __init__(self, expected_length: int) -> None:
+        super().__init__(f"expected {expected_length} digits")
+        self.expected_length = expected_length
+
+
+@dataclass(frozen=True)
+class PhotoOutcome:
+    # "ok" | "duplicate" | "quota" | any core.preprocess status ("no_digit", "not_an_image", ...)
+    status: str
+    card: ReadingCard | None = None
+    quota: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    # "queued" | "already_queued" | "not_enough_labels" | "unknown_user" | "scheduled"
+    reason: str
+    labels: int = 0
+    needed: int = 0
+    interval_s: float = 0.0
+
+
+class FinetuneRequester(Protocol):
+    def __call__(self, telegram_id: int) -> Any: ...  # worker.scheduler.FinetuneRequest-like
+
+
+class BotServices:
+    def __init__(self, *, sessions: sessionmaker[Session], recognizer: Recognizer, inference_threads: int = 2,
+                 finetune_min_labels: int = 10, finetune_interval_s: float = 60.0,
+                 request_finetune: FinetuneRequester | None = None) -> None:
+        self.sessions = sessions
+        self.recognizer = recognizer
+        self.finetune_min_labels = finetune_min_labels
+        self.finetune_interval_s = finetune_interval_s
+        self.request_finetune_fn = request_finetune
+        self._inference = ThreadPoolExecutor(max(1, inference_threads), thread_name_prefix="recognize")
+        self._personal: OrderedDict[int, PersonalModel] = OrderedDict()
+        self._personal_lock = threading.Lock()
+        self._notify: Callable[[int, dict[str, Any]], None] | None = None
+
+    def close(self) -> None:
+        self._inference.shutdown(wait=True)
+
+    # --- users and languages -------------------------------------------------------------------
+    async def language(self, telegram_id: int, telegram_language: str | None) -> str:
+        """The user's catalogue: their /lang choice, else their Telegram language."""
+        stored = await asyncio.to_thread(self._stored_language, telegram_id)
+        return resolve_language(stored or telegram_language)
+
+    def _stored_language(self, telegram_id: int) -> str | None:
+        with self.sessions() as session:
+            user = repo.get_user(session, telegram_id=telegram_id)
+            return user.language if user is not None else None
+
+    async def set_language(self, telegram_id: int, language: str) -> None:
+        def work() -> None:
+            with self.sessions.begin() as session:
+                repo.set_user_language(session, telegram_id=telegram_id, language=language)
+        await asyncio.to_thread(work)
+
+    # --- photos --------------------------------------------------------------------------------
+    async def read_photo(self, *, update_id: int, telegram_id: int, language: str, chat_id: int,
+                         file_id: str, file_unique_id: str, data: bytes) -> PhotoOutcome:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._inference, lambda: self._read_photo(
+            update_id, telegram_id, language, chat_id, file_id, file_unique_id, data))
+
+    def _read_photo(self, update_id: int, telegram_id: int, language: str, chat_id: int,
+                    file_id: str, file_unique_id: str, data: bytes) -> PhotoOutcome:
+        personal = self._personal_model(telegram_id)
+        reading: PhotoReading = self.recognizer.read(data, personal)
+        if reading.status != "ok":
+            return PhotoOutcome(status=reading.status)
+        version_id = self._version_id(personal)
+        records = [
+            DigitRecord(image=crop.image, digit=p.digit, confidence=p.confidence, source=p.source,
+                        base_digit=p.base_digit, base_confidence=p.base_confidence,
+                        model_version_id=version_id if p.source == "personal" else None)
+            for p, crop in zip(reading.predictions, reading.crops, strict=True)
+        ]
+        try:
+            with self.sessions.begin() as session:
+                if not repo.mark_update_processed(session, update_id=update_id):
+                    return PhotoOutcome(status="duplicate")
+                stored = repo.record_reading(session, telegram_id=telegram_id, chat_id=chat_id, file_id=file_id,
+                                             file_unique_id=file_unique_id, digits=records, language=language)
+        except QuotaExceeded as exc:
+            return PhotoOutcome(status="quota", quota=exc.limit)
+        personal_used = any(p.source == "personal" for p in reading.predictions)
+        card = ReadingCard(
+            reading_id=stored.reading_id, owner_telegram_id=telegram_id, chat_id=chat_id, bot_message_id=None,
+            digits=tuple(DigitCard(p.digit, p.confidence, p.source, runner_up=p.runner_up())
+                         for p in reading.predictions),
+            personal_version=personal.version if personal is not None and personal_used else None,
+        )
+        return PhotoOutcome(status="ok", card=card)
+
+    def _personal_model(self, telegram_id: int) -> PersonalModel | None:
+        """The user's active personal model, cached by model version id (weights load once)."""
+        with self.sessions() as session:
+            user = repo.get_user(session, telegram_id=telegram_id)
+            active = repo.active_model_version(session, user_id=user.id) if user is not None else None
+            if user is None or active is None:
+                return None
+            with self._personal_lock:
+                if active.id in self._personal:
+                    self._personal.move_to_end(active.id)
+                    return self._personal[active.id]
+            blob = repo.load_weights(session, user_id=user.id, version_id=active.id)
+            model = PersonalModel.from_bytes(blob, version=active.version)
+            model.version_id = active.id  # type: ignore[attr-defined]
+        with self._personal_lock:
+            self._personal[active.id] = model
+            while len(self._personal) > _PERSONAL_CACHE_SIZE:
+                self._personal.popitem(last=False)
+        return model
+
+    @staticmethod
+    def _version_id(personal: PersonalModel | None) -> int | None:
+        return getattr(personal, "version_id", None) if personal is not None else None
+
+    async def attach_message(self, reading_id: int, chat_id: int, message_id: int) -> None:
+        def work() -> None:
+            with self.sessions.begin() as session:
+                repo.attach_bot_message(session, reading_id=reading_id, chat_id=chat_id, message_id=message_id)
+        await asyncio.to_thread(work)
+
+    # --- labels --------------------------------------------------------------------------------
+    async def card(self, telegram_id: int, reading_id: int) -> ReadingCard:
+        """The reading as it stands; NotFound / NotOwner."""
+        return await asyncio.to_thread(self._run_labelling, telegram_id, reading_id, None, None)
+
+    async def card_for_reply(self, telegram_id: int, chat_id: int, message_id: int) -> ReadingCard | None:
+        def work() -> ReadingCard | None:
+            with self.sessions() as session:
+                view = repo.reading_for_message(session, telegram_id=telegram_id, chat_id=chat_id,
+                                                message_id=message_id)
+                return None if view is None else self._card(session, view, telegram_id)
+        return await asyncio.to_thread(work)
+
+    async def label_digit(self, telegram_id: int, reading_id: int, position: int, digit: int,
+                          update_id: int) -> ReadingCard:
+        def change(session: Session) -> None:
+            repo.label_sample(session, telegram_id=telegram_id, reading_id=reading_id, position=position,
+                              digit=digit)
+        return await asyncio.to_thread(self._run_labelling, telegram_id, reading_id, change, update_id)
+
+    async def label_all(self, telegram_id: int, reading_id: int, digits: str | None,
+                        update_id: int) -> ReadingCard:
+        """Label every digit: ``digits`` from a text reply, or None to confirm the answers given."""
+        def change(session: Session) -> None:
+            text = digits
+            if text is None:
+                view = repo.get_reading(session, telegram_id=telegram_id, reading_id=reading_id)
+                text = view.text if view is not None else ""
+            repo.label_reading(session, telegram_id=telegram_id, reading_id=reading_id, digits=text)
+        return await asyncio.to_thread(self._run_labelling, telegram_id, reading_id, change, update_id)
+
+    async def undo(self, telegram_id: int, reading_id: int, update_id: int) -> ReadingCard:
+        """Take back every label of this reading (its history is kept by storage)."""
+        def change(session: Session) -> None:
+            view = repo.get_reading(session, telegram_id=telegram_id, reading_id=reading_id)
+            for digit in view.digits if view is not None else []:
+                while repo.undo_label(session, telegram_id=telegram_id, reading_id=reading_id,
+                                      position=digit.position) is not None:
+                    pass
+        return await asyncio.to_thread(self._run_labelling, telegram_id, reading_id, change, update_id)
+
+    def _run_labelling(self, telegram_id: int, reading_id: int, change: Callable[[Session], None] | None,
+                       update_id: int | None) -> ReadingCard:
+        try:
+            with self.sessions.begin() as session:
+                fresh = update_id is None or repo.mark_update_processed(session, update_id=update_id)
+                if change is not None and fresh:
+                    change(session)
+                owned_reading(session, telegram_id=telegram_id, reading_id=reading_id)  # raises if not ours
+                view = repo.get_reading(session, telegram_id=telegram_id, reading_id=reading_id)
+                if view is None:
+                    raise UnknownSample(str(reading_id))
+                return self._card(session, view, telegram_id)
+        except UnknownSample:
+            raise NotFound(reading_id) from None
+        except NotYourSample:
+            raise NotOwner(reading_id) from None
+        except InvalidLabel:
+            raise BadLabel(self._length(telegram_id, reading_id)) from None
+
+    def _length(self, telegram_id: int, reading_id: int) -> int:
+        with self.sessions() as session:
+            view = repo.get_reading(session, telegram_id=telegram_id, reading_id=reading_id)
+            return len(view.digits) if view is not None else 0
+
+    @staticmethod
+    def _card(session: Session, view: ReadingView, telegram_id: int) -> ReadingCard:
+        version_ids = {d.model_version_id for d in view.digits if d.model_version_id is not None}
+        versions = {v.id: v.version for v in repo.model_versions(session, user_id=view.user_id)
+                    if v.id in version_ids} if version_ids else {}
+        return ReadingCard(
+            reading_id=view.reading_id, owner_telegram_id=telegram_id, chat_id=view.chat_id,
+            bot_message_id=view.bot_message_id,
+            digits=tuple(DigitCard(d.digit, d.confidence, d.source, label=d.label) for d in view.digits),
+            personal_version=max(versions.values()) if versions else None,
+        )
+
+    # --- stats, forget, fine-tune ----------------------------------------------------------------
+    async def stats(self, telegram_id: int) -> tuple[StatsCard, UserStats]:
+        def work() -> UserStats:
+            with self.sessions() as session:
+                return repo.user_stats(session, telegram_id=telegram_id)
+        stats = await asyncio.to_thread(work)
+        return stats_card(stats), stats
+
+    async def forget(self, telegram_id: int) -> int:
+        def work() -> int:
+            with self.sessions.begin() as session:
+                return repo.forget_user(session, telegram_id=telegram_id)
+        return await asyncio.to_thread(work)
+
+    async def request_finetune(self, telegram_id: int) -> TrainOutcome:
+        if self.request_finetune_fn is None:
+            return TrainOutcome("scheduled", interval_s=self.finetune_interval_s)
+        result = await asyncio.to_thread(self.request_finetune_fn, telegram_id)
+        return TrainOutcome(str(result.reason), labels=int(getattr(result, "labels", 0)),
+                            needed=int(getattr(result, "needed", self.finetune_min_labels)),
+                            interval_s=self.finetune_interval_s)
+
+    # --- promotion notifications (called by the fine-tune worker, from any thread) ------------
+    def set_notifier(self, notify: Callable[[int, dict[str, Any]], None]) -> None:
+        self._notify = notify
+
+    def notify_model_promoted(self, telegram_id: int, summary: dict[str, Any]) -> None:
+        if self._notify is None:
+            log.warning("promotion for user %s not announced: the bot is not running", telegram_id)
+            return
+        self._notify(telegram_id, summary)
+
+
+def stats_card(stats: UserStats) -> StatsCard:
+    active = next((m for m in reversed(stats.models) if m.status == "active"), None)
+    return StatsCard(
+        labelled=stats.labelled, samples=stats.samples, accuracy=stats.accuracy,
+        base_accuracy=stats.base_accuracy, last50_count=stats.last50_count,
+        last50_accuracy=stats.last50_accuracy, last50_base_accuracy=stats.last50_base_accuracy,
+        per_digit=[(d.digit, d.count, d.accuracy) for d in stats.per_digit],
+        personal_version=active.version if active is not None else None,
+        personal_since=active.promoted_at if active is not None else None,
+        top_confusions=list(stats.confusions[:3]),
+    )
+
+
+def confusion_matrix(stats: UserStats) -> list[list[int]]:
+    matrix = [[0] * 10 for _ in range(10)]
+    for digit in stats.per_digit:
+        matrix[digit.digit][digit.digit] = digit.correct
+    for true, answered, count in stats.confusions:
+        matrix[true][answered] = count
+    return matrix
+
+
+def promotions(stats: UserStats) -> Sequence[tuple[Any, int]]:
+    return [(m.promoted_at, m.version) for m in stats.models if m.promoted_at is not None]
