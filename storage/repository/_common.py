@@ -15,8 +15,10 @@ def insert_ignore(session: Session, table: Table, values: dict[str, Any]) -> boo
     """INSERT ... ON CONFLICT DO NOTHING on either backend; True when a row was inserted."""
     dialect = session.get_bind().dialect.name
     module: Any = postgresql if dialect == "postgresql" else sqlite
-    result = session.execute(module.insert(table).values(**values).on_conflict_do_nothing())
-    return bool(getattr(result, "rowcount", 0) == 1)
+    statement = module.insert(table).values(**values).on_conflict_do_nothing()
+    # RETURNING, not rowcount: psycopg reports rowcount -1 for this statement.
+    returned = session.execute(statement.returning(*table.primary_key.columns)).first()
+    return returned is not None
 
 
 def user_id_for(session: Session, telegram_id: int) -> int | None:
