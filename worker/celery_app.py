@@ -97,15 +97,15 @@ def finetune_task(self: Any, job_id: int) -> dict[str, Any]:
 
 
 def publish(job_id: int, *, celery: Celery | None = None) -> bool:
-    """Send job `job_id` to the Celery queue; False (logged) when the broker is unreachable."""
+    """Send job `job_id` to the Celery queue; False when the broker is unreachable (the caller
+    leaves the job queued in the database and tries again at the next sweep)."""
     celery = celery or app
     try:
         celery.send_task(TASK_NAME, args=[job_id], queue=QUEUE,
                          retry=True, retry_policy={"max_retries": 1, "interval_start": 0,
                                                    "interval_step": 0.5, "interval_max": 1})
     except BROKER_ERRORS as exc:
-        log.warning("broker unreachable, fine-tune job %s stays queued in the database and is "
-                    "published again at the next sweep: %s", job_id, exc)
+        log.debug("publishing fine-tune job %s failed: %r", job_id, exc)
         return False
     return True
 

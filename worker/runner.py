@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from digitbot.settings import Settings
 from worker.scheduler import (
@@ -86,6 +87,7 @@ class CeleryDispatcher:
         from worker.celery_app import make_celery
 
         self._celery = make_celery(settings)
+        self._broker_url = settings.celery_broker_url or ""
         self._republish_after_s = republish_after_s if republish_after_s is not None \
             else settings.finetune_lease_s
         self._published: dict[int, float] = {}
@@ -95,13 +97,16 @@ class CeleryDispatcher:
 
         now = time.monotonic()
         self._published = {j: t for j, t in self._published.items() if j in set(job_ids)}
-        sent = []
+        sent: list[int] = []
         for job_id in job_ids:
             last = self._published.get(job_id)
             if last is not None and now - last < self._republish_after_s:
                 continue
             if not publish(job_id, celery=self._celery):
-                break  # the broker is down: the rest stay queued too, retried next sweep
+                log.warning("Celery broker %s unreachable: %d fine-tune job(s) stay queued in the "
+                            "database; the next sweep publishes them again",
+                            _redact(self._broker_url), len(job_ids) - len(sent))
+                break
             self._published[job_id] = now
             sent.append(job_id)
         return sent
@@ -135,9 +140,12 @@ class WorkerHandle:
 
 
 def start_embedded(settings: Settings, *, notify: Notify | None = None,
-                   session_factory: SessionFactory | None = None, first_sweep_delay_s: float = 1.0
-                   ) -> WorkerHandle:
-    """Start the fine-tune sweep and its dispatcher in this process; returns a handle to stop them."""
+                   session_factory: SessionFactory | None = None, first_sweep_delay_s: float = 1.0,
+                   use_celery: bool | None = None) -> WorkerHandle:
+    """Start the fine-tune sweep and its dispatcher in this process; returns a handle to stop them.
+
+    Jobs go to Celery when `use_celery` (default: when `settings.celery_broker_url` is set), else
+    they run in a local worker thread. `notify(telegram_id, summary)` is called after promotions."""
     factory = session_factory or default_session_factory(settings)
     scheduler_ref: list[FinetuneScheduler] = []
 
@@ -146,9 +154,9 @@ def start_embedded(settings: Settings, *, notify: Notify | None = None,
             scheduler_ref[0].wake()
 
     dispatcher: LocalDispatcher | CeleryDispatcher
-    if settings.celery_broker_url:
+    if settings.celery_broker_url if use_celery is None else use_celery:
         dispatcher = CeleryDispatcher(settings)
-        log.info("fine-tune jobs go to Celery at %s", _redact(settings.celery_broker_url))
+        log.info("fine-tune jobs go to Celery at %s", _redact(settings.celery_broker_url or ""))
     else:
         dispatcher = LocalDispatcher(settings, factory, on_done=after_job)
         log.info("fine-tune jobs run in the embedded local worker")
@@ -163,7 +171,7 @@ def start_embedded(settings: Settings, *, notify: Notify | None = None,
 
 def run_local_worker(settings: Settings, *, notify: Notify | None = None) -> None:
     """`digitbot worker`: sweep and run jobs in the foreground until interrupted."""
-    handle = start_embedded(settings, notify=notify, first_sweep_delay_s=0.0)
+    handle = start_embedded(settings, notify=notify, first_sweep_delay_s=0.0, use_celery=False)
     stop = threading.Event()
     try:
         while not stop.wait(1.0):
@@ -175,9 +183,9 @@ def run_local_worker(settings: Settings, *, notify: Notify | None = None) -> Non
 
 
 def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<broker url>"
+    """The broker URL without its password (for logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
