@@ -79,7 +79,8 @@ def add_client_routes(app: web.Application, state: EmulatorState) -> None:
         return {"bot": state.bot_user, "users": list(state.users.values()),
                 "chats": [state.chat_json(chat) for chat in state.chats.values()],
                 "pending_updates": len(state.updates), "version": state.version,
-                "commands": state.commands.get(('{"type": "default"}', ""), [])}
+                "commands": state.commands.get(('{"type": "default"}', ""))
+                or next(iter(state.commands.values()), [])}
 
     async def upsert_user(request: web.Request) -> JSON:
         body = await _json_body(request)
