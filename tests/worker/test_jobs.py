@@ -127,8 +127,13 @@ def test_sweep_requeues_a_job_whose_worker_stopped(settings: Settings, factory: 
     with factory.begin() as session:
         assert repo.claim_job(session, job_id=job_id) is not None  # a worker claims it, then vanishes
     handed: list[Sequence[int]] = []
+
+    def dispatch(job_ids: Sequence[int]) -> list[int]:
+        handed.append(job_ids)
+        return []
+
     short_lease = settings.model_copy(update={"finetune_lease_s": 0.0})
-    report = Sweeper(short_lease, session_factory=factory, dispatch=lambda ids: handed.append(ids) or []).sweep()
+    report = Sweeper(short_lease, session_factory=factory, dispatch=dispatch).sweep()
     assert report.requeued == 1 and list(handed[0]) == [job_id]
     (job,) = job_rows(factory, 17)
     assert (job.state, job.attempts) == (QUEUED, 1)
