@@ -75,11 +75,15 @@ class EmulatorClient:
     # -- what users do ---------------------------------------------------------------------
     async def send_photo(self, user_id: int, chat_id: int, data: bytes, *, as_document: bool = False,
                          caption: str | None = None, reply_to: int | None = None,
-                         file_name: str = "digits.png", mime_type: str | None = None) -> int:
-        """Send an image as a photo (several PhotoSizes) or as a file (a document); the message id."""
+                         file_name: str = "digits.png", mime_type: str | None = None,
+                         keep_original: bool = False) -> int:
+        """Send an image as a photo (several PhotoSizes) or as a file (a document); the message id.
+
+        Photos over 2560 px are downscaled like Telegram does, unless `keep_original`."""
         form = aiohttp.FormData()
         form.add_field("user_id", str(user_id))
         form.add_field("as_document", "true" if as_document else "false")
+        form.add_field("keep_original", "true" if keep_original else "false")
         form.add_field("file_name", file_name)
         if caption is not None:
             form.add_field("caption", caption)

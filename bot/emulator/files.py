@@ -14,8 +14,9 @@ import numpy as np
 
 # Telegram's getFile limit for bots; bigger files get "Bad Request: file is too big".
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
-# The downscaled photo sizes Telegram generates (longest side), smallest first.
-PHOTO_SIDES = (90, 320, 800, 1280)
+# The downscaled photo sizes Telegram generates (longest side), smallest first; the largest one
+# Telegram keeps is 2560 px, so bigger originals are downscaled to that too.
+PHOTO_SIDES = (90, 320, 800, 1280, 2560)
 
 
 @dataclass
@@ -60,11 +61,11 @@ class FileStore:
     def get(self, file_id: str) -> StoredFile | None:
         return self.by_id.get(file_id)
 
-    def add_photo(self, data: bytes) -> list[dict[str, Any]] | None:
-        """Telegram's `photo` array: downscaled JPEG sizes plus the original, smallest first.
-
-        The original bytes are kept as the largest size (Telegram would recompress them), so a
-        test can send an oversized photo and check the bot falls back to a smaller size.
+    def add_photo(self, data: bytes, *, keep_original: bool = False) -> list[dict[str, Any]] | None:
+        """Telegram's `photo` array, smallest first: JPEG downscales (longest side 90 ... 2560 px,
+        those smaller than the image) and the original bytes as the largest size when the image is
+        at most 2560 px. `keep_original` appends the original bytes whatever their size (a test
+        can send an oversized photo and check the bot falls back to a smaller size).
         Returns None when the bytes are not a decodable image.
         """
         image = decode_image(data)
@@ -81,7 +82,8 @@ class FileStore:
             ok, encoded = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 87])
             if ok:
                 sizes.append(self._photo_size(encoded.tobytes(), small.shape[1], small.shape[0]))
-        sizes.append(self._photo_size(data, width, height))
+        if keep_original or max(height, width) <= PHOTO_SIDES[-1]:
+            sizes.append(self._photo_size(data, width, height))
         return sizes
 
     def _photo_size(self, data: bytes, width: int, height: int) -> dict[str, Any]:

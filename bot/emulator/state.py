@@ -84,6 +84,8 @@ class EmulatorState:
         self.chats: dict[int, Chat] = {}
         self.updates: list[JSON] = []
         self.callback_queries: dict[str, CallbackQueryRecord] = {}
+        # (chat_id, message_id) -> time.perf_counter() when the message was stored (benchmarks)
+        self.created_at: dict[tuple[int, int], float] = {}
         self.files.clear()
         if not hasattr(self, "version"):  # counters stay monotonic across resets: a running bot
             self.version = 0              # has confirmed update ids and pollers hold versions
@@ -178,6 +180,7 @@ class EmulatorState:
                 snapshot.pop("reply_to_message", None)
                 message["reply_to_message"] = snapshot
         message.update(content)
+        self.created_at[(chat.id, message["message_id"])] = time.perf_counter()
         chat.next_message_id += 1
         chat.messages[message["message_id"]] = message
         if sender["id"] == self.bot_user["id"]:

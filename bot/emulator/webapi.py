@@ -117,7 +117,8 @@ def add_client_routes(app: web.Application, state: EmulatorState) -> None:
             content = {"document": state.files.add_document(data, file_name=file_name,
                                                              mime_type=upload.content_type)}
         else:
-            sizes = state.files.add_photo(data)
+            keep_original = str(form.get("keep_original", "")).lower() in ("1", "true")
+            sizes = state.files.add_photo(data, keep_original=keep_original)
             if sizes is None:
                 raise bad_request("this file is not an image Telegram can show as a photo; send it as a file")
             content = {"photo": sizes}
