@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from digitbot.settings import Settings
@@ -27,6 +28,9 @@ from worker.scheduler import (
     request_finetune,
 )
 
+if TYPE_CHECKING:
+    from core.finetune import FinetuneConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -34,8 +38,10 @@ class LocalDispatcher:
     """Runs jobs one at a time in a worker thread of this process (the embedded default)."""
 
     def __init__(self, settings: Settings, session_factory: SessionFactory, *,
-                 on_done: Callable[[], None] | None = None, worker_id: str = "local") -> None:
+                 on_done: Callable[[], None] | None = None, worker_id: str = "local",
+                 config: FinetuneConfig | None = None) -> None:
         self._settings = settings
+        self._config = config
         self._session_factory = session_factory
         self._on_done = on_done
         self._worker_id = worker_id
@@ -59,7 +65,7 @@ class LocalDispatcher:
         from worker.jobs import run_job
 
         outcome = run_job(job_id, settings=self._settings, worker_id=self._worker_id,
-                          session_factory=self._session_factory)
+                          session_factory=self._session_factory, config=self._config)
         log.info("fine-tune job %s: %s %s", job_id, outcome.state, outcome.reason or "")
 
     def _finished(self, job_id: int, future: Future[None]) -> None:
@@ -141,11 +147,12 @@ class WorkerHandle:
 
 def start_embedded(settings: Settings, *, notify: Notify | None = None,
                    session_factory: SessionFactory | None = None, first_sweep_delay_s: float = 1.0,
-                   use_celery: bool | None = None) -> WorkerHandle:
+                   use_celery: bool | None = None, config: FinetuneConfig | None = None) -> WorkerHandle:
     """Start the fine-tune sweep and its dispatcher in this process; returns a handle to stop them.
 
     Jobs go to Celery when `use_celery` (default: when `settings.celery_broker_url` is set), else
-    they run in a local worker thread. `notify(telegram_id, summary)` is called after promotions."""
+    they run in a local worker thread (`config`: fine-tune settings for those, default
+    core.finetune's). `notify(telegram_id, summary)` is called after promotions."""
     factory = session_factory or default_session_factory(settings)
     scheduler_ref: list[FinetuneScheduler] = []
 
@@ -158,7 +165,7 @@ def start_embedded(settings: Settings, *, notify: Notify | None = None,
         dispatcher = CeleryDispatcher(settings)
         log.info("fine-tune jobs go to Celery at %s", _redact(settings.celery_broker_url or ""))
     else:
-        dispatcher = LocalDispatcher(settings, factory, on_done=after_job)
+        dispatcher = LocalDispatcher(settings, factory, on_done=after_job, config=config)
         log.info("fine-tune jobs run in the embedded local worker")
     sweeper = Sweeper(settings, session_factory=factory, dispatch=dispatcher, notify=notify)
     scheduler = FinetuneScheduler(sweeper, interval_s=settings.finetune_interval_s,

@@ -1,0 +1,71 @@
+"""The embedded loop end to end: labels in -> sweep -> job -> new active model -> better answers."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.finetune import FinetuneConfig
+from core.model import Checkpoint
+from core.recognize import PersonalModel, Recognizer
+from digitbot.settings import Settings
+from storage import repository as repo
+from tests.worker.conftest import active_version, add_labelled
+from worker.runner import start_embedded
+
+LABELLED = 60
+# Fewer steps and a smaller MNIST probe than production, to keep the test quick on 2 busy cores.
+QUICK = FinetuneConfig(steps=40, replay_size=1024, mnist_subset=1000)
+
+
+def base_checkpoint(settings: Settings) -> Checkpoint:
+    if not settings.base_weights.exists():
+        pytest.skip(f"base weights not found at {settings.base_weights}")
+    return Checkpoint.load(settings.base_weights)
+
+
+@pytest.mark.slow
+def test_labels_in_better_answers_out(settings: Settings, factory: sessionmaker[Session]) -> None:
+    from core.personal_data import semeion_users
+
+    base = base_checkpoint(settings)
+    recognizer = Recognizer(base)
+    user = semeion_users("dev")[0]  # one Semeion writer: stretched, binarised, not MNIST's style
+    seen, new = slice(0, LABELLED), slice(LABELLED, None)
+    answered = np.array([p.digit for p in recognizer.classify(user.images[seen])])
+    add_labelled(factory, 42, user.images[seen], user.labels[seen], answered=answered)
+
+    told: list[tuple[int, dict[str, Any]]] = []
+    promoted = threading.Event()
+
+    def notify(telegram_id: int, summary: dict[str, Any]) -> None:
+        told.append((telegram_id, summary))
+        promoted.set()
+
+    fast = settings.model_copy(update={"finetune_interval_s": 0.5, "finetune_min_labels": 50})
+    handle = start_embedded(fast, notify=notify, session_factory=factory, first_sweep_delay_s=0.0, config=QUICK)
+    try:
+        assert promoted.wait(timeout=400), "no promotion announced"
+    finally:
+        handle.stop()
+
+    assert active_version(factory, 42) == 1
+    ((telegram_id, summary),) = told
+    assert telegram_id == 42 and summary["version"] == 1 and summary["labels"] == LABELLED
+    assert summary["accuracy_after"] > summary["accuracy_before"]
+
+    with factory() as session:
+        user_row = repo.get_user(session, telegram_id=42)
+        assert user_row is not None
+        active = repo.active_model_version(session, user_id=user_row.id)
+        assert active is not None
+        personal = PersonalModel.from_bytes(repo.load_weights(session, user_id=user_row.id,
+                                                              version_id=active.id), version=active.version)
+    truth = user.labels[new]
+    before = np.mean([p.digit for p in recognizer.classify(user.images[new])] == truth)
+    after = np.mean([p.digit for p in recognizer.classify(user.images[new], personal)] == truth)
+    assert after >= before + 0.05, f"new samples of this writer: {before:.1%} -> {after:.1%}"
