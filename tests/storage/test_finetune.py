@@ -39,7 +39,7 @@ def test_users_due_counts_current_labels_since_the_last_run(factory: sessionmake
 
     # Re-labelling a sample does not count twice; undo takes the label back.
     with factory.begin() as s:
-        reading = s.scalar(select(func.min(Reading.id)).where(Reading.user_id == b))
+        reading = s.scalars(select(func.min(Reading.id)).where(Reading.user_id == b)).one()
         repo.label_sample(s, telegram_id=2, reading_id=reading, position=0, digit=7)
         repo.label_sample(s, telegram_id=2, reading_id=reading, position=0, digit=8)
         assert brute_force_new_labels(s, b) == 2

@@ -32,7 +32,7 @@ def test_record_reading_stores_samples_and_predictions(factory: sessionmaker[Ses
         assert [d.sample_id for d in view.digits] == rec.sample_ids
         assert all(d.label is None for d in view.digits)
         assert view.created_at.tzinfo is not None and view.created_at.utcoffset() == UTC.utcoffset(None)
-        image = s.scalar(select(Sample.image).where(Sample.id == rec.sample_ids[2]))
+        image = s.scalars(select(Sample.image).where(Sample.id == rec.sample_ids[2])).one()
         assert np.array_equal(np.frombuffer(image, np.uint8).reshape(28, 28), crop(2 * 31 + 7))
 
 
