@@ -63,6 +63,8 @@ def webhook_secret(token: str) -> str:
 async def start_bot(application: AnyApplication, settings: Settings) -> None:
     """Initialise and start the Application, then long polling (or the webhook when configured)."""
     await application.initialize()
+    if application.post_init is not None:  # run_polling() would call it; we start the parts ourselves
+        await application.post_init(application)
     await application.start()
     updater = application.updater
     assert updater is not None

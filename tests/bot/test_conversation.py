@@ -1,0 +1,211 @@
+"""End to end: the real Application over loopback HTTP against the local Bot API emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from core.recognize import Recognizer
+from storage import repository as repo
+from tests.bot.support import BotHarness, digits_photo, running_bot
+
+ANN, BOB = 42, 43
+
+
+def _reading_id(reply: dict[str, Any]) -> int:
+    return int(reply["reply_markup"]["inline_keyboard"][0][0]["callback_data"].split(":")[1])
+
+
+def _labels(harness: BotHarness, user: int, reading_id: int) -> list[int | None]:
+    with harness.sessions() as session:
+        view = repo.get_reading(session, telegram_id=user, reading_id=reading_id)
+        assert view is not None
+        return [d.label for d in view.digits]
+
+
+def _buttons(message: dict[str, Any]) -> list[str]:
+    return [b["callback_data"] for row in message.get("reply_markup", {}).get("inline_keyboard", []) for b in row]
+
+
+def test_photo_button_correction_undo_and_stats(tmp_path: Path, recognizer: Recognizer) -> None:
+    async def scenario() -> None:
+        async with running_bot(tmp_path, recognizer) as h:
+            await h.users.set_user(ANN, first_name="Ann", language_code="en")
+            reply = await h.photo_reply(ANN, ANN, digits_photo("7"))
+            assert reply["text"].startswith("I read: ")
+            rid = _reading_id(reply)
+            assert _buttons(reply) == [f"c:{rid}"] + [f"d:{rid}:0:{d}" for d in range(10)]
+            for _ in range(100):  # the answer is stored with which model gave it, and the reply's id
+                with h.sessions() as session:
+                    view = repo.get_reading(session, telegram_id=ANN, reading_id=rid)
+                assert view is not None and view.digits[0].source == "base"
+                if view.bot_message_id is not None:
+                    break
+                await asyncio.sleep(0.02)
+            assert view.bot_message_id == reply["message_id"]
+
+            answer = await h.press(ANN, ANN, reply["message_id"], f"d:{rid}:0:3")
+            assert answer["text"] == "Recorded: 3"
+            assert _labels(h, ANN, rid) == [3]
+            edited = await h.message(ANN, reply["message_id"])
+            assert "Recorded: 3" in edited["text"] and f"u:{rid}" in _buttons(edited)
+
+            await h.press(ANN, ANN, reply["message_id"], f"d:{rid}:0:5")  # a second tap changes the label
+            assert _labels(h, ANN, rid) == [5]
+            assert "Recorded: 5" in (await h.message(ANN, reply["message_id"]))["text"]
+            await h.press(ANN, ANN, reply["message_id"], f"u:{rid}")  # undo: nothing recorded
+            assert _labels(h, ANN, rid) == [None]
+            assert f"u:{rid}" not in _buttons(await h.message(ANN, reply["message_id"]))
+            await h.press(ANN, ANN, reply["message_id"], f"c:{rid}")  # confirm the answer as given
+            confirmed = _labels(h, ANN, rid)
+            assert confirmed == [int(reply["text"].split()[2])]
+
+            stats = await h.command_reply(ANN, ANN, "stats")
+            assert "Labelled digits: 1" in stats["text"] and "Right overall: 100%" in stats["text"]
+            chart = await h.users.wait_for_bot_message(ANN, lambda m: "photo" in m, after=stats["message_id"])
+            image = Image.open(io.BytesIO(await h.users.download(chart["photo"][-1]["file_id"])))
+            assert image.format == "PNG" and image.size[0] > 500
+
+    asyncio.run(scenario())
+
+
+def test_row_of_digits_corrected_by_reply_and_by_position(tmp_path: Path, recognizer: Recognizer) -> None:
+    async def scenario() -> None:
+        async with running_bot(tmp_path, recognizer) as h:
+            reply = await h.photo_reply(ANN, ANN, digits_photo("4271"), as_document=True, file_name="row.jpg",
+                                        mime_type="image/jpeg")
+            rid, mid = _reading_id(reply), reply["message_id"]
+            assert _buttons(reply) == [f"c:{rid}"] + [f"p:{rid}:{pos}" for pos in range(4)]
+            assert "reply to this message" in reply["text"]
+
+            wrong = await h.text_reply(ANN, ANN, "42", reply_to=mid)
+            assert "exactly 4 digits" in wrong["text"]
+            not_digits = await h.text_reply(ANN, ANN, "four", reply_to=mid)
+            assert "digits only" in not_digits["text"]
+            assert _labels(h, ANN, rid) == [None] * 4
+
+            done = await h.text_reply(ANN, ANN, "４2 7 1", reply_to=mid)  # full-width and spaces are fine
+            assert done["text"] == "Recorded: 4271"
+            assert _labels(h, ANN, rid) == [4, 2, 7, 1]
+            assert "Recorded: 4271" in (await h.message(ANN, mid))["text"]
+
+            await h.press(ANN, ANN, mid, f"p:{rid}:2")  # pick position 3, then the digit
+            assert _buttons(await h.message(ANN, mid)) == [f"d:{rid}:2:{d}" for d in range(10)] + [f"b:{rid}"]
+            await h.press(ANN, ANN, mid, f"d:{rid}:2:9")
+            assert _labels(h, ANN, rid) == [4, 2, 9, 1]
+            assert "Recorded: 4291" in (await h.message(ANN, mid))["text"]
+
+    asyncio.run(scenario())
+
+
+def test_forget_deletes_everything_and_old_buttons_say_so(tmp_path: Path, recognizer: Recognizer) -> None:
+    async def scenario() -> None:
+        async with running_bot(tmp_path, recognizer) as h:
+            reply = await h.photo_reply(ANN, ANN, digits_photo("5"))
+            rid = _reading_id(reply)
+            await h.press(ANN, ANN, reply["message_id"], f"d:{rid}:0:5")
+            ask = await h.command_reply(ANN, ANN, "forget")
+            assert _buttons(ask) == [f"f:yes:{ANN}", f"f:no:{ANN}"]
+            await h.press(ANN, ANN, ask["message_id"], f"f:yes:{ANN}")
+            assert "deleted" in (await h.message(ANN, ask["message_id"]))["text"]
+            with h.sessions() as session:
+                assert repo.get_user(session, telegram_id=ANN) is None
+            stale = await h.press(ANN, ANN, reply["message_id"], f"d:{rid}:0:6")
+            assert "no longer have this photo" in stale["text"] and stale["show_alert"]
+            assert _buttons(await h.message(ANN, reply["message_id"])) == []  # the dead keyboard is removed
+
+            cancel = await h.command_reply(ANN, ANN, "forget")
+            await h.press(ANN, ANN, cancel["message_id"], f"f:no:{ANN}")
+            assert "Nothing was deleted" in (await h.message(ANN, cancel["message_id"]))["text"]
+
+    asyncio.run(scenario())
+
+
+def test_group_only_the_sender_labels(tmp_path: Path, recognizer: Recognizer) -> None:
+    group = -1001
+
+    async def scenario() -> None:
+        async with running_bot(tmp_path, recognizer) as h:
+            await h.users.set_user(ANN, first_name="Ann", language_code="en")
+            await h.users.set_user(BOB, first_name="Bob", language_code="en")
+            await h.users.create_group(group, [ANN, BOB], title="Class")
+            reply = await h.photo_reply(ANN, group, digits_photo("3"))
+            rid, mid = _reading_id(reply), reply["message_id"]
+
+            refused = await h.press(BOB, group, mid, f"d:{rid}:0:8")
+            assert refused["text"] == "Only the person who sent the photo can correct this."
+            assert refused["show_alert"]
+            by_text = await h.text_reply(BOB, group, "8", reply_to=mid)
+            assert by_text["text"] == "Only the person who sent the photo can correct this."
+            assert _labels(h, ANN, rid) == [None]
+            ask = await h.command_reply(ANN, group, "forget")
+            nope = await h.press(BOB, group, ask["message_id"], f"f:yes:{ANN}")
+            assert "Only the person who asked" in nope["text"]
+            with h.sessions() as session:
+                assert repo.get_user(session, telegram_id=ANN) is not None
+
+            await h.press(ANN, group, mid, f"d:{rid}:0:3")
+            assert _labels(h, ANN, rid) == [3]
+
+            # callback_data forged to name Ann's reading, on a message of Bob's own
+            own = await h.photo_reply(BOB, group, digits_photo("1"))
+            forged = f"d:{rid}:0:0"
+            message = h.server.state.get_message(h.server.state.chats[group], own["message_id"], missing="gone")
+            message["reply_markup"]["inline_keyboard"].append([{"text": "x", "callback_data": forged}])
+            answer = await h.press(BOB, group, own["message_id"], forged)
+            assert answer["text"] == "Only the person who sent the photo can correct this."
+            assert _labels(h, ANN, rid) == [3]
+
+    asyncio.run(scenario())
+
+
+def test_languages_follow_telegram_and_lang(tmp_path: Path, recognizer: Recognizer) -> None:
+    async def scenario() -> None:
+        async with running_bot(tmp_path, recognizer) as h:
+            await h.users.set_user(ANN, first_name="安", language_code="zh-hans")
+            start = await h.command_reply(ANN, ANN, "start")
+            assert start["text"].startswith("你好！")
+            reply = await h.photo_reply(ANN, ANN, digits_photo("2"))
+            assert reply["text"].startswith("我认出的是")
+            choose = await h.command_reply(ANN, ANN, "lang")
+            assert _buttons(choose) == ["l:en", "l:zh_CN"]
+            await h.press(ANN, ANN, choose["message_id"], "l:en")
+            assert (await h.message(ANN, choose["message_id"]))["text"] == "Language set to English."
+            assert (await h.command_reply(ANN, ANN, "help"))["text"].startswith("Send a photo")
+            back = await h.command_reply(ANN, ANN, "lang", "中文")
+            assert back["text"] == "语言已设置为中文。"
+            assert "我不认识这个命令" in (await h.command_reply(ANN, ANN, "nonsense"))["text"]
+            commands = h.server.state.commands  # setMyCommands in both languages
+            assert any("zh" in str(key) for key in commands) and len(commands) >= 2
+
+    asyncio.run(scenario())
+
+
+def test_bad_inputs_get_friendly_answers(tmp_path: Path, recognizer: Recognizer) -> None:
+    async def scenario() -> None:
+        async with running_bot(tmp_path, recognizer) as h:
+            pdf = await h.photo_reply(ANN, ANN, b"%PDF-1.4 not an image", as_document=True, file_name="a.pdf",
+                                      mime_type="application/pdf")
+            assert "doesn't look like an image" in pdf["text"]
+            corrupt = await h.photo_reply(ANN, ANN, b"\x89PNG\r\n\x1a\n broken", as_document=True,
+                                          file_name="b.png", mime_type="image/png")
+            assert "doesn't look like an image" in corrupt["text"]
+            blank = await h.photo_reply(ANN, ANN, digits_photo(""))
+            assert "couldn't find any digits" in blank["text"]
+            big = await h.photo_reply(ANN, ANN, b"\0" * (20 * 1024 * 1024 + 1), as_document=True,
+                                      file_name="big.png", mime_type="image/png")
+            assert "too large" in big["text"]
+            assert "I don't know that command" in (await h.command_reply(ANN, ANN, "frobnicate"))["text"]
+            assert "Send me a photo" in (await h.text_reply(ANN, ANN, "hello " * 500))["text"]
+            help_message = await h.command_reply(ANN, ANN, "help")
+            not_ours = await h.text_reply(ANN, ANN, "12", reply_to=help_message["message_id"])
+            assert "isn't one of my answers" in not_ours["text"]
+            with h.sessions() as session:
+                user = repo.get_user(session, telegram_id=ANN)
+                assert user is None or repo.count_samples(session, user_id=user.id) == 0
+
+    asyncio.run(scenario())
