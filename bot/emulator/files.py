@@ -17,6 +17,7 @@ MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
 # The downscaled photo sizes Telegram generates (longest side), smallest first; the largest one
 # Telegram keeps is 2560 px, so bigger originals are downscaled to that too.
 PHOTO_SIDES = (90, 320, 800, 1280, 2560)
+RENDITION_CACHE_SIZE = 256
 
 
 @dataclass
@@ -37,6 +38,7 @@ class FileStore:
         self._counter = itertools.count(1)
         self.by_id: dict[str, StoredFile] = {}
         self.by_path: dict[str, StoredFile] = {}
+        self._renditions: dict[tuple[bytes, bool], list[tuple[bytes, int, int]]] = {}
 
     def clear(self) -> None:
         self.by_id.clear()
@@ -68,23 +70,14 @@ class FileStore:
         can send an oversized photo and check the bot falls back to a smaller size).
         Returns None when the bytes are not a decodable image.
         """
-        image = decode_image(data)
-        if image is None:
+        key = (hashlib.sha256(data).digest(), keep_original)
+        renditions = self._renditions.get(key) or _render_photo(data, keep_original)
+        if renditions is None:
             return None
-        height, width = image.shape[:2]
-        sizes: list[dict[str, Any]] = []
-        for side in PHOTO_SIDES:
-            scale = side / max(height, width)
-            if scale >= 1:
-                break
-            small = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
-                               interpolation=cv2.INTER_AREA)
-            ok, encoded = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 87])
-            if ok:
-                sizes.append(self._photo_size(encoded.tobytes(), small.shape[1], small.shape[0]))
-        if keep_original or max(height, width) <= PHOTO_SIDES[-1]:
-            sizes.append(self._photo_size(data, width, height))
-        return sizes
+        self._renditions[key] = renditions  # the same bytes sent again (load tests) reuse the work
+        while len(self._renditions) > RENDITION_CACHE_SIZE:
+            del self._renditions[next(iter(self._renditions))]
+        return [self._photo_size(encoded, width, height) for encoded, width, height in renditions]
 
     def _photo_size(self, data: bytes, width: int, height: int) -> dict[str, Any]:
         stored = self.add(data, folder="photos", mime_type=_sniff_mime(data) or "image/jpeg")
@@ -101,6 +94,26 @@ class FileStore:
         if file_name:
             document["file_name"] = file_name
         return document
+
+
+def _render_photo(data: bytes, keep_original: bool) -> list[tuple[bytes, int, int]] | None:
+    image = decode_image(data)
+    if image is None:
+        return None
+    height, width = image.shape[:2]
+    renditions: list[tuple[bytes, int, int]] = []
+    for side in PHOTO_SIDES:
+        scale = side / max(height, width)
+        if scale >= 1:
+            break
+        small = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
+                           interpolation=cv2.INTER_AREA)
+        ok, encoded = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 87])
+        if ok:
+            renditions.append((encoded.tobytes(), small.shape[1], small.shape[0]))
+    if keep_original or max(height, width) <= PHOTO_SIDES[-1]:
+        renditions.append((data, width, height))
+    return renditions
 
 
 def decode_image(data: bytes) -> np.ndarray | None:

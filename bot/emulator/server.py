@@ -16,7 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.emulator.botapi import Params, Upload, call_method
+from bot.emulator import botapi, messages  # noqa: F401  (they register the Bot API methods)
+from bot.emulator.params import Params, Upload, call_method
 from bot.emulator.state import BotApiError, EmulatorState
 from bot.emulator.webapi import add_client_routes
 
