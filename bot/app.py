@@ -16,6 +16,7 @@ from telegram.error import TelegramError
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder
 
 from bot.handlers import register
+from bot.handlers.admin import register_admin
 from bot.handlers.commands import register_commands
 from bot.handlers.common import SERVICES_KEY
 from bot.handlers.errors import install_redaction
@@ -43,6 +44,7 @@ def build_application(settings: Settings, *, services: BotServices) -> AnyApplic
     )
     application.bot_data[SERVICES_KEY] = services
     register(application)
+    register_admin(application, settings.admin_ids)
     return application
 
 
@@ -98,7 +100,7 @@ def build_services(settings: Settings, *, sessions: Any | None = None) -> BotSer
         finetune_interval_s=settings.finetune_interval_s)
 
 
-async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+async def serve(settings: Settings, *, stop: asyncio.Event | None = None, with_worker: bool = True) -> None:
     """`digitbot run`: emulator (no token), bot, embedded fine-tune worker, until ``stop`` or a signal."""
     from bot.emulator import EmulatorServer
     from worker.runner import start_embedded
@@ -118,8 +120,10 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     install_redaction(settings.telegram_token.get_secret_value())
     services = build_services(settings)
     application = build_application(settings, services=services)
-    worker = start_embedded(settings, notify=services.notify_model_promoted, session_factory=services.sessions)
-    services.request_finetune_fn = worker.request_finetune
+    worker = None
+    if with_worker:
+        worker = start_embedded(settings, notify=services.notify_model_promoted, session_factory=services.sessions)
+        services.request_finetune_fn = worker.request_finetune
     try:
         await start_bot(application, settings)
         me = application.bot.username
@@ -132,11 +136,12 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         await stop.wait()
     finally:
         await stop_bot(application)
-        await asyncio.to_thread(worker.stop)
+        if worker is not None:
+            await asyncio.to_thread(worker.stop)
         services.close()
         if emulator is not None:
             await emulator.stop()
 
 
-def run(settings: Settings) -> None:
-    asyncio.run(serve(settings))
+def run(settings: Settings, *, with_worker: bool = True) -> None:
+    asyncio.run(serve(settings, with_worker=with_worker))

@@ -105,6 +105,17 @@ def _cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from bot.app import run
+    from digitbot.settings import get_settings
+
+    settings = get_settings()
+    if args.port is not None:
+        settings = settings.model_copy(update={"emulator_port": args.port})
+    run(settings, with_worker=not args.no_worker)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digitbot", description="Handwritten digit bot")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     work.add_argument("--celery", action="store_true", help="consume jobs from Celery (scale-out)")
     work.add_argument("--concurrency", type=int, default=1, help="Celery worker processes")
     work.set_defaults(func=_cmd_worker)
+
+    serve = sub.add_parser("run", help="run the bot (the local Bot API emulator + web chat when no token is set)")
+    serve.add_argument("--port", type=int, default=None, help="emulator port (default DIGITBOT_EMULATOR_PORT)")
+    serve.add_argument("--no-worker", action="store_true", help="no embedded fine-tune sweep (extra replicas)")
+    serve.set_defaults(func=_cmd_run)
     return parser
 
 
