@@ -91,9 +91,24 @@ def finetune_task(self: Any, job_id: int) -> dict[str, Any]:
     """Run fine-tune job `job_id` (a no-op when another worker holds it or it already ended)."""
     from worker.jobs import run_job
 
-    outcome = run_job(job_id, settings=get_settings(), worker_id=worker_identity())
+    settings = get_settings()
+    outcome = run_job(job_id, settings=settings, worker_id=worker_identity(),
+                      session_factory=_session_factory(settings))
     log.info("job %s: %s", job_id, outcome.state)
     return outcome.as_dict()
+
+
+_factories: dict[str, Any] = {}
+
+
+def _session_factory(settings: Settings) -> Any:
+    """One engine per worker process and database (created after the prefork fork, on first use)."""
+    from storage.db import init_db
+
+    url = settings.resolved_database_url
+    if url not in _factories:
+        _factories[url] = init_db(settings)
+    return _factories[url]
 
 
 def publish(job_id: int, *, celery: Celery | None = None) -> bool:
