@@ -1,0 +1,119 @@
+"""Wiring, idempotency, notifications and log redaction (fast; real Application where it matters)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from telegram import Update
+from telegram.ext import AIORateLimiter
+
+from bot.app import build_application, webhook_secret
+from bot.handlers.errors import REDACTED, RedactTokenFilter
+from bot.services import BotServices, NotOwner
+from core.recognize import Recognizer
+from digitbot.settings import Settings
+from storage import repository as repo
+from tests.bot.support import digits_photo, migrated_sessions, running_bot
+
+ANN = 42
+TOKEN = "123456789:AAH-secret-token-value-abcdefghijklmnop"
+
+
+def test_application_uses_the_configured_bot_api_server(tmp_path: Path, recognizer: Recognizer) -> None:
+    settings = Settings(telegram_token=SecretStr(TOKEN), telegram_base_url="http://api.example:8081/bot",
+                        telegram_base_file_url="http://api.example:8081/file/bot",
+                        _env_file=None)  # type: ignore[call-arg]
+    services = BotServices(sessions=migrated_sessions(tmp_path), recognizer=recognizer)
+    application = build_application(settings, services=services)
+    assert application.bot.base_url == f"http://api.example:8081/bot{TOKEN}"
+    assert application.bot.base_file_url == f"http://api.example:8081/file/bot{TOKEN}"
+    assert isinstance(application.bot.rate_limiter, AIORateLimiter)
+    assert application.concurrent_updates > 1
+    assert application.job_queue is not None
+    assert len(application.error_handlers) == 1
+    services.close()
+    with pytest.raises(ValueError, match="token"):
+        build_application(Settings(_env_file=None), services=services)  # type: ignore[call-arg]
+    secret = webhook_secret(TOKEN)
+    assert secret == webhook_secret(TOKEN) and TOKEN not in secret and len(secret) <= 256
+
+
+def test_the_same_update_twice_stores_and_answers_once(tmp_path: Path, recognizer: Recognizer) -> None:
+    async def scenario() -> None:
+        async with running_bot(tmp_path, recognizer) as h:
+            sent = await h.users.send_photo(ANN, ANN, digits_photo("8"))
+            await h.users.wait_for_reply(ANN, sent, timeout=20)
+            message = next(m for m in await h.users.messages(ANN) if m["message_id"] == sent)
+            update = Update.de_json({"update_id": 10**9, "message": message}, h.application.bot)
+            await h.application.process_update(update)
+            await h.application.process_update(update)  # redelivered: nothing new stored or sent
+            with h.sessions() as session:
+                user = repo.get_user(session, telegram_id=ANN)
+                assert user is not None and repo.count_samples(session, user_id=user.id) == 2
+            replies = [m for m in await h.users.messages(ANN)
+                       if m["from"]["is_bot"] and m.get("reply_to_message", {}).get("message_id") == sent]
+            assert len(replies) == 2  # the original delivery and the first replay
+
+            reading = int(replies[-1]["reply_markup"]["inline_keyboard"][0][0]["callback_data"].split(":")[1])
+            card = await h.services.label_digit(ANN, reading, 0, 4, update_id=10**9 + 1)
+            again = await h.services.undo(ANN, reading, update_id=10**9 + 1)  # a replayed tap: ignored
+            assert card.labels == again.labels == [4]
+            with pytest.raises(NotOwner):
+                await h.services.label_digit(ANN + 1, reading, 0, 1, update_id=10**9 + 2)
+
+    asyncio.run(scenario())
+
+
+@dataclass(frozen=True)
+class _Request:
+    accepted: bool
+    reason: str
+    job_id: int | None = None
+    labels: int = 0
+    needed: int = 0
+
+
+def test_train_and_promotion_notice(tmp_path: Path, recognizer: Recognizer) -> None:
+    asked: list[int] = []
+
+    def request(telegram_id: int) -> _Request:
+        asked.append(telegram_id)
+        return _Request(True, "queued", 1, labels=12, needed=5)
+
+    async def scenario() -> None:
+        async with running_bot(tmp_path, recognizer, request_finetune=request) as h:
+            await h.users.set_user(ANN, first_name="Ann", language_code="zh-hans")
+            reply = await h.command_reply(ANN, ANN, "train")
+            assert asked == [ANN] and "12" in reply["text"] and reply["text"].startswith("已提交训练请求")
+            summary = {"version": 2, "labels": 40, "accuracy_before": 0.8, "accuracy_after": 0.95,
+                       "mnist_accuracy": 0.991}
+            # the worker calls this from its own thread
+            threading.Thread(target=h.services.notify_model_promoted, args=(ANN, summary)).start()
+            notice = await h.users.wait_for_bot_message(ANN, lambda m: "v2" in m.get("text", ""),
+                                                        after=reply["message_id"], timeout=10)
+            assert "95%" in notice["text"] and "80%" in notice["text"] and "99%" in notice["text"]
+
+    asyncio.run(scenario())
+
+
+def test_token_is_redacted_from_messages_and_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("test.redaction")
+    redactor = RedactTokenFilter(TOKEN)
+    caplog.handler.addFilter(redactor)
+    try:
+        try:
+            raise RuntimeError(f"POST https://api.telegram.org/bot{TOKEN}/getUpdates failed")
+        except RuntimeError:
+            logger.exception("request to %s failed", f"https://api.telegram.org/bot{TOKEN}/sendMessage")
+        logger.warning("another token 987654321:ZZZ-abcdefghijklmnopqrstuvwxyz012345 leaked")
+    finally:
+        caplog.handler.removeFilter(redactor)
+    text = caplog.text
+    assert TOKEN not in text and "987654321:ZZZ" not in text
+    assert text.count(REDACTED) >= 3
