@@ -94,6 +94,16 @@ def mark_notified(session: Session, *, job_id: int) -> bool:
     return int(getattr(result, "rowcount", 0)) == 1
 
 
+def unmark_notified(session: Session, *, job_id: int) -> None:
+    """The notify callback failed: put the promotion back in the outbox for the next sweep."""
+    session.execute(
+        update(FinetuneJob)
+        .where(FinetuneJob.id == job_id, FinetuneJob.outcome == NOTIFIED_OUTCOME)
+        .values(outcome=PROMOTED_OUTCOME)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def summary_of(metrics: dict[str, Any]) -> dict[str, Any]:
     """What the bot tells the user about a promotion (see docs/INTERFACES.md "## worker")."""
     def number(key: str) -> float | None:

@@ -137,7 +137,10 @@ class Sweeper:
                 self.notify(notice.telegram_id, notice.summary)
                 delivered.append(notice.job_id)
             except Exception:
-                log.exception("telling user of fine-tune job %s about the new model failed", notice.job_id)
+                log.exception("telling the user of fine-tune job %s about the new model failed; the next "
+                              "sweep tries again", notice.job_id)
+                with self.session_factory.begin() as session:
+                    jobrows.unmark_notified(session, job_id=notice.job_id)
         return delivered
 
 

@@ -111,7 +111,7 @@ def test_promotions_are_announced_once(settings: Settings, factory: sessionmaker
     assert summary["accuracy_before"] == pytest.approx(0.5) and summary["accuracy_after"] == pytest.approx(0.9)
 
 
-def test_a_failing_notify_callback_does_not_stop_the_sweep(settings: Settings,
+def test_a_failed_announcement_is_retried_by_the_next_sweep(settings: Settings,
                                                           factory: sessionmaker[Session]) -> None:
     run(settings, factory, queue_job(settings, factory, 16))
 
@@ -120,6 +120,10 @@ def test_a_failing_notify_callback_does_not_stop_the_sweep(settings: Settings,
 
     report = Sweeper(settings, session_factory=factory, dispatch=lambda ids: [], notify=notify).sweep()
     assert report.notified == []
+    told: list[int] = []
+    retry = Sweeper(settings, session_factory=factory, dispatch=lambda ids: [],
+                    notify=lambda telegram_id, _summary: told.append(telegram_id)).sweep()
+    assert told == [16] and len(retry.notified) == 1  # the failed announcement is tried again
 
 
 def test_sweep_requeues_a_job_whose_worker_stopped(settings: Settings, factory: sessionmaker[Session]) -> None:
