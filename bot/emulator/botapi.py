@@ -10,6 +10,8 @@ from bot.emulator.params import Params, method
 from bot.emulator.state import JSON, BotApiError, EmulatorState, bad_request
 
 _COMMAND_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
+_WEBHOOK_URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
+_SECRET_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 
 
 @method("getMe")
@@ -24,27 +26,53 @@ async def log_out(state: EmulatorState, p: Params) -> bool:
 
 @method("deleteWebhook")
 async def delete_webhook(state: EmulatorState, p: Params) -> bool:
-    state.webhook_url = ""
+    state.webhook_url, state.webhook_secret = "", ""
     if p.bool("drop_pending_updates"):
         state.updates.clear()
+    state.notify()
     return True
 
 
 @method("setWebhook")
 async def set_webhook(state: EmulatorState, p: Params) -> bool:
-    if p.get("url"):
-        raise bad_request("bad webhook: the local emulator serves updates only through getUpdates")
-    return await delete_webhook(state, p)
+    """Webhook mode (see bot.emulator.webhook); plain http is allowed since the emulator is local."""
+    url = str(p.get("url") or "")
+    if not url:
+        return await delete_webhook(state, p)
+    if not _WEBHOOK_URL.match(url):
+        raise bad_request("bad webhook: An HTTPS URL must be provided for webhook")
+    secret = str(p.get("secret_token") or "")
+    if secret and not _SECRET_TOKEN.match(secret):
+        raise bad_request("secret token contains unallowed characters")
+    allowed = p.json("allowed_updates")
+    if isinstance(allowed, list):
+        state.allowed_updates = frozenset(map(str, allowed)) or None
+    if p.bool("drop_pending_updates"):
+        state.updates.clear()
+    state.webhook_url, state.webhook_secret, state.webhook_last_error = url, secret, None
+    state.poll_generation += 1  # a long poll still waiting ends with 409 Conflict
+    state.notify()
+    return True
 
 
 @method("getWebhookInfo")
 async def get_webhook_info(state: EmulatorState, p: Params) -> JSON:
-    return {"url": state.webhook_url, "has_custom_certificate": False,
-            "pending_update_count": len(state.updates)}
+    info: JSON = {"url": state.webhook_url, "has_custom_certificate": False,
+                  "pending_update_count": len(state.updates)}
+    if state.webhook_url:
+        info["max_connections"] = 1
+        if state.allowed_updates:
+            info["allowed_updates"] = sorted(state.allowed_updates)
+    if state.webhook_last_error:
+        info["last_error_date"], info["last_error_message"] = state.webhook_last_error
+    return info
 
 
 @method("getUpdates")
 async def get_updates(state: EmulatorState, p: Params) -> list[JSON]:
+    if state.webhook_url:
+        raise BotApiError(409, "Conflict: can't use getUpdates method while webhook is active; "
+                               "use deleteWebhook to delete the webhook first")
     offset = p.int("offset")
     if offset:
         state.confirm_updates(offset)

@@ -8,18 +8,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from bot.emulator import botapi, messages  # noqa: F401  (they register the Bot API methods)
 from bot.emulator.params import Params, Upload, call_method
 from bot.emulator.state import BotApiError, EmulatorState
 from bot.emulator.webapi import add_client_routes
+from bot.emulator.webhook import deliver_updates
 
 DEFAULT_TOKEN = "1000001:local-emulator-token"
 STATIC_DIR = Path(__file__).with_name("static")
@@ -107,6 +111,8 @@ class EmulatorServer:
         self.state = EmulatorState(token)
         self.app = create_app(self.state)
         self._runner: web.AppRunner | None = None
+        self._webhook_session: aiohttp.ClientSession | None = None
+        self._webhook_task: asyncio.Task[None] | None = None
 
     @property
     def base_url(self) -> str:
@@ -134,11 +140,21 @@ class EmulatorServer:
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         self.port = self._runner.addresses[0][1]
+        self._webhook_session = aiohttp.ClientSession()
+        self._webhook_task = asyncio.create_task(deliver_updates(self.state, self._webhook_session))
         return self
 
     async def stop(self) -> None:
         self.state.closing = True
         self.state.notify()
+        if self._webhook_task is not None:
+            self._webhook_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._webhook_task
+            self._webhook_task = None
+        if self._webhook_session is not None:
+            await self._webhook_session.close()
+            self._webhook_session = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

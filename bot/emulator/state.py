@@ -96,6 +96,8 @@ class EmulatorState:
             self.allowed_updates: frozenset[str] | None = None
             self.commands: dict[tuple[str, str], list[JSON]] = {}
             self.webhook_url = ""
+            self.webhook_secret = ""
+            self.webhook_last_error: tuple[int, str] | None = None
         self.changed()
 
     # -- change notification ---------------------------------------------------------------

@@ -1,0 +1,194 @@
+"""Bot under load: N simulated users send phone photos of digits through the local Bot API emulator.
+
+The real bot runs as its own process (`bot.app.run`, the same code path as `digitbot run` with a
+token), pointed at an in-process emulator by DIGITBOT_TELEGRAM_BASE_URL, exactly as it would be
+pointed at Telegram. Each simulated user has a private chat and loops: think (exponential, mean
+--think-s; 0 = back-to-back), send a photo, wait for the bot's answer. Latency is measured inside
+the emulator: from the moment the user's photo message exists to the moment the bot's answer
+exists (what a Telegram user would perceive, minus the network). Baseline, measured in the same
+run before the bot starts: `Recognizer.read` on the same photos, serially, in this process.
+
+    .venv/bin/python -m bench.bench_bot_load --users 1,20,100 --duration 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bot.emulator import EmulatorClient, EmulatorServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class LevelResult:
+    users: int
+    think_s: float
+    replies: int
+    errors: int
+    seconds: float
+    photos_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+def percentiles(latencies: list[float]) -> tuple[float, float, float, float]:
+    if not latencies:
+        return (float("nan"),) * 4
+    values = np.asarray(latencies) * 1000
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return float(p50), float(p95), float(p99), float(values.max())
+
+
+def make_photos(count: int, digits: tuple[int, int], seed: int) -> list[bytes]:
+    from bench.photos import photo_set
+    from core.data import load_mnist
+
+    images, labels = load_mnist(train=False)
+    return [photo.data for photo in photo_set(images.numpy(), labels.numpy(), count, digits, seed)]
+
+
+def baseline_recognizer(photos: list[bytes], weights: Path) -> tuple[float, float]:
+    """p50/p95 ms of `Recognizer.read` alone (decode, preprocess, classify), serially."""
+    from core.model import load_base
+    from core.recognize import Recognizer
+
+    recognizer = Recognizer(load_base(weights))
+    recognizer.read(photos[0])
+    times = []
+    for data in photos:
+        started = time.perf_counter()
+        recognizer.read(data)
+        times.append(time.perf_counter() - started)
+    p50, p95, _, _ = percentiles(times)
+    return p50, p95
+
+
+def start_bot(server: EmulatorServer, weights: Path, data_dir: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "DIGITBOT_TELEGRAM_TOKEN": server.token,
+           "DIGITBOT_TELEGRAM_BASE_URL": server.bot_api_url,
+           "DIGITBOT_TELEGRAM_BASE_FILE_URL": server.file_api_url,
+           "DIGITBOT_DATA_DIR": str(data_dir), "DIGITBOT_BASE_WEIGHTS": str(weights),
+           "DIGITBOT_DATABASE_URL": f"sqlite:///{data_dir / 'bench.db'}"}
+    code = "from bot.app import run; from digitbot.settings import Settings; run(Settings())"
+    with log_path.open("wb") as log:
+        return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+
+
+async def wait_until_ready(server: EmulatorServer, users: EmulatorClient, bot: subprocess.Popen[bytes],
+                           photo: bytes, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while server.state.poll_generation == 0:
+        if bot.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the bot did not start polling")
+        await asyncio.sleep(0.2)
+    for _ in range(3):  # warm-up: thread pools, first torch call, SQLite file
+        sent = await users.send_photo(1, 1, photo)
+        await users.wait_for_bot_message(1, after=sent, timeout=60)
+
+
+async def run_level(server: EmulatorServer, users: EmulatorClient, photos: list[bytes], n_users: int,
+                    think_s: float, duration: float, first_user_id: int, seed: int) -> LevelResult:
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.monotonic() + duration
+    created = server.state.created_at
+
+    async def user(user_id: int) -> None:
+        nonlocal errors
+        rng = random.Random(seed * 100_003 + user_id)
+        await users.set_user(user_id, language_code=rng.choice(["en", "zh-hans"]))
+        await asyncio.sleep(rng.uniform(0, think_s))  # users don't all start in the same instant
+        while time.monotonic() < stop_at:
+            try:
+                sent = await users.send_photo(user_id, user_id, rng.choice(photos))
+                reply = await users.wait_for_bot_message(user_id, after=sent, timeout=60)
+                latencies.append(created[(user_id, reply["message_id"])] - created[(user_id, sent)])
+            except (TimeoutError, RuntimeError, OSError):
+                errors += 1
+            if think_s:
+                await asyncio.sleep(rng.expovariate(1 / think_s))
+
+    started = time.monotonic()
+    await asyncio.gather(*(user(first_user_id + i) for i in range(n_users)))
+    seconds = time.monotonic() - started
+    p50, p95, p99, worst = percentiles(latencies)
+    return LevelResult(n_users, think_s, len(latencies), errors, round(seconds, 1),
+                       round(len(latencies) / seconds, 2), round(p50, 1), round(p95, 1), round(p99, 1),
+                       round(worst, 1))
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, object]:
+    digits = tuple(int(x) for x in args.digits.split("-"))
+    print(f"generating {args.pool} phone photos ({args.digits} digits each)…", flush=True)
+    photos = make_photos(args.pool, (digits[0], digits[-1]), args.seed)
+    baseline_p50, baseline_p95 = baseline_recognizer(photos, args.weights)
+    print(f"baseline Recognizer.read: p50 {baseline_p50:.1f} ms, p95 {baseline_p95:.1f} ms", flush=True)
+    results: list[LevelResult] = []
+    with tempfile.TemporaryDirectory(prefix="bench-bot-") as tmp:
+        async with EmulatorServer(port=0) as server, EmulatorClient(server.base_url) as users:
+            bot = start_bot(server, args.weights, Path(tmp), Path(tmp) / "bot.log")
+            try:
+                await wait_until_ready(server, users, bot, photos[0])
+                next_user = 1000
+                for think_s in args.think_s:
+                    for n_users in args.users:
+                        result = await run_level(server, users, photos, n_users, think_s, args.duration,
+                                                 next_user, args.seed)
+                        next_user += n_users
+                        results.append(result)
+                        print(json.dumps(asdict(result)), flush=True)
+            except BaseException:
+                print((Path(tmp) / "bot.log").read_text(errors="replace")[-4000:], file=sys.stderr)
+                raise
+            finally:
+                bot.terminate()
+                try:
+                    bot.wait(20)
+                except subprocess.TimeoutExpired:
+                    bot.kill()
+    return {"machine": f"{os.cpu_count()} CPUs, load average {os.getloadavg()}",
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "weights": str(args.weights),
+            "baseline_recognizer_ms": {"p50": round(baseline_p50, 1), "p95": round(baseline_p95, 1)},
+            "levels": [asdict(result) for result in results]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", default="1,20,100", help="concurrent users per level, comma-separated")
+    parser.add_argument("--think-s", default="2,0",
+                        help="mean think time between a user's photos, comma-separated (0 = back-to-back)")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per level")
+    parser.add_argument("--pool", type=int, default=48, help="distinct photos to cycle through")
+    parser.add_argument("--digits", default="1-4", help="digits per photo, e.g. 1 or 1-4")
+    parser.add_argument("--seed", type=int, default=0)
+    default_weights = ROOT / "weights" / "base.pt"
+    parser.add_argument("--weights", type=Path,
+                        default=default_weights if default_weights.exists() else ROOT / "runs" / "dev_base.pt")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    args.users = [int(n) for n in args.users.split(",")]
+    args.think_s = [float(t) for t in args.think_s.split(",")]
+    report = asyncio.run(main_async(args))
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
