@@ -119,6 +119,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None, with_w
     assert settings.telegram_token is not None
     install_redaction(settings.telegram_token.get_secret_value())
     services = build_services(settings)
+    if emulator is not None:
+        services.forget_update_markers()
     application = build_application(settings, services=services)
     worker = None
     if with_worker:

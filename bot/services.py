@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -81,6 +82,12 @@ class BotServices:
 
     def close(self) -> None:
         self._inference.shutdown(wait=True)
+
+    def forget_update_markers(self) -> int:
+        """Drop every processed-update marker: for a fresh local emulator, whose update ids start over
+        and which cannot redeliver anything from before it started."""
+        with self.sessions.begin() as session:
+            return repo.prune_processed_updates(session, older_than=datetime.now(UTC) + timedelta(days=1))
 
     # --- users and languages -------------------------------------------------------------------
     async def language(self, telegram_id: int, telegram_language: str | None) -> str:

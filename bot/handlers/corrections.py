@@ -137,8 +137,13 @@ async def _correct_by_reply(update: Update, context: ContextTypes.DEFAULT_TYPE, 
                             replied: Message, text: str, _: Translator) -> None:
     assert update.effective_user is not None
     services, user_id = services_of(context), update.effective_user.id
-    card = await services.card_for_reply(user_id, replied.chat_id, replied.message_id)
-    reading_id = card.reading_id if card is not None else _reading_id_in(replied)
+    # The answer's own keyboard names its reading; without one (removed, or a server that leaves it
+    # out of reply_to_message) look the reading up by the bot message it was attached to.
+    reading_id = _reading_id_in(replied)
+    card = None
+    if reading_id is None:
+        card = await services.card_for_reply(user_id, replied.chat_id, replied.message_id)
+        reading_id = card.reading_id if card is not None else None
     if reading_id is None:
         await message.reply_text(_("That message isn't one of my answers to a photo. To correct me, reply "
                                    "to my answer with the right digits."))
@@ -165,8 +170,7 @@ async def _correct_by_reply(update: Update, context: ContextTypes.DEFAULT_TYPE, 
 
 
 def _reading_id_in(message: Message) -> int | None:
-    """The reading a bot answer is about, from its keyboard (the answer belongs to another user or its
-    reply was never attached): lets the owner check give the precise answer."""
+    """The reading a bot answer is about, from its inline keyboard (the bot's own callback_data)."""
     markup = message.reply_markup
     for row in markup.inline_keyboard if markup is not None else ():
         for button in row:
