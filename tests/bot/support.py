@@ -4,6 +4,7 @@ and photos of digits drawn with OpenCV."""
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,12 @@ async def _sleep(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def migrated_sessions(tmp_path: Path) -> sessionmaker[Session]:
     url = f"sqlite:///{tmp_path / 'bot.db'}"
     upgrade_to_head(url)
@@ -86,13 +93,17 @@ def migrated_sessions(tmp_path: Path) -> sessionmaker[Session]:
 
 @contextlib.asynccontextmanager
 async def running_bot(tmp_path: Path, recognizer: Recognizer, *, request_finetune: Any = None,
-                      sessions: sessionmaker[Session] | None = None) -> AsyncIterator[BotHarness]:
+                      sessions: sessionmaker[Session] | None = None, webhook: bool = False
+                      ) -> AsyncIterator[BotHarness]:
+    """The bot with long polling, or in webhook mode (the emulator POSTs updates to it)."""
     sessions = sessions or migrated_sessions(tmp_path)
+    port = _free_port() if webhook else 8443
     async with EmulatorServer(port=0) as server, EmulatorClient(server.base_url) as users:
         settings = Settings(
             telegram_token=SecretStr(server.token), telegram_base_url=server.bot_api_url,
             telegram_base_file_url=server.file_api_url, database_url=str(sessions.kw["bind"].url),
-            webhook_url=None, _env_file=None,  # type: ignore[call-arg]
+            webhook_url=f"http://127.0.0.1:{port}" if webhook else None, webhook_listen="127.0.0.1",
+            webhook_port=port, _env_file=None,  # type: ignore[call-arg]
         )
         services = BotServices(sessions=sessions, recognizer=recognizer, inference_threads=2,
                                request_finetune=request_finetune)

@@ -46,7 +46,7 @@ def test_photo_button_correction_undo_and_stats(tmp_path: Path, recognizer: Reco
                 if view.bot_message_id is not None:
                     break
                 await asyncio.sleep(0.02)
-            assert view.bot_message_id == reply["message_id"]
+            assert view is not None and view.bot_message_id == reply["message_id"]
 
             answer = await h.press(ANN, ANN, reply["message_id"], f"d:{rid}:0:3")
             assert answer["text"] == "Recorded: 3"

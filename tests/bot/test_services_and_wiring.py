@@ -70,6 +70,33 @@ def test_the_same_update_twice_stores_and_answers_once(tmp_path: Path, recognize
     asyncio.run(scenario())
 
 
+def test_webhook_mode_answers_photos(tmp_path: Path, recognizer: Recognizer) -> None:
+    async def scenario() -> None:
+        async with running_bot(tmp_path, recognizer, webhook=True) as h:
+            info = await h.application.bot.get_webhook_info()
+            assert info.url.endswith("/telegram")
+            reply = await h.photo_reply(ANN, ANN, digits_photo("4"))
+            assert reply["text"].startswith("I read: ")
+
+    asyncio.run(scenario())
+
+
+def test_an_unexpected_failure_gets_a_friendly_answer(tmp_path: Path, recognizer: Recognizer,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_args: object) -> None:
+        raise RuntimeError("recognizer exploded")
+
+    async def scenario() -> None:
+        async with running_bot(tmp_path, recognizer) as h:
+            monkeypatch.setattr(h.services, "_read_photo", broken)
+            await h.users.set_user(ANN, first_name="Ann", language_code="zh-hans")
+            sent = await h.users.send_photo(ANN, ANN, digits_photo("4"))
+            answer = await h.users.wait_for_bot_message(ANN, after=sent, timeout=10)
+            assert answer["text"] == "抱歉，出了点问题，请再试一次。"
+
+    asyncio.run(scenario())
+
+
 @dataclass(frozen=True)
 class _Request:
     accepted: bool
