@@ -14,6 +14,7 @@ from telegram.ext import ContextTypes
 from bot.handlers.common import is_private, services_of, user_translator
 from bot.i18n import Translator
 from bot.keyboards import reading_keyboard
+from bot.ratelimit import photo_limiter
 from bot.views import reading_text
 
 log = logging.getLogger(__name__)
@@ -76,15 +77,25 @@ async def on_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if isinstance(incoming, str):
         await message.reply_text(problem_text(incoming, _), do_quote=True)
         return
+    limiter = photo_limiter(context.bot_data)
+    admission = limiter.admit(user.id)
+    if admission.refused:
+        await message.reply_text(_("You have too many photos waiting. Please send this one again in a minute."),
+                                 do_quote=True)
+        return
     waiting = context.user_data.setdefault("photos_waiting", 0) if context.user_data is not None else 0
     if context.user_data is not None:
         context.user_data["photos_waiting"] = waiting + 1
-        if waiting + 1 == _BUSY_AT:
-            await message.reply_text(_("You're sending photos faster than I can read them; "
-                                       "I'll answer each one in turn."))
+    already_told = limiter.waiting(user.id) > 0 and not admission.notify
+    if admission.notify or (waiting + 1 == _BUSY_AT and not already_told):
+        await message.reply_text(_("You're sending photos faster than I can read them; "
+                                   "I'll answer each one in turn."))
     try:
+        if admission.waits:  # over the user's rate: wait for their turn (bot/ratelimit.py)
+            await asyncio.sleep(admission.wait_s)
         await _read_and_reply(update, context, message, incoming, _)
     finally:
+        limiter.done(user.id, admission)
         if context.user_data is not None:
             context.user_data["photos_waiting"] = max(0, context.user_data.get("photos_waiting", 1) - 1)
 
