@@ -52,7 +52,8 @@ class _Head(nn.Module):
 
 def finetune_users(base: Checkpoint, users: Sequence[UserSamples], *,
                    config: FinetuneConfig | None = None, device: str | torch.device | None = None,
-                   chunk_size: int = 256) -> list[FinetuneResult]:
+                   chunk_size: int = 256, replay: ReplayBank | None = None,
+                   probe: MnistProbe | None = None) -> list[FinetuneResult]:
     """One ``FinetuneResult`` per user, in order (each with its own gate decision).
 
     device None picks CUDA when available; ``chunk_size`` users are trained together at a time.
@@ -68,8 +69,8 @@ def finetune_users(base: Checkpoint, users: Sequence[UserSamples], *,
         else:
             valid.append(index)
     if valid:
-        replay = cached_replay(base, config.replay_size, torch_device)
-        probe = cached_probe(base, config.mnist_subset, torch_device)
+        replay = replay or cached_replay(base, config.replay_size, torch_device)
+        probe = probe or cached_probe(base, config.mnist_subset, torch_device)
         for start in range(0, len(valid), chunk_size):
             chunk = valid[start:start + chunk_size]
             chunk_results = _finetune_chunk(base, [users[i] for i in chunk], replay, probe, config,

@@ -176,14 +176,18 @@ class MnistProbe:
     """
 
     def __init__(self, base: Checkpoint, subset: int = 2000, *, device: str | torch.device | None = None,
-                 data_dir: str | None = None) -> None:
+                 data_dir: str | None = None,
+                 samples: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """``samples`` (uint8 images (N,28,28), labels) replaces the MNIST test subset (tests)."""
         self.device = pick_device(device)
         self.base = base
         self.model = base.build().to(self.device)
-        images, labels = load_mnist(train=False, directory=data_dir)
-        index = mnist_probe_indices(subset, len(images))
-        self.labels = labels[index].to(self.device)
-        self.features = trunk_features(self.model, images[index], self.device)
+        if samples is None:
+            images, labels = load_mnist(train=False, directory=data_dir)
+            index = mnist_probe_indices(subset, len(images))
+            samples = (images[index], labels[index])
+        self.labels = samples[1].to(self.device)
+        self.features = trunk_features(self.model, samples[0], self.device)
         self.base_logits = head_logits(self.model, self.features)
         self._base_temperature: float | None = None
 

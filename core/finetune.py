@@ -142,11 +142,17 @@ class ReplayBank:
     """Fixed MNIST training samples (from the first 50,000; simulated users use the rest) with
     their frozen-trunk features, shared by every user of the same base model."""
 
-    def __init__(self, base: Checkpoint, size: int, device: torch.device, data_dir: str | None = None):
-        images, labels = load_mnist(train=True, directory=data_dir)
-        index = torch.randperm(REPLAY_POOL, generator=torch.Generator().manual_seed(REPLAY_SEED))[:size]
-        self.labels = labels[index].to(device)
-        self.features = trunk_features(base.build().to(device), images[index], device)
+    def __init__(self, base: Checkpoint, size: int, device: torch.device, data_dir: str | None = None,
+                 samples: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """``samples`` (uint8 images (size,28,28), labels) replaces the MNIST draw (tests)."""
+        if samples is None:
+            images, labels = load_mnist(train=True, directory=data_dir)
+            index = torch.randperm(REPLAY_POOL, generator=torch.Generator().manual_seed(REPLAY_SEED))[:size]
+            samples = (images[index], labels[index])
+        if len(samples[1]) != size:
+            raise ValueError(f"replay bank needs {size} samples, got {len(samples[1])}")
+        self.labels = samples[1].to(device)
+        self.features = trunk_features(base.build().to(device), samples[0], device)
 
 
 _BANKS: dict[tuple[object, ...], ReplayBank] = {}
@@ -286,13 +292,14 @@ def _rejected(base: Checkpoint, current: Checkpoint | None, n_labels: int, reaso
 
 def finetune_user(base: Checkpoint, images: np.ndarray, labels: np.ndarray, *,
                   current: Checkpoint | None = None, config: FinetuneConfig | None = None,
-                  device: str | torch.device | None = None) -> FinetuneResult:
+                  device: str | torch.device | None = None, replay: ReplayBank | None = None,
+                  probe: MnistProbe | None = None) -> FinetuneResult:
     """Fine-tune one user's head, calibrate it, and decide whether it should go live.
 
     images: uint8 (N,28,28) normalised crops (white on black) in labelling order; labels: (N,).
     current: the user's active personal checkpoint (training starts from it; it is what the
     candidate must beat on the held-out samples), or None for the base model.
-    device: None picks CUDA when available.
+    device: None picks CUDA when available. replay/probe: None = the MNIST ones, cached per process.
     The result's checkpoint has meta {"kind": "personal", "temperature", "threshold",
     "base_temperature", "base_data_sha256", "seed", "config"} and metrics {heldout_before,
     heldout_after, heldout_personal, heldout_nll_before, heldout_nll_after, mnist_accuracy,
@@ -307,7 +314,7 @@ def finetune_user(base: Checkpoint, images: np.ndarray, labels: np.ndarray, *,
     torch_device = pick_device(device)
     torch.manual_seed(config.seed)
     prepared = prepare_user(images, labels, config)
-    replay = cached_replay(base, config.replay_size, torch_device)
+    replay = replay or cached_replay(base, config.replay_size, torch_device)
     model = base.build().to(torch_device)
     anchor = {k: v.detach().clone() for k, v in model.named_parameters()}
     if current is not None:
@@ -316,7 +323,7 @@ def finetune_user(base: Checkpoint, images: np.ndarray, labels: np.ndarray, *,
     holdout_features = trunk_features(model, prepared.holdout_images, torch_device)
     head, best_step = train_head(model, train_features, prepared, replay, holdout_features, anchor, config)
     seconds = time.perf_counter() - started
-    probe = cached_probe(base, config.mnist_subset, torch_device)
+    probe = probe or cached_probe(base, config.mnist_subset, torch_device)
     extra = {"n_labels": float(len(labels)), "n_train": float(len(labels) - len(prepared.holdout_labels)),
              "best_step": float(best_step), "train_seconds": seconds}
     return evaluate_candidate(base, current, head, holdout_features, prepared.holdout_labels, probe,

@@ -1,0 +1,39 @@
+"""core.batched_finetune: many users at once give the one-user path's results."""
+
+from __future__ import annotations
+
+import torch
+
+from core.batched_finetune import UserSamples, finetune_users
+from core.finetune import FinetuneConfig, finetune_user
+from tests.core.test_finetune import TINY, pattern_digits, random_base, tiny_bank_and_probe
+
+
+def test_three_users_batched_match_the_one_user_path() -> None:
+    base = random_base(seed=3)
+    replay, probe = tiny_bank_and_probe(base)
+    config = FinetuneConfig(**{**TINY.__dict__, "steps": 16})
+    # a returning user starts from their active personal head
+    warm_start = finetune_user(base, *pattern_digits(20, seed=30), config=config, replay=replay,
+                               probe=probe, device="cpu").checkpoint
+    users = [UserSamples(*pattern_digits(n, seed=10 + n), current=current)
+             for n, current in ((12, None), (30, warm_start), (21, None))]
+    users.insert(1, UserSamples(*pattern_digits(2, seed=1)))  # too few labels: rejected, no crash
+
+    batched = finetune_users(base, users, config=config, device="cpu", chunk_size=2, replay=replay,
+                             probe=probe)
+    assert len(batched) == 4
+    assert not batched[1].decision.promote and "too few" in batched[1].decision.reason
+    for user, result in zip(users[:1] + users[2:], batched[:1] + batched[2:], strict=True):
+        alone = finetune_user(base, user.images, user.labels, current=user.current, config=config,
+                              replay=replay, probe=probe, device="cpu")
+        assert set(result.checkpoint.state_dict) == set(alone.checkpoint.state_dict)
+        for name, value in alone.checkpoint.state_dict.items():
+            torch.testing.assert_close(result.checkpoint.state_dict[name], value, atol=1e-4, rtol=1e-4)
+        assert result.metrics["best_step"] == alone.metrics["best_step"]
+        for key in ("heldout_before", "heldout_after", "mnist_accuracy"):
+            assert abs(result.metrics[key] - alone.metrics[key]) < 1e-6, key
+        assert result.decision.promote == alone.decision.promote
+    # the users really trained differently (stacked, not shared, parameters)
+    assert not torch.equal(batched[0].checkpoint.state_dict["fc2.weight"],
+                           batched[2].checkpoint.state_dict["fc2.weight"])
