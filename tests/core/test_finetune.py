@@ -44,6 +44,7 @@ def random_base(seed: int = 0) -> Checkpoint:
     net = DigitNet()
     for module in net.modules():  # non-default BN statistics, so "unchanged" means something
         if isinstance(module, torch.nn.BatchNorm2d):
+            assert module.running_mean is not None and module.running_var is not None
             module.running_mean.uniform_(-0.1, 0.1)
             module.running_var.uniform_(0.5, 1.5)
     return Checkpoint(state_dict={k: v.clone() for k, v in net.state_dict().items()},
