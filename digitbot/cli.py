@@ -77,6 +77,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from digitbot.settings import get_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("worker").setLevel(logging.INFO)  # alembic's logging config lowers the root level
     settings = get_settings()
     if args.celery:
         if not settings.celery_broker_url:

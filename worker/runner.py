@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from digitbot.settings import Settings
+from worker.jobs import pick_device
 from worker.scheduler import (
     FinetuneRequest,
     FinetuneScheduler,
@@ -86,8 +88,9 @@ class LocalDispatcher:
 
 
 class CeleryDispatcher:
-    """Publishes queued jobs to Celery; a job still queued after `republish_after_s` is sent again
-    (its message may have been lost with Redis), a duplicate is harmless (the claim is a CAS)."""
+    """Publishes queued jobs to Celery. A job still queued `republish_after_s` after it was sent
+    (default: 5 leases, at least 10 minutes) is sent again, as its message may have been lost with
+    a Redis restart; a duplicate message is harmless (the claim is a compare-and-set)."""
 
     def __init__(self, settings: Settings, *, republish_after_s: float | None = None) -> None:
         from worker.celery_app import make_celery
@@ -95,7 +98,7 @@ class CeleryDispatcher:
         self._celery = make_celery(settings)
         self._broker_url = settings.celery_broker_url or ""
         self._republish_after_s = republish_after_s if republish_after_s is not None \
-            else settings.finetune_lease_s
+            else max(600.0, 5 * settings.finetune_lease_s)
         self._published: dict[int, float] = {}
 
     def __call__(self, job_ids: Sequence[int]) -> list[int]:
@@ -177,14 +180,17 @@ def start_embedded(settings: Settings, *, notify: Notify | None = None,
 
 
 def run_local_worker(settings: Settings, *, notify: Notify | None = None) -> None:
-    """`digitbot worker`: sweep and run jobs in the foreground until interrupted."""
-    handle = start_embedded(settings, notify=notify, first_sweep_delay_s=0.0, use_celery=False)
+    """`digitbot worker`: sweep and run jobs in the foreground until SIGINT/SIGTERM; a job in
+    progress is finished first (a hard kill is covered by the lease: the job is re-queued)."""
     stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    handle = start_embedded(settings, notify=notify, first_sweep_delay_s=0.0, use_celery=False)
+    log.info("fine-tune worker running on %s, a sweep every %.0f s", pick_device(),
+             settings.finetune_interval_s)
     try:
-        while not stop.wait(1.0):
-            pass
-    except KeyboardInterrupt:
-        log.info("stopping the fine-tune worker")
+        stop.wait()
+        log.info("stopping the fine-tune worker (finishing the job in progress)")
     finally:
         handle.stop()
 
