@@ -293,6 +293,10 @@ def stats_card(stats: UserStats) -> StatsCard:
         personal_version=active.version if active is not None else None,
         personal_since=active.promoted_at if active is not None else None,
         top_confusions=list(stats.confusions[:3]),
+        personal_answers=stats.personal_answers,
+        personal_accuracy=stats.personal_correct / stats.personal_answers if stats.personal_answers else None,
+        personal_base_accuracy=(stats.personal_base_correct / stats.personal_answers
+                                if stats.personal_answers else None),
     )
 
 

@@ -61,6 +61,9 @@ class StatsCard:
     personal_version: int | None
     personal_since: datetime | None
     top_confusions: list[tuple[int, int, int]] = field(default_factory=list)  # (true, answered, count)
+    personal_answers: int = 0  # labelled digits the personal model answered
+    personal_accuracy: float | None = None
+    personal_base_accuracy: float | None = None  # the base model on those same digits
 
 
 def _percent(value: float | None) -> str:
@@ -141,6 +144,10 @@ def stats_text(stats: StatsCard, _: Translator) -> str:
                        since=stats.personal_since.strftime("%Y-%m-%d %H:%M UTC")))
     else:
         lines.append(_("Personal model: none yet (the base model answers)."))
+    if stats.personal_answers:
+        lines.append(_("When your personal model answered ({count} digits): right {accuracy}; the base model "
+                       "alone would have been right {base}.", count=stats.personal_answers,
+                       accuracy=_percent(stats.personal_accuracy), base=_percent(stats.personal_base_accuracy)))
     per_digit = [
         _("{digit}: {accuracy} of {count}", digit=digit, accuracy=_percent(accuracy), count=count)
         for digit, count, accuracy in stats.per_digit
