@@ -3,7 +3,8 @@
 
 const api = "/emulator/api";
 const $ = (id) => document.getElementById(id);
-const view = { version: null, chatId: null, replyTo: null, seenAnswers: new Set(), poll: null, botId: null };
+const view = { version: null, chatId: null, replyTo: null, seenAnswers: new Set(), poll: null, botId: null,
+               stickToBottom: true };
 
 async function call(method, path, body) {
   const options = { method };
@@ -69,9 +70,14 @@ function renderText(text, entities) {
   return root;
 }
 
+function keepAtBottom() {
+  if (view.stickToBottom) $("messages").scrollTop = $("messages").scrollHeight;
+}
+
 function photoElement(sizes) {
   const best = sizes.filter((s) => Math.max(s.width, s.height) <= 1280).pop() || sizes[sizes.length - 1];
   const img = document.createElement("img");
+  img.addEventListener("load", keepAtBottom);  // images grow the chat after it was scrolled
   img.src = `${api}/files/${best.file_id}`;
   img.alt = "photo";
   img.className = "photo";
@@ -145,19 +151,20 @@ function renderMessage(message, chat) {
   return bubble;
 }
 
-function render(snapshot) {
+function render(snapshot, initial) {
   const box = $("messages");
-  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
   box.replaceChildren(...snapshot.messages.map((m) => renderMessage(m, snapshot.chat || {})));
   if (!snapshot.messages.length) box.innerHTML = '<p class="muted empty">Draw a digit and press “Send drawing”, upload a photo, or type /start.</p>';
-  if (atBottom) box.scrollTop = box.scrollHeight;
+  keepAtBottom();
   const typing = $("typing");
   typing.hidden = !snapshot.chat_action;
   typing.textContent = snapshot.chat_action === "typing" ? "digitbot is typing…" : `digitbot: ${snapshot.chat_action}…`;
   for (const answer of snapshot.callback_answers) {
     if (answer.answered && !view.seenAnswers.has(answer.callback_query_id)) {
       view.seenAnswers.add(answer.callback_query_id);
-      if (answer.text && answer.user_id === userId()) answer.show_alert ? alert(answer.text) : toast(answer.text);
+      if (initial || !answer.text || answer.user_id !== userId()) continue;  // not news to this user
+      if (answer.show_alert) alert(answer.text);
+      else toast(answer.text);
     }
   }
 }
@@ -177,8 +184,9 @@ async function pollLoop(signal, chatId) {
       const response = await fetch(`${api}/chats/${chatId}/messages${query}`, { signal });
       const payload = await response.json();
       if (signal.aborted || chatId !== view.chatId) return;
+      const initial = view.version === null;
       view.version = payload.result.version;
-      render(payload.result);
+      render(payload.result, initial);
       $("status").textContent = "connected";
     } catch (error) {
       if (signal.aborted) return;
@@ -267,6 +275,10 @@ function setUpPad() {
 
 async function start() {
   setUpPad();
+  $("messages").addEventListener("scroll", () => {
+    const box = $("messages");
+    view.stickToBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  });
   $("text-form").addEventListener("submit", sendText);
   $("reply-cancel").addEventListener("click", () => setReply(null));
   $("file").addEventListener("change", () => {

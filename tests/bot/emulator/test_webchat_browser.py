@@ -1,6 +1,9 @@
-"""The web chat in a real headless Chromium (Playwright): draw a digit, get the answer, correct it.
+"""The web chat in a real headless Chromium (Playwright) with the real bot behind the emulator:
+draw a digit, see the answer with its buttons, press a correction, see the message edited, reply
+to the bot's message with the digit, ask /stats and see the chart.
 
-Runs when DIGITBOT_TEST_CHROMIUM names a Chromium binary (e.g. /usr/bin/chromium).
+Runs when DIGITBOT_TEST_CHROMIUM names a Chromium binary (e.g. /usr/bin/chromium). With
+DIGITBOT_SCREENSHOT=path it also saves a screenshot of the chat there (docs/screenshots/webchat.png).
 """
 
 from __future__ import annotations
@@ -8,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.bot.emulator.support import harness, run_fake_bot
+from core.recognize import Recognizer
+from tests.bot.support import running_bot
 
 CHROMIUM = os.environ.get("DIGITBOT_TEST_CHROMIUM", "")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
+USER = 1001  # the page's default user; its private chat has the same id
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM or not Path(CHROMIUM).exists(),
@@ -23,58 +29,64 @@ pytestmark = [
 ]
 
 
-async def draw_seven(page: object) -> None:
-    pad = page.locator("#pad")  # type: ignore[attr-defined]
-    box = await pad.bounding_box()
-    mouse = page.mouse  # type: ignore[attr-defined]
-    await mouse.move(box["x"] + 70, box["y"] + 60)
-    await mouse.down()
-    await mouse.move(box["x"] + 210, box["y"] + 60, steps=8)
-    await mouse.move(box["x"] + 120, box["y"] + 240, steps=8)
-    await mouse.up()
+async def draw_seven(page: Any) -> None:
+    box = await page.locator("#pad").bounding_box()
+    await page.mouse.move(box["x"] + 70, box["y"] + 55)
+    await page.mouse.down()
+    await page.mouse.move(box["x"] + 215, box["y"] + 55, steps=10)
+    await page.mouse.move(box["x"] + 120, box["y"] + 245, steps=12)
+    await page.mouse.up()
 
 
-def test_draw_send_see_answer_and_correct_it(tmp_path: Path) -> None:
+def test_draw_send_see_answer_correct_it_and_see_stats(tmp_path: Path, recognizer: Recognizer) -> None:
     playwright_api = pytest.importorskip("playwright.async_api")
 
     async def scenario() -> None:
-        async with harness() as h:
-            await h.bot.set_my_commands([("start", "Start"), ("stats", "Your accuracy")])
-            bot_task = asyncio.create_task(run_fake_bot(h.bot))
+        async with running_bot(tmp_path, recognizer) as h, playwright_api.async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             try:
-                async with playwright_api.async_playwright() as playwright:
-                    browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-                    page = await browser.new_page(viewport={"width": 1100, "height": 760})
-                    errors: list[str] = []
-                    page.on("pageerror", lambda error: errors.append(str(error)))
-                    await page.goto(h.server.page_url)
-                    await page.wait_for_selector("#status:text('connected')", timeout=10_000)
-                    await page.select_option("#user-lang", "zh-hans")
+                page = await browser.new_page(viewport={"width": 1180, "height": 900})
+                page_errors: list[str] = []
+                page.on("pageerror", lambda error: page_errors.append(str(error)))
+                await page.goto(h.server.page_url)
+                await page.wait_for_selector("#status:text('connected')", timeout=10_000)
+                await page.wait_for_selector("#command-list button:text('/stats')", timeout=10_000)
 
-                    await draw_seven(page)
-                    await page.click("#send-drawing")
-                    await page.wait_for_selector(".message.bot .keyboard button", timeout=10_000)
-                    (user_message, reply) = await h.users.messages(1001)
-                    assert user_message["from"]["language_code"] == "zh-hans"
-                    drawing = await h.users.download(user_message["photo"][-1]["file_id"])
-                    assert drawing.startswith(b"\x89PNG") and len(drawing) > 1000, "the canvas was sent"
+                await draw_seven(page)
+                await page.click("#send-drawing")
+                await page.wait_for_selector(".message.bot .keyboard button", timeout=20_000)
+                drawing, answer = await h.users.messages(USER)
+                sent = await h.users.download(drawing["photo"][-1]["file_id"])
+                assert sent.startswith(b"\x89PNG") and len(sent) > 1000, "the canvas drawing was sent"
+                assert answer["reply_to_message"]["message_id"] == drawing["message_id"]
+                assert answer["text"].startswith("I read")
 
-                    await page.click(".message.bot .keyboard button[data-callback='fix:1']")
-                    await page.wait_for_selector(".message.bot:has-text('Recorded: 1')", timeout=10_000)
-                    await page.wait_for_selector("#toast:has-text('Saved: 1')", timeout=5_000)
-                    edited = (await h.users.messages(1001))[1]
-                    assert edited["message_id"] == reply["message_id"] and "edit_date" in edited
+                # Correct it with the button "7" (its digit buttons are "d:<reading>:<position>:<digit>").
+                await page.click(".message.bot .keyboard button[data-callback$=':0:7']")
+                await page.wait_for_selector(".message.bot .meta:has-text('edited')", timeout=20_000)
+                await page.wait_for_selector("#toast:has-text('Recorded: 7')", timeout=10_000)
+                edited = (await h.users.messages(USER))[1]
+                assert edited["message_id"] == answer["message_id"] and "Recorded: 7" in edited["text"]
+                assert page_errors == []
 
-                    await page.click(".message.bot")  # reply to the bot's message by clicking it
-                    await page.fill("#text", "1")
-                    await page.press("#text", "Enter")
-                    await page.wait_for_selector(".message.bot:has-text('You said: 1')", timeout=10_000)
-                    typed = (await h.users.messages(1001))[2]
-                    assert typed["reply_to_message"]["message_id"] == reply["message_id"]
-                    await page.screenshot(path=str(tmp_path / "webchat.png"))
-                    assert errors == []
-                    await browser.close()
+                # Reply to the bot's message with the right digit, by clicking it and typing.
+                await page.click(f".message.bot[data-message-id='{answer['message_id']}'] .text")
+                await page.wait_for_selector("#reply-bar:visible")
+                await page.fill("#text", "7")
+                await page.press("#text", "Enter")
+                await h.users.wait_for_bot_message(USER, after=answer["message_id"] + 1, timeout=20)
+                typed = next(m for m in await h.users.messages(USER) if m.get("text") == "7")
+                assert typed["reply_to_message"]["message_id"] == answer["message_id"]
+
+                await page.click("#command-list button:text('/stats')")
+                await page.press("#text", "Enter")
+                await page.wait_for_selector(".message.bot img.photo", timeout=30_000)
+                await page.wait_for_function(
+                    "[...document.querySelectorAll('.message.bot img.photo')].every(i => i.complete)")
+                screenshot = os.environ.get("DIGITBOT_SCREENSHOT")
+                await page.screenshot(path=screenshot or str(tmp_path / "webchat.png"), full_page=False)
+                assert page_errors == []
             finally:
-                bot_task.cancel()
+                await browser.close()
 
     asyncio.run(scenario())
