@@ -23,7 +23,7 @@ from bot.i18n import resolve_language
 from bot.views import DigitCard, ReadingCard, StatsCard
 from core.recognize import PersonalModel, PhotoReading, Recognizer
 from storage import repository as repo
-from storage.errors import InvalidLabel, NotYourSample, QuotaExceeded, UnknownSample
+from storage.errors import CorruptWeights, InvalidLabel, NotYourSample, QuotaExceeded, UnknownSample
 from storage.records import DigitRecord, ReadingView, UserStats
 from storage.repository.readings import owned_reading
 
@@ -115,11 +115,10 @@ class BotServices:
 
     def _read_photo(self, update_id: int, telegram_id: int, language: str, chat_id: int,
                     file_id: str, file_unique_id: str, data: bytes) -> PhotoOutcome:
-        personal = self._personal_model(telegram_id)
+        version_id, personal = self._personal_model(telegram_id)
         reading: PhotoReading = self.recognizer.read(data, personal)
         if reading.status != "ok":
             return PhotoOutcome(status=reading.status)
-        version_id = self._version_id(personal)
         records = [
             DigitRecord(image=crop.image, digit=p.digit, confidence=p.confidence, source=p.source,
                         base_digit=p.base_digit, base_confidence=p.base_confidence,
@@ -143,29 +142,28 @@ class BotServices:
         )
         return PhotoOutcome(status="ok", card=card)
 
-    def _personal_model(self, telegram_id: int) -> PersonalModel | None:
-        """The user's active personal model, cached by model version id (weights load once)."""
+    def _personal_model(self, telegram_id: int) -> tuple[int | None, PersonalModel | None]:
+        """(model version id, model) of the user's active personal model, cached by version id."""
         with self.sessions() as session:
             user = repo.get_user(session, telegram_id=telegram_id)
             active = repo.active_model_version(session, user_id=user.id) if user is not None else None
             if user is None or active is None:
-                return None
+                return None, None
             with self._personal_lock:
                 if active.id in self._personal:
                     self._personal.move_to_end(active.id)
-                    return self._personal[active.id]
-            blob = repo.load_weights(session, user_id=user.id, version_id=active.id)
-            model = PersonalModel.from_bytes(blob, version=active.version)
-            model.version_id = active.id  # type: ignore[attr-defined]
+                    return active.id, self._personal[active.id]
+            try:
+                blob = repo.load_weights(session, user_id=user.id, version_id=active.id)
+                model = PersonalModel.from_bytes(blob, version=active.version)
+            except (CorruptWeights, ValueError, RuntimeError) as error:  # answer with the base model
+                log.error("personal model %s unusable, the base model answers: %s", active.id, error)
+                return None, None
         with self._personal_lock:
             self._personal[active.id] = model
             while len(self._personal) > _PERSONAL_CACHE_SIZE:
                 self._personal.popitem(last=False)
-        return model
-
-    @staticmethod
-    def _version_id(personal: PersonalModel | None) -> int | None:
-        return getattr(personal, "version_id", None) if personal is not None else None
+        return active.id, model
 
     async def attach_message(self, reading_id: int, chat_id: int, message_id: int) -> None:
         def work() -> None:

@@ -16,6 +16,7 @@ from telegram.ext import AIORateLimiter
 from bot.app import build_application, webhook_secret
 from bot.handlers.errors import REDACTED, RedactTokenFilter
 from bot.services import BotServices, NotOwner
+from core.model import FROZEN_PREFIXES, Checkpoint
 from core.recognize import Recognizer
 from digitbot.settings import Settings
 from storage import repository as repo
@@ -144,3 +145,27 @@ def test_token_is_redacted_from_messages_and_tracebacks(caplog: pytest.LogCaptur
     text = caplog.text
     assert TOKEN not in text and "987654321:ZZZ" not in text
     assert text.count(REDACTED) >= 3
+
+
+def test_the_personal_model_answers_and_is_recorded(tmp_path: Path, recognizer: Recognizer) -> None:
+    head = {k: v for k, v in recognizer.base.state_dict.items() if not k.startswith(FROZEN_PREFIXES)}
+    # threshold 0: the personal model's answer is always used
+    personal = Checkpoint(state_dict=head, meta={"kind": "personal", "temperature": 1.0, "threshold": 0.0})
+
+    async def scenario() -> None:
+        async with running_bot(tmp_path, recognizer) as h:
+            with h.sessions.begin() as session:
+                user = repo.get_or_create_user(session, telegram_id=ANN, language="en")
+                version = repo.add_model_version(session, user_id=user.id, parent_id=None,
+                                                 weights=personal.to_bytes(), metrics={})
+                repo.promote_model_version(session, user_id=user.id, version_id=version.id)
+                version_id = version.id
+            reply = await h.photo_reply(ANN, ANN, digits_photo("6"))
+            assert "Your personal model v1 answered." in reply["text"]
+            reading = int(reply["reply_markup"]["inline_keyboard"][0][0]["callback_data"].split(":")[1])
+            with h.sessions() as session:
+                view = repo.get_reading(session, telegram_id=ANN, reading_id=reading)
+            assert view is not None
+            assert [(d.source, d.model_version_id) for d in view.digits] == [("personal", version_id)]
+
+    asyncio.run(scenario())
