@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     celery_broker_url: str | None = None  # e.g. redis://127.0.0.1:6379/0 for scale-out workers
     finetune_lease_s: float = 120.0  # a running job whose heartbeat is older is re-queued
     finetune_max_attempts: int = 3  # then the job is marked failed with its last error
+    finetune_batch_size: int = 1  # due users one worker fine-tunes together (GPU workers: e.g. 256)
     inference_threads: int = 2
 
     @property
