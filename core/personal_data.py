@@ -16,6 +16,7 @@ Users are split into ``dev`` (for tuning) and ``eval`` (only for reporting) sets
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -168,3 +169,49 @@ def simulated_users(split: str = "dev", n: int = 400, seed: int = 0) -> list[Sim
     """The ``split`` ("dev" or "eval") users: styled MNIST writers, then Semeion rounds."""
     styles = DEV_STYLES if split == "dev" else EVAL_STYLES
     return [styled_user(name, style, n, seed) for name, style in styles.items()] + semeion_users(split, seed)
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm"}
+
+
+def _decode_crop(data: bytes) -> tuple[np.ndarray | None, str]:
+    """One labelled image -> a 28x28 MNIST-style crop, or None and why not.
+
+    An image that is already 28x28 is taken as a crop (inverted when it is dark ink on a light
+    background); anything else goes through core.preprocess and must hold exactly one digit.
+    """
+    gray = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if gray is not None and gray.shape == (28, 28):
+        return (255 - gray if gray.mean() > 127 else gray), ""
+    from core.preprocess import preprocess
+
+    result = preprocess(data)
+    if result.status != "ok":
+        return None, result.status.replace("_", " ")
+    if len(result.digits) != 1:
+        return None, f"{len(result.digits)} digits in one image"
+    return result.digits[0].image, ""
+
+
+def load_labelled_folder(folder: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """DIR/0 .. DIR/9 of images -> (crops uint8 (N,28,28), labels (N,), skipped files with reasons)."""
+    root = Path(folder)
+    images, labels, skipped = [], [], []
+    for digit in range(10):
+        sub = root / str(digit)
+        if not sub.is_dir():
+            continue
+        for path in sorted(sub.iterdir()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+                continue
+            try:
+                crop, why = _decode_crop(path.read_bytes())
+            except OSError as error:
+                crop, why = None, f"unreadable ({error.strerror})"
+            if crop is None:
+                skipped.append(f"{path}: {why}")
+            else:
+                images.append(crop)
+                labels.append(digit)
+    stacked = np.stack(images) if images else np.zeros((0, 28, 28), np.uint8)
+    return stacked.astype(np.uint8), np.array(labels, dtype=np.int64), skipped

@@ -117,6 +117,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from core.finetune import FinetuneConfig, finetune_user
+    from core.model import load_base
+    from core.personal_data import load_labelled_folder
+
+    images, labels, skipped = load_labelled_folder(args.data)
+    for line in skipped:
+        print(f"skipped {line}")
+    print(f"{len(labels)} labelled images from {args.data} (digits present: "
+          f"{sorted(set(labels.tolist())) or 'none'})")
+    result = finetune_user(load_base(args.base), images, labels, config=FinetuneConfig(seed=args.seed))
+    metrics = result.metrics
+    if "heldout_after" not in metrics:
+        print(f"no personal model written: {result.decision.reason}")
+        return 1
+    print(f"held-out part of {args.data} ({int(metrics['n_holdout'])} images): accuracy before "
+          f"{metrics['heldout_before']:.1%} (base model), after {metrics['heldout_after']:.1%} "
+          f"(personal model with base fallback; personal alone {metrics['heldout_personal']:.1%})")
+    print(f"MNIST test subset ({int(metrics['mnist_subset'])}): base {metrics['mnist_base_accuracy']:.2%}, "
+          f"personal {metrics['mnist_accuracy']:.2%}, combined {metrics['mnist_combined_accuracy']:.2%}")
+    print(f"gate: {result.decision.reason}")
+    result.checkpoint.save(args.out)
+    print(f"wrote {args.out} (use: digitbot predict IMAGE --user-model {args.out})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digitbot", description="Handwritten digit bot")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -143,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="one JSON object per image per line")
     predict.add_argument("--explain", default=None, metavar="OUT.png", help="write an explanation figure")
     predict.set_defaults(func=_cmd_predict)
+
+    tune = sub.add_parser("finetune", help="fine-tune a personal model on a folder of labelled images")
+    tune.add_argument("--data", required=True, metavar="DIR", help="DIR/0 .. DIR/9 hold images of each digit")
+    tune.add_argument("--out", required=True, metavar="PATH", help="where to write the personal checkpoint")
+    tune.add_argument("--base", default=None, help="base checkpoint (default weights/base.pt)")
+    tune.add_argument("--seed", type=int, default=0)
+    tune.set_defaults(func=_cmd_finetune)
 
     work = sub.add_parser("worker", help="run fine-tune jobs (GPU when present, CPU otherwise)")
     work.add_argument("--celery", action="store_true", help="consume jobs from Celery (scale-out)")
