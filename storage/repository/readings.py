@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from storage.errors import InvalidLabel, NotYourSample, QuotaExceeded, UnknownSample
@@ -69,28 +69,26 @@ def record_reading(
         if stored + len(digits) > limit:
             raise QuotaExceeded(limit=int(limit), stored=stored)
     now = utcnow()
-    reading = Reading(
-        user_id=user.id, chat_id=chat_id, file_id=file_id, file_unique_id=file_unique_id,
-        status=status, created_at=now,
-    )
-    session.add(reading)
-    session.flush()
-    samples = [
-        Sample(user_id=user.id, reading_id=reading.id, position=position, image=data, created_at=now)
-        for position, data in enumerate(images)
-    ]
-    session.add_all(samples)
-    session.flush()
-    session.add_all(
-        Prediction(
-            sample_id=sample.id, user_id=user.id, digit=int(d.digit), confidence=float(d.confidence),
-            source=d.source, model_version_id=d.model_version_id, base_digit=int(d.base_digit),
-            base_confidence=float(d.base_confidence), created_at=now,
-        )
-        for sample, d in zip(samples, digits, strict=True)
-    )
-    session.flush()
-    return ReadingRecord(reading_id=reading.id, user_id=user.id, sample_ids=[s.id for s in samples])
+    # Core INSERT ... RETURNING rather than the unit of work: this is the bot's hot path.
+    reading_id = session.execute(
+        insert(Reading).returning(Reading.id),
+        [{"user_id": user.id, "chat_id": chat_id, "file_id": file_id, "file_unique_id": file_unique_id,
+          "status": status, "created_at": now}],
+    ).scalar_one()
+    sample_ids: list[int] = []
+    if digits:
+        sample_ids = list(session.scalars(
+            insert(Sample).returning(Sample.id, sort_by_parameter_order=True),
+            [{"user_id": user.id, "reading_id": reading_id, "position": position, "image": data,
+              "created_at": now} for position, data in enumerate(images)],
+        ))
+        session.execute(insert(Prediction), [
+            {"sample_id": sample_id, "user_id": user.id, "digit": int(d.digit),
+             "confidence": float(d.confidence), "source": d.source, "model_version_id": d.model_version_id,
+             "base_digit": int(d.base_digit), "base_confidence": float(d.base_confidence), "created_at": now}
+            for sample_id, d in zip(sample_ids, digits, strict=True)
+        ])
+    return ReadingRecord(reading_id=reading_id, user_id=user.id, sample_ids=sample_ids)
 
 
 def attach_bot_message(session: Session, *, reading_id: int, chat_id: int, message_id: int) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import BigInteger, Select, String, case, cast, func, select, type_coerce
 from sqlalchemy.orm import Session
 
 from storage.models import PERSONAL, Label, Prediction
@@ -27,9 +28,38 @@ def _empty(samples: int = 0, models: list[ModelVersionInfo] | None = None) -> Us
     )
 
 
-def _bucket(times: list[datetime], ok: np.ndarray, base_ok: np.ndarray, lo: int, hi: int) -> TimeBucket:
-    return TimeBucket(start=times[lo], end=times[hi - 1], count=hi - lo,
-                      correct=int(ok[lo:hi].sum()), base_correct=int(base_ok[lo:hi].sum()))
+def _buckets(
+    starts: np.ndarray, time_at: Callable[[int], datetime], ok: np.ndarray, base_ok: np.ndarray
+) -> list[TimeBucket]:
+    """Consecutive runs of labelled samples beginning at the indices ``starts``."""
+    ends = np.append(starts[1:], len(ok))
+    correct, base_correct = np.add.reduceat(ok, starts), np.add.reduceat(base_ok, starts)
+    return [
+        TimeBucket(start=time_at(int(lo)), end=time_at(int(hi) - 1),
+                   count=int(hi - lo), correct=int(c), base_correct=int(b))
+        for lo, hi, c, b in zip(starts, ends, correct, base_correct, strict=True)
+    ]
+
+
+def _stats_rows_query(session: Session, user_id: int) -> Select[tuple[int, Any]]:
+    """One packed integer per labelled sample (truth, answer, base answer, personal flag) and its
+    recording time in epoch seconds, in recording order. Plain integers keep 10,000 rows cheap:
+    no per-row datetime or ORM processing."""
+    labels, predictions = Label.__table__.c, Prediction.__table__.c
+    # SQLite: the stored naive-UTC text as is (parsing 10,000 dates in SQL or Python costs more
+    # than the rest of the query); PostgreSQL: epoch seconds, computed by the server.
+    if session.get_bind().dialect.name == "sqlite":
+        when: Any = type_coerce(predictions.created_at, String)
+    else:
+        when = cast(func.extract("epoch", predictions.created_at), BigInteger)
+    personal = case((predictions.source == PERSONAL, 1), else_=0)
+    packed = labels.digit * 1000 + predictions.digit * 100 + predictions.base_digit * 10 + personal
+    return (
+        select(packed, when)
+        .join_from(Label.__table__, Prediction.__table__, predictions.sample_id == labels.sample_id)
+        .where(labels.user_id == user_id, labels.superseded_at.is_(None))
+        .order_by(labels.sample_id)
+    )
 
 
 def user_stats(session: Session, *, telegram_id: int, bucket_size: int = 20) -> UserStats:
@@ -48,39 +78,36 @@ def user_stats(session: Session, *, telegram_id: int, bucket_size: int = 20) -> 
         )
         for v in model_versions(session, user_id=user_id)
     ]
-    rows = session.execute(
-        select(Label.digit, Prediction.digit, Prediction.base_digit, Prediction.source,
-               Prediction.created_at)
-        .join(Prediction, Prediction.sample_id == Label.sample_id)
-        .where(Label.user_id == user_id, Label.superseded_at.is_(None))
-        .order_by(Label.sample_id)
-    ).all()
+    rows = session.connection().execute(_stats_rows_query(session, user_id)).all()
     samples = count_samples(session, user_id=user_id)
     if not rows:
         return _empty(samples, models)
     n = len(rows)
-    truth = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
-    answer = np.fromiter((r[1] for r in rows), dtype=np.int64, count=n)
-    base = np.fromiter((r[2] for r in rows), dtype=np.int64, count=n)
-    personal = np.fromiter((r[3] == PERSONAL for r in rows), dtype=bool, count=n)
-    times: list[datetime] = [r[4] for r in rows]
+    code = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
+    stamps = [r[1] for r in rows]
+    if isinstance(stamps[0], str):
+        day_keys = np.array([t[:10] for t in stamps])
+
+        def time_at(i: int) -> datetime:
+            return datetime.fromisoformat(stamps[i]).replace(tzinfo=UTC)
+    else:
+        seconds = np.array(stamps, dtype=np.int64)
+        day_keys = seconds // 86_400
+
+        def time_at(i: int) -> datetime:
+            return datetime.fromtimestamp(int(seconds[i]), UTC)
+    truth, answer, base, personal = code // 1000, code // 100 % 10, code // 10 % 10, code % 10 == 1
     ok, base_ok = answer == truth, base == truth
 
-    per_digit = [
-        DigitStats(d, int(mask.sum()), int(ok[mask].sum()), int(base_ok[mask].sum()))
-        for d in range(10)
-        for mask in [truth == d]
-    ]
-    wrong = ~ok
-    confusions = Counter(zip(truth[wrong].tolist(), answer[wrong].tolist(), strict=True))
-    size = max(1, bucket_size)
-    buckets = [_bucket(times, ok, base_ok, lo, min(lo + size, n)) for lo in range(0, n, size)]
-    daily: list[TimeBucket] = []
-    lo = 0
-    for i in range(1, n + 1):
-        if i == n or times[i].date() != times[lo].date():
-            daily.append(_bucket(times, ok, base_ok, lo, i))
-            lo = i
+    count = np.bincount(truth, minlength=10)
+    right = np.bincount(truth, weights=ok, minlength=10)
+    base_right = np.bincount(truth, weights=base_ok, minlength=10)
+    per_digit = [DigitStats(d, int(count[d]), int(right[d]), int(base_right[d])) for d in range(10)]
+    pairs = np.bincount(truth[~ok] * 10 + answer[~ok], minlength=100)
+    order = np.argsort(-pairs, kind="stable")
+    confusions = [(int(k // 10), int(k % 10), int(pairs[k])) for k in order if pairs[k]]
+    starts = np.arange(0, n, max(1, bucket_size))
+    day_starts = np.concatenate(([0], np.flatnonzero(day_keys[1:] != day_keys[:-1]) + 1))
     return UserStats(
         labelled=n, correct=int(ok.sum()), base_correct=int(base_ok.sum()),
         last50_count=min(n, LAST_N), last50_correct=int(ok[-LAST_N:].sum()),
@@ -88,6 +115,6 @@ def user_stats(session: Session, *, telegram_id: int, bucket_size: int = 20) -> 
         personal_answers=int(personal.sum()), personal_correct=int(ok[personal].sum()),
         personal_base_correct=int(base_ok[personal].sum()), samples=samples,
         per_digit=per_digit,
-        confusions=[(t, a, c) for (t, a), c in confusions.most_common()],
-        buckets=buckets, daily=daily, models=models,
+        confusions=confusions, buckets=_buckets(starts, time_at, ok, base_ok),
+        daily=_buckets(day_starts, time_at, ok, base_ok), models=models,
     )
