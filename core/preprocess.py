@@ -1,0 +1,207 @@
+"""Photo bytes -> MNIST-style 28x28 digit images, left to right.
+
+Decoding is guarded and fast: the size is read from the header first (decompression bombs are
+refused before any pixel is decoded), large JPEGs are decoded at 1/2, 1/4 or 1/8 size by libjpeg
+itself, and the EXIF orientation is applied here explicitly (independent of the OpenCV version).
+Segmentation lives in core.segment; this module turns each found digit into what MNIST looks
+like: fitted into a 20x20 box keeping the aspect ratio, centred by centre of mass in 28x28,
+white on black, with anti-aliased grey levels taken from a soft ink map rather than a hard mask.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from core.segment import DigitRegion, find_digits
+
+MAX_PIXELS = 50_000_000
+MAX_BYTES = 30 * 1024 * 1024
+MIN_SIDE = 5  # pixels; smaller images cannot show a digit
+# Segmentation runs on an image whose long side is at most this many pixels.
+WORK_LONG_SIDE = 512
+# JPEGs are decoded at the smallest libjpeg scale whose long side is still at least this.
+MIN_DECODED_LONG_SIDE = 400
+STATUSES = ("ok", "no_digit", "not_an_image", "too_large", "too_many_digits")
+
+
+@dataclass
+class DigitCrop:
+    image: np.ndarray  # (28, 28) uint8, white digit on black, MNIST-style
+    box: tuple[int, int, int, int]  # x, y, w, h in the decoded (possibly downscaled) image
+
+
+@dataclass
+class Preprocessed:
+    status: str  # one of STATUSES
+    digits: list[DigitCrop] = field(default_factory=list)  # left to right; empty unless "ok"
+    gray: np.ndarray | None = None  # the decoded, upright, downscaled grey image
+    binary: np.ndarray | None = None  # the ink mask the digits were found in (same size as gray)
+    inverted: bool = False  # True when the photo was light ink on a dark background
+
+    @property
+    def images(self) -> np.ndarray:
+        """The digits as one (N, 28, 28) uint8 array, ready for batched classification."""
+        return np.stack([d.image for d in self.digits]) if self.digits else np.zeros((0, 28, 28), np.uint8)
+
+
+@dataclass(frozen=True)
+class _Header:
+    width: int
+    height: int
+    fmt: str
+    orientation: int
+
+
+def _read_header(data: bytes) -> _Header | str:
+    """Image size, format and EXIF orientation without decoding pixels, or a failure status."""
+    if len(data) > MAX_BYTES:
+        return "too_large"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+        except Image.DecompressionBombError:
+            return "too_large"
+        except Exception:
+            return "not_an_image"
+        try:
+            orientation = int(image.getexif().get(0x0112, 1))
+        except Exception:
+            orientation = 1
+    if width < 1 or height < 1:
+        return "not_an_image"
+    if width * height > MAX_PIXELS:
+        return "too_large"
+    return _Header(width, height, str(image.format), orientation if 1 <= orientation <= 8 else 1)
+
+
+def reduction_factor(width: int, height: int) -> int:
+    """The libjpeg scale-down (1, 2, 4 or 8) that keeps the long side >= MIN_DECODED_LONG_SIDE."""
+    factor = 1
+    while factor < 8 and max(width, height) / (factor * 2) >= MIN_DECODED_LONG_SIDE:
+        factor *= 2
+    return factor
+
+
+_REDUCED_FLAGS = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
+                  4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+
+
+def _jpeg_truncated(data: bytes) -> bool:
+    # The last scan (SOS, FFDA) must be followed by the end-of-image marker (FFD9); an embedded
+    # EXIF thumbnail's EOI sits before the main image's scans and does not count.
+    return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
+
+
+def _apply_orientation(gray: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn stored pixels upright according to the EXIF orientation tag (1..8)."""
+    transforms = {
+        2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+        5: lambda a: a.T, 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].T,
+        8: lambda a: np.rot90(a, 1),
+    }
+    transform = transforms.get(orientation)
+    return np.ascontiguousarray(transform(gray)) if transform else gray
+
+
+def decode_gray(data: bytes) -> tuple[np.ndarray | None, str]:
+    """Upright grey image with its long side at most WORK_LONG_SIDE, or (None, failure status)."""
+    header = _read_header(data)
+    if isinstance(header, str):
+        return None, header
+    buffer = np.frombuffer(data, np.uint8)
+    gray: np.ndarray | None = None
+    if header.fmt == "JPEG":
+        if _jpeg_truncated(data):
+            return None, "not_an_image"
+        factor = reduction_factor(header.width, header.height)
+        gray = cv2.imdecode(buffer, _REDUCED_FLAGS[factor] | cv2.IMREAD_IGNORE_ORIENTATION)
+    else:
+        gray = cv2.imdecode(buffer, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION)
+    if gray is None:  # a format OpenCV was built without (GIF, some TIFFs): let Pillow decode it
+        gray = _decode_with_pillow(data)
+        if gray is None:
+            return None, "not_an_image"
+    gray = _apply_orientation(gray, header.orientation)
+    long_side = max(gray.shape)
+    if long_side > WORK_LONG_SIDE:
+        scale = WORK_LONG_SIDE / long_side
+        size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    return gray, "ok"
+
+
+def _decode_with_pillow(data: bytes) -> np.ndarray | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data))
+            image.draft("L", (WORK_LONG_SIDE, WORK_LONG_SIDE))
+            return np.asarray(image.convert("L"))
+    except Exception:
+        return None
+
+
+# MNIST strokes are about 2.2 px wide in the 20 px box (measured on the training set).
+_MNIST_STROKE = 2.2
+
+
+def mnist_crop(ink: np.ndarray, region: DigitRegion) -> np.ndarray:
+    """A soft ink map region (uint8, ink high) -> a 28x28 uint8 digit like MNIST's."""
+    x, y, w, h = region.box
+    soft = ink[y: y + h, x: x + w].astype(np.float32) * region.mask
+    values = soft[region.mask > 0]
+    peak = float(np.partition(values, int(0.9 * (len(values) - 1)))[int(0.9 * (len(values) - 1))]) if len(values) else 0
+    soft = np.clip(soft / max(peak, 1.0), 0, 1)
+    # Bring the stroke width to MNIST's: a fine pen on a large digit would otherwise shrink to a
+    # faint hairline at 20 px, and a marker would fill the box.
+    wanted = _MNIST_STROKE * max(w, h) / 20
+    if region.stroke_width < 0.6 * wanted:
+        grow = max(1, round((wanted - region.stroke_width) / 2))
+        soft = cv2.dilate(soft, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+    elif region.stroke_width > 1.8 * wanted:
+        shrink = max(1, round((region.stroke_width - wanted) / 3))
+        soft = cv2.erode(soft, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * shrink + 1, 2 * shrink + 1)))
+    scale = 20 / max(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    small = cv2.resize(soft, size, interpolation=interpolation)
+    small = np.clip(small * 255 / max(float(small.max()), 1e-3), 0, 255)
+    total = float(small.sum())
+    if total <= 0:
+        return np.zeros((28, 28), np.uint8)
+    ys, xs = np.mgrid[0: size[1], 0: size[0]]
+    cy, cx = float((small * ys).sum()) / total, float((small * xs).sum()) / total
+    top = int(np.clip(round(14 - cy), 0, 28 - size[1]))
+    left = int(np.clip(round(14 - cx), 0, 28 - size[0]))
+    canvas = np.zeros((28, 28), np.uint8)
+    canvas[top: top + size[1], left: left + size[0]] = np.round(small).astype(np.uint8)
+    return canvas
+
+
+def preprocess(data: bytes, *, max_digits: int = 12) -> Preprocessed:
+    """Photo bytes -> digits left to right. Never raises on bad input; see Preprocessed.status."""
+    try:
+        gray, status = decode_gray(bytes(data))
+    except Exception:  # a decoder bug on hostile input must not take the bot down
+        return Preprocessed("not_an_image")
+    if gray is None:
+        return Preprocessed(status)
+    if min(gray.shape) < MIN_SIDE:  # no digit fits (and OpenCV takes a 1x1 array for a scalar)
+        return Preprocessed("no_digit", gray=gray)
+    found = find_digits(gray)
+    result = Preprocessed("ok", gray=gray, binary=found.mask, inverted=found.inverted)
+    if not found.regions:
+        result.status = "no_digit"
+    elif len(found.regions) > max_digits:
+        result.status = "too_many_digits"
+    else:
+        result.digits = [DigitCrop(mnist_crop(found.ink, r), r.box) for r in found.regions]
+    return result
