@@ -22,5 +22,6 @@ lint: install
 
 # Fast tests, then the slow/integration ones (services are used when their URLs are set).
 test: install lint
+	$(PY) scripts/dependency_audit.py
 	$(VENV)/bin/pytest
 	$(VENV)/bin/pytest -m slow
