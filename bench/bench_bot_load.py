@@ -5,10 +5,12 @@ token), pointed at an in-process emulator by DIGITBOT_TELEGRAM_BASE_URL, exactly
 pointed at Telegram. Each simulated user has a private chat and loops: think (exponential, mean
 --think-s; 0 = back-to-back), send a photo, wait for the bot's answer. Latency is measured inside
 the emulator: from the moment the user's photo message exists to the moment the bot's answer
-exists (what a Telegram user would perceive, minus the network). Baseline, measured in the same
-run before the bot starts: `Recognizer.read` on the same photos, serially, in this process.
+exists (what a Telegram user would perceive, minus the network). Baselines, measured in the same
+run before the bot starts: `Recognizer.read` on the same photos, serially, in this process (the
+compute floor of one answer), and an echo bot that answers each photo at once (the ceiling of
+the emulator + client harness itself).
 
-    .venv/bin/python -m bench.bench_bot_load --users 1,20,100 --duration 20
+    .venv/bin/python -m bench.bench_bot_load --users 1,20,100 --think-s 5,0 --duration 30
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -78,6 +81,50 @@ def baseline_recognizer(photos: list[bytes], weights: Path) -> tuple[float, floa
     return p50, p95
 
 
+class LocalUsers:
+    """Users acting on the emulator's state directly (same process and event loop): the same
+    updates reach the bot over the Bot API, but the harness spends no CPU on HTTP and multipart
+    parsing, leaving the 2 cores to the bot. `--transport http` uses EmulatorClient instead."""
+
+    def __init__(self, server: EmulatorServer) -> None:
+        self.state = server.state
+
+    async def set_user(self, user_id: int, *, language_code: str) -> None:
+        self.state.upsert_user(user_id, language_code=language_code)
+
+    async def send_photo(self, user_id: int, chat_id: int, data: bytes) -> int:
+        sizes = self.state.files.add_photo(data)
+        return int(self.state.user_message(user_id, chat_id, {"photo": sizes})["message_id"])
+
+    async def wait_for_bot_message(self, chat_id: int, *, after: int, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        bot_id = self.state.bot_user["id"]
+        while True:
+            for message in reversed(self.state.chats[chat_id].messages.values()):
+                if message["message_id"] <= after:
+                    break
+                if message["from"]["id"] == bot_id:
+                    return message
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no answer in chat {chat_id}")
+            await self.state.wait_changed(remaining)
+
+
+async def echo_bot(server: EmulatorServer) -> None:
+    """The harness ceiling: a bot that answers each photo at once, without downloading it."""
+    import telegram
+
+    async with telegram.Bot(server.token, base_url=server.bot_api_url) as bot:
+        offset = 0
+        while True:
+            updates = await bot.get_updates(offset=offset, timeout=10)
+            if updates:
+                offset = updates[-1].update_id + 1
+            await asyncio.gather(*(update.message.reply_text("ok", do_quote=True)
+                                   for update in updates if update.message))
+
+
 def start_bot(server: EmulatorServer, weights: Path, data_dir: Path, log_path: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DIGITBOT_TELEGRAM_TOKEN": server.token,
            "DIGITBOT_TELEGRAM_BASE_URL": server.bot_api_url,
@@ -90,7 +137,7 @@ def start_bot(server: EmulatorServer, weights: Path, data_dir: Path, log_path: P
                                 stderr=subprocess.STDOUT)
 
 
-async def wait_until_ready(server: EmulatorServer, users: EmulatorClient, bot: subprocess.Popen[bytes],
+async def wait_until_ready(server: EmulatorServer, users: Any, bot: subprocess.Popen[bytes],
                            photo: bytes, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while server.state.poll_generation == 0:
@@ -102,7 +149,7 @@ async def wait_until_ready(server: EmulatorServer, users: EmulatorClient, bot: s
         await users.wait_for_bot_message(1, after=sent, timeout=60)
 
 
-async def run_level(server: EmulatorServer, users: EmulatorClient, photos: list[bytes], n_users: int,
+async def run_level(server: EmulatorServer, users: Any, photos: list[bytes], n_users: int,
                     think_s: float, duration: float, first_user_id: int, seed: int) -> LevelResult:
     latencies: list[float] = []
     errors = 0
@@ -122,7 +169,7 @@ async def run_level(server: EmulatorServer, users: EmulatorClient, photos: list[
             except (TimeoutError, RuntimeError, OSError):
                 errors += 1
             if think_s:
-                await asyncio.sleep(rng.expovariate(1 / think_s))
+                await asyncio.sleep(min(rng.expovariate(1 / think_s), max(0.0, stop_at - time.monotonic())))
 
     started = time.monotonic()
     await asyncio.gather(*(user(first_user_id + i) for i in range(n_users)))
@@ -141,7 +188,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     print(f"baseline Recognizer.read: p50 {baseline_p50:.1f} ms, p95 {baseline_p95:.1f} ms", flush=True)
     results: list[LevelResult] = []
     with tempfile.TemporaryDirectory(prefix="bench-bot-") as tmp:
-        async with EmulatorServer(port=0) as server, EmulatorClient(server.base_url) as users:
+        async with EmulatorServer(port=0) as server, EmulatorClient(server.base_url) as client:
+            users = client if args.transport == "http" else LocalUsers(server)
+            for data in photos:  # Telegram's photo sizes are made once per distinct photo
+                server.state.files.add_photo(data)
+            echo = asyncio.create_task(echo_bot(server))
+            ceiling = await run_level(server, users, photos, args.echo_users, 0.0, args.duration / 2, 500,
+                                      args.seed)
+            echo.cancel()
+            print(f"harness ceiling (echo bot, {args.echo_users} users back-to-back): "
+                  f"{json.dumps(asdict(ceiling))}", flush=True)
             bot = start_bot(server, args.weights, Path(tmp), Path(tmp) / "bot.log")
             try:
                 await wait_until_ready(server, users, bot, photos[0])
@@ -162,21 +218,25 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                     bot.wait(20)
                 except subprocess.TimeoutExpired:
                     bot.kill()
-    return {"machine": f"{os.cpu_count()} CPUs, load average {os.getloadavg()}",
+    return {"machine": f"{os.cpu_count()} CPUs, load average {os.getloadavg()}", "transport": args.transport,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "weights": str(args.weights),
             "baseline_recognizer_ms": {"p50": round(baseline_p50, 1), "p95": round(baseline_p95, 1)},
+            "harness_ceiling_echo_bot": asdict(ceiling),
             "levels": [asdict(result) for result in results]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", default="1,20,100", help="concurrent users per level, comma-separated")
-    parser.add_argument("--think-s", default="2,0",
+    parser.add_argument("--think-s", default="5,0",
                         help="mean think time between a user's photos, comma-separated (0 = back-to-back)")
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per level")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds per level")
     parser.add_argument("--pool", type=int, default=48, help="distinct photos to cycle through")
     parser.add_argument("--digits", default="1-4", help="digits per photo, e.g. 1 or 1-4")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--transport", choices=["local", "http"], default="local",
+                        help="how simulated users reach the emulator (see LocalUsers)")
+    parser.add_argument("--echo-users", type=int, default=20, help="users for the echo-bot ceiling")
     default_weights = ROOT / "weights" / "base.pt"
     parser.add_argument("--weights", type=Path,
                         default=default_weights if default_weights.exists() else ROOT / "runs" / "dev_base.pt")

@@ -79,7 +79,7 @@ class EmulatorClient:
                          keep_original: bool = False) -> int:
         """Send an image as a photo (several PhotoSizes) or as a file (a document); the message id.
 
-        Photos over 2560 px are downscaled like Telegram does, unless `keep_original`."""
+        Photos over 1280 px are downscaled like Telegram does, unless `keep_original`."""
         form = aiohttp.FormData()
         form.add_field("user_id", str(user_id))
         form.add_field("as_document", "true" if as_document else "false")

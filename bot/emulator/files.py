@@ -14,9 +14,9 @@ import numpy as np
 
 # Telegram's getFile limit for bots; bigger files get "Bad Request: file is too big".
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
-# The downscaled photo sizes Telegram generates (longest side), smallest first; the largest one
-# Telegram keeps is 2560 px, so bigger originals are downscaled to that too.
-PHOTO_SIDES = (90, 320, 800, 1280, 2560)
+# The photo sizes Telegram generates (longest side: its "s", "m", "x", "y" sizes), smallest first;
+# a photo sent the usual (not "HD") way is kept at most 1280 px, so bigger ones are downscaled.
+PHOTO_SIDES = (90, 320, 800, 1280)
 RENDITION_CACHE_SIZE = 256
 
 
@@ -64,9 +64,9 @@ class FileStore:
         return self.by_id.get(file_id)
 
     def add_photo(self, data: bytes, *, keep_original: bool = False) -> list[dict[str, Any]] | None:
-        """Telegram's `photo` array, smallest first: JPEG downscales (longest side 90 ... 2560 px,
+        """Telegram's `photo` array, smallest first: JPEG downscales (longest side 90 ... 1280 px,
         those smaller than the image) and the original bytes as the largest size when the image is
-        at most 2560 px. `keep_original` appends the original bytes whatever their size (a test
+        at most 1280 px. `keep_original` appends the original bytes whatever their size (a test
         can send an oversized photo and check the bot falls back to a smaller size).
         Returns None when the bytes are not a decodable image.
         """

@@ -91,9 +91,9 @@ def test_photo_sizes_follow_telegram_and_keep_original_on_request() -> None:
             await h.users.send_photo(2, 2, big)
             await h.users.send_photo(2, 2, big, keep_original=True)
             (downscaled, kept) = (m["photo"] for m in await h.users.messages(2))
-            assert [max(s["width"], s["height"]) for s in downscaled] == [90, 320, 800, 1280, 2560]
+            assert [max(s["width"], s["height"]) for s in downscaled] == [90, 320, 800, 1280]
             assert (await h.users.download(downscaled[-1]["file_id"])).startswith(b"\xff\xd8"), "a JPEG"
-            assert [max(s["width"], s["height"]) for s in kept][-2:] == [2560, 3000]
+            assert [max(s["width"], s["height"]) for s in kept][-2:] == [1280, 3000]
             assert await h.users.download(kept[-1]["file_id"]) == big
 
     asyncio.run(scenario())
