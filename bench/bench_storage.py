@@ -4,8 +4,9 @@
     .venv/bin/python -m bench.bench_storage --postgres "$DIGITBOT_TEST_POSTGRES_URL"
 
 Each backend gets a fresh database (a temporary SQLite file; a new PostgreSQL schema, dropped at
-the end), migrated with Alembic. Baseline measured in the same run: an empty transaction
-(BEGIN; SELECT 1; COMMIT), the floor under any write the bot makes.
+the end), migrated with Alembic. Baselines measured in the same run: an empty transaction
+(BEGIN; SELECT 1; COMMIT) and a one-row insert transaction (the commit floor under any write the bot
+makes), a count(*) over all users next to the users-due query.
 """
 
 from __future__ import annotations
@@ -90,7 +91,12 @@ def bench_record(factory: sessionmaker[Session], repeats: int) -> None:
         with factory.begin() as s:
             s.execute(text("SELECT 1"))
 
+    def one_row() -> None:  # the commit floor: PostgreSQL flushes its WAL to disk on every commit
+        with factory.begin() as s:
+            repo.mark_update_processed(s, update_id=random.getrandbits(62))
+
     print(f"  baseline empty transaction      {summary(timed(empty, repeats))}")
+    print(f"  baseline one-row insert commit  {summary(timed(one_row, repeats))}")
     for count in (1, 8):
         batches = [make_digits(count, rng) for _ in range(repeats)]
         it = iter(batches)

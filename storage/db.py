@@ -18,6 +18,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
@@ -89,9 +91,28 @@ def init_db(settings: Settings, *, upgrade: bool | None = None) -> sessionmaker[
         upgrade = make_url(url).get_backend_name() == "sqlite"
     if upgrade:
         upgrade_to_head(url)
-    return session_factory(
+    factory = session_factory(
         url, weights_dir=settings.weights_dir, max_samples_per_user=settings.max_samples_per_user
     )
+    if not upgrade:
+        ensure_at_head(factory.kw["bind"])
+    return factory
+
+
+class SchemaOutOfDate(RuntimeError):
+    """The database is not at the latest migration (run ``digitbot db upgrade``)."""
+
+
+def ensure_at_head(engine: Engine) -> None:
+    """Refuse to start on a database whose schema is older or newer than this code's migrations."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    if current != head:
+        raise SchemaOutOfDate(
+            f"database schema is at revision {current or 'none'}, this code needs {head}: "
+            "run `digitbot db upgrade`"
+        )
 
 
 def alembic_config(url: str | URL | None = None) -> Config:

@@ -65,3 +65,13 @@ def test_cli_db_upgrade(tmp_path: Path) -> None:
     with engine.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
     engine.dispose()
+
+
+def test_a_server_database_must_be_migrated_first(empty_url: str) -> None:
+    from storage.db import SchemaOutOfDate
+
+    settings = Settings(database_url=empty_url)
+    with pytest.raises(SchemaOutOfDate, match="digitbot db upgrade"):
+        init_db(settings, upgrade=False)
+    upgrade_to_head(empty_url)
+    init_db(settings, upgrade=False).kw["bind"].dispose()

@@ -113,3 +113,16 @@ def test_get_or_create_user_and_language(factory: sessionmaker[Session]) -> None
         found = repo.get_user(s, telegram_id=ALICE)
         assert found is not None and found.language == "en" and found.created_at.tzinfo is not None
         assert repo.get_user(s, telegram_id=BOB) is None
+
+
+def test_prune_processed_updates(factory: sessionmaker[Session]) -> None:
+    from datetime import timedelta
+
+    from storage.models import utcnow
+
+    with factory.begin() as s:
+        repo.mark_update_processed(s, update_id=1)
+    with factory.begin() as s:
+        assert repo.prune_processed_updates(s, older_than=utcnow() - timedelta(days=1)) == 0
+        assert repo.prune_processed_updates(s, older_than=utcnow() + timedelta(seconds=1)) == 1
+        assert repo.mark_update_processed(s, update_id=1) is True
