@@ -47,6 +47,8 @@ def _caption(p: Params) -> JSON:
 
 
 def _send(state: EmulatorState, chat: Chat, p: Params, content: JSON) -> JSON:
+    if state.flood is not None:
+        state.flood.check(chat.id)
     reply_to = _reply_target(chat, p)
     markup = _inline_markup(p)
     if markup:

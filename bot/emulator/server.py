@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from bot.emulator import botapi, messages  # noqa: F401  (they register the Bot API methods)
+from bot.emulator.flood import FloodControl, FloodLimits
 from bot.emulator.params import Params, Upload, call_method
 from bot.emulator.state import BotApiError, EmulatorState
 from bot.emulator.webapi import add_client_routes
@@ -106,9 +107,12 @@ def create_app(state: EmulatorState) -> web.Application:
 class EmulatorServer:
     """Start/stop the emulator inside the running event loop."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str = DEFAULT_TOKEN) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str = DEFAULT_TOKEN, *,
+                 flood_limits: FloodLimits | None = None) -> None:
         self.host, self.port, self.token = host, port, token
         self.state = EmulatorState(token)
+        if flood_limits is not None:
+            self.state.flood = FloodControl(flood_limits)
         self.app = create_app(self.state)
         self._runner: web.AppRunner | None = None
         self._webhook_session: aiohttp.ClientSession | None = None

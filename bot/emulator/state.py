@@ -13,9 +13,12 @@ import copy
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.emulator.files import FileStore
+
+if TYPE_CHECKING:
+    from bot.emulator.flood import FloodControl
 
 JSON = dict[str, Any]
 
@@ -27,13 +30,17 @@ MAX_QUEUED_UPDATES = 100_000
 class BotApiError(Exception):
     """An error answer in Telegram's shape: {"ok": false, "error_code": ..., "description": ...}."""
 
-    def __init__(self, error_code: int, description: str) -> None:
+    def __init__(self, error_code: int, description: str, *, retry_after: int | None = None) -> None:
         super().__init__(description)
         self.error_code = error_code
         self.description = description
+        self.retry_after = retry_after
 
     def to_json(self) -> JSON:
-        return {"ok": False, "error_code": self.error_code, "description": self.description}
+        payload: JSON = {"ok": False, "error_code": self.error_code, "description": self.description}
+        if self.retry_after is not None:
+            payload["parameters"] = {"retry_after": self.retry_after}
+        return payload
 
 
 def bad_request(reason: str) -> BotApiError:
@@ -76,6 +83,7 @@ class EmulatorState:
         }
         self.files = FileStore()
         self.closing = False  # set when the server stops: long polls return at once
+        self.flood: FloodControl | None = None  # Telegram-like 429s when set
         self.reset()
 
     def reset(self) -> None:
