@@ -9,7 +9,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from storage.errors import InvalidLabel, NotYourSample, QuotaExceeded, UnknownSample
-from storage.models import BASE, PERSONAL, Label, Prediction, Reading, Sample, utcnow
+from storage.models import BASE, PERSONAL, Base, Label, Prediction, Reading, Sample, utcnow
 from storage.records import IMAGE_BYTES, IMAGE_SHAPE, DigitRecord, DigitView, ReadingRecord, ReadingView
 from storage.repository._common import user_id_for
 from storage.repository.users import get_or_create_user
@@ -62,33 +62,37 @@ def record_reading(
     images = [image_bytes(d.image) for d in digits]
     for digit in digits:
         _validate(digit)
-    user = get_or_create_user(session, telegram_id=telegram_id, language=language)
+    user_id = user_id_for(session, telegram_id)
+    if user_id is None:
+        user_id = get_or_create_user(session, telegram_id=telegram_id, language=language).id
     limit = session.info.get("max_samples_per_user")
     if limit is not None and digits:
-        stored = count_samples(session, user_id=user.id)
+        stored = count_samples(session, user_id=user_id)
         if stored + len(digits) > limit:
             raise QuotaExceeded(limit=int(limit), stored=stored)
     now = utcnow()
-    # Core INSERT ... RETURNING rather than the unit of work: this is the bot's hot path.
-    reading_id = session.execute(
-        insert(Reading).returning(Reading.id),
-        [{"user_id": user.id, "chat_id": chat_id, "file_id": file_id, "file_unique_id": file_unique_id,
-          "status": status, "created_at": now}],
+    # Core statements on the tables (not the ORM unit of work or bulk path): the bot's hot path.
+    connection = session.connection()
+    readings, samples, predictions = (Base.metadata.tables[t] for t in ("readings", "samples", "predictions"))
+    reading_id: int = connection.execute(
+        insert(readings).values(user_id=user_id, chat_id=chat_id, file_id=file_id,
+                                file_unique_id=file_unique_id, status=status, created_at=now)
+        .returning(readings.c.id)
     ).scalar_one()
     sample_ids: list[int] = []
     if digits:
-        sample_ids = list(session.scalars(
-            insert(Sample).returning(Sample.id, sort_by_parameter_order=True),
-            [{"user_id": user.id, "reading_id": reading_id, "position": position, "image": data,
+        sample_ids = list(connection.execute(
+            insert(samples).returning(samples.c.id, sort_by_parameter_order=True),
+            [{"user_id": user_id, "reading_id": reading_id, "position": position, "image": data,
               "created_at": now} for position, data in enumerate(images)],
-        ))
-        session.execute(insert(Prediction), [
-            {"sample_id": sample_id, "user_id": user.id, "digit": int(d.digit),
+        ).scalars())
+        connection.execute(insert(predictions), [
+            {"sample_id": sample_id, "user_id": user_id, "digit": int(d.digit),
              "confidence": float(d.confidence), "source": d.source, "model_version_id": d.model_version_id,
              "base_digit": int(d.base_digit), "base_confidence": float(d.base_confidence), "created_at": now}
             for sample_id, d in zip(sample_ids, digits, strict=True)
         ])
-    return ReadingRecord(reading_id=reading_id, user_id=user.id, sample_ids=sample_ids)
+    return ReadingRecord(reading_id=reading_id, user_id=user_id, sample_ids=sample_ids)
 
 
 def attach_bot_message(session: Session, *, reading_id: int, chat_id: int, message_id: int) -> None:
