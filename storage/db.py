@@ -119,6 +119,7 @@ def alembic_config(url: str | URL | None = None) -> Config:
     """Alembic configuration for ``migrations/``; without a URL env.py uses the settings' URL."""
     config = Config(str(MIGRATIONS_DIR / "alembic.ini"))
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["configure_logger"] = False  # leave the application's logging alone
     # Called from the application: leave its logging alone. alembic.ini's fileConfig would replace
     # the root handlers, and with them the filter that redacts the bot token (bot/handlers/errors.py).
     config.attributes["configure_logger"] = False
