@@ -1,7 +1,7 @@
 """Bot under load: N simulated users send phone photos of digits through the local Bot API emulator.
 
-The real bot runs as its own process (`bot.app.run`, the same code path as `digitbot run` with a
-token), pointed at an in-process emulator by DIGITBOT_TELEGRAM_BASE_URL, exactly as it would be
+The real bot runs as its own process (`digitbot run` with a token, fine-tune worker included),
+pointed at an in-process emulator by DIGITBOT_TELEGRAM_BASE_URL, exactly as it would be
 pointed at Telegram. Each simulated user has a private chat and loops: think (exponential, mean
 --think-s; 0 = back-to-back), send a photo, wait for the bot's answer. Latency is measured inside
 the emulator: from the moment the user's photo message exists to the moment the bot's answer
@@ -131,9 +131,8 @@ def start_bot(server: EmulatorServer, weights: Path, data_dir: Path, log_path: P
            "DIGITBOT_TELEGRAM_BASE_FILE_URL": server.file_api_url,
            "DIGITBOT_DATA_DIR": str(data_dir), "DIGITBOT_BASE_WEIGHTS": str(weights),
            "DIGITBOT_DATABASE_URL": f"sqlite:///{data_dir / 'bench.db'}"}
-    code = "from bot.app import run; from digitbot.settings import Settings; run(Settings())"
     with log_path.open("wb") as log:
-        return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log,
+        return subprocess.Popen([sys.executable, "-m", "digitbot.cli", "run"], cwd=ROOT, env=env, stdout=log,
                                 stderr=subprocess.STDOUT)
 
 
