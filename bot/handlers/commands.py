@@ -94,9 +94,9 @@ async def on_language_button(update: Update, context: ContextTypes.DEFAULT_TYPE)
         return
     await services_of(context).set_language(query.from_user.id, language)
     _ = translator(language)
-    await query.answer(_("Language set to English."))
     if query.message is not None:
         await edit_message(query.message, _("Language set to English."), reply_markup=None)
+    await query.answer(_("Language set to English."))
 
 
 async def on_forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -126,17 +126,17 @@ async def on_forget_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -
                              "your own data."), show_alert=True)
         return
     if not confirmed:
-        await query.answer()
         if query.message is not None:
             await edit_message(query.message, _("Cancelled. Nothing was deleted."), reply_markup=None)
+        await query.answer()
         return
     deleted = await services_of(context).forget(asker)
     log.info("forgot a user: %d rows deleted", deleted)
-    await query.answer(_("Deleted."))
     if query.message is not None:
         await edit_message(query.message, _("Done: everything I stored about you is deleted ({rows} records). "
                                             "Send a photo any time to start again.", rows=deleted),
                            reply_markup=None)
+    await query.answer(_("Deleted."))
 
 
 async def on_train(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -49,9 +49,9 @@ async def on_reading_button(update: Update, context: ContextTypes.DEFAULT_TYPE) 
         await query.answer(_not_owner(_), show_alert=True)
         return
     except NotFound:
-        await query.answer(_stale(_), show_alert=True)
         if query.message is not None:
             await edit_message(query.message, None, reply_markup=None)
+        await query.answer(_stale(_), show_alert=True)
         return
     await _show(action, card, query, _)
 
@@ -81,25 +81,26 @@ async def _apply(action: ReadingAction, card: ReadingCard, update: Update,
 
 
 async def _show(action: ReadingAction, card: ReadingCard, query: CallbackQuery, _: Translator) -> None:
+    """Edit the message first, then answer the query: once the spinner stops, the message is current."""
     message = query.message
     overview = reading_keyboard(card.reading_id, card.predicted, card.labels, _)
     if action.kind == "pick" and action.position is not None:
-        await query.answer(_("Which digit is #{position}?", position=action.position + 1))
         if message is not None:
             picker = digit_picker_keyboard(card.reading_id, action.position, card.labels[action.position], _)
             await edit_message(message, None, reply_markup=picker)
+        await query.answer(_("Which digit is #{position}?", position=action.position + 1))
         return
     if action.kind == "back":
-        await query.answer()
         if message is not None:
             await edit_message(message, None, reply_markup=overview)
+        await query.answer()
         return
+    if message is not None:
+        await edit_message(message, reading_text(card, _), reply_markup=overview)
     if action.kind == "undo":
         await query.answer(_("Undone: nothing is recorded for this photo now."))
     else:
         await query.answer(_("Recorded: {digits}", digits=_recorded(card)))
-    if message is not None:
-        await edit_message(message, reading_text(card, _), reply_markup=overview)
 
 
 def _recorded(card: ReadingCard) -> str:

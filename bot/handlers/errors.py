@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import traceback
+from urllib.parse import quote
 
 from telegram import Update
 from telegram.error import Forbidden
@@ -14,8 +15,9 @@ from bot.i18n import resolve_language, translator
 
 log = logging.getLogger(__name__)
 REDACTED = "<redacted>"
-# Anything shaped like a bot token (digits:35 url-safe chars), also when it is not the configured one.
-_TOKEN_SHAPE = re.compile(r"\b\d{5,}:[A-Za-z0-9_-]{30,}\b")
+# Anything shaped like a bot token (digits:35 url-safe chars, the colon maybe URL-encoded as in
+# file download URLs), also when it is not the configured one.
+_TOKEN_SHAPE = re.compile(r"\b\d{5,}(?::|%3[Aa])[A-Za-z0-9_-]{30,}\b")
 
 
 class RedactTokenFilter(logging.Filter):
@@ -24,10 +26,11 @@ class RedactTokenFilter(logging.Filter):
     def __init__(self, token: str | None) -> None:
         super().__init__()
         self.token = token
+        self._forms = [quote(token, safe=""), token.replace(":", "%3a"), token] if token else []
 
     def redact(self, text: str) -> str:
-        if self.token:
-            text = text.replace(self.token, REDACTED)
+        for form in self._forms:
+            text = text.replace(form, REDACTED)
         return _TOKEN_SHAPE.sub(REDACTED, text)
 
     def filter(self, record: logging.LogRecord) -> bool:

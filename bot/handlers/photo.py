@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
 from telegram import Message, Update
 from telegram.constants import ChatAction
-from telegram.error import BadRequest
+from telegram.error import BadRequest, TelegramError
 from telegram.ext import ContextTypes
 
 from bot.handlers.common import is_private, services_of, user_translator
@@ -16,10 +17,12 @@ from bot.i18n import Translator
 from bot.keyboards import reading_keyboard
 from bot.ratelimit import photo_limiter
 from bot.views import reading_text
+from core.preprocess import MAX_PIXELS
 
 log = logging.getLogger(__name__)
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024  # the Bot API's getFile limit
 _REJECTED_IMAGE_TYPES = frozenset({"image/svg+xml"})
+_TYPING_AFTER_S = 0.4
 _BUSY_AT = 4  # photos waiting from one user before they are told they will be answered in turn
 
 
@@ -56,7 +59,9 @@ def problem_text(status: str, _: Translator, **values: int) -> str:
     texts = {
         "not_an_image": _("That doesn't look like an image I can read. Please send a photo "
                           "(JPEG or PNG) of handwritten digits."),
-        "too_large": _("That file is too large for me (the limit is 20 MB). Please send a smaller image."),
+        # Too many bytes, or too many pixels (core.preprocess; e.g. a tiny decompression bomb).
+        "too_large": _("That image is too large for me (the limit is 20 MB and {megapixels} megapixels). "
+                       "Please send a smaller image.", megapixels=MAX_PIXELS // 1_000_000),
         "no_digit": _("I couldn't find any digits in this photo. Try a close, well-lit photo of dark "
                       "digits on light paper."),
         "too_many_digits": _("That's too many digits for one photo. Please photograph at most 12 digits "
@@ -103,7 +108,24 @@ async def on_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 async def _read_and_reply(update: Update, context: ContextTypes.DEFAULT_TYPE, message: Message,
                           incoming: _Incoming, _: Translator) -> None:
     assert update.effective_user is not None
-    typing = asyncio.create_task(message.reply_chat_action(ChatAction.TYPING))
+    # "typing…" only when the answer is slow: it costs a request against the Bot API rate limits.
+    typing = asyncio.create_task(_typing_after(message, _TYPING_AFTER_S))
+    try:
+        await _download_read_reply(update, context, message, incoming, _)
+    finally:
+        typing.cancel()
+        await asyncio.gather(typing, return_exceptions=True)
+
+
+async def _typing_after(message: Message, delay_s: float) -> None:
+    await asyncio.sleep(delay_s)
+    with contextlib.suppress(TelegramError):
+        await message.reply_chat_action(ChatAction.TYPING)
+
+
+async def _download_read_reply(update: Update, context: ContextTypes.DEFAULT_TYPE, message: Message,
+                               incoming: _Incoming, _: Translator) -> None:
+    assert update.effective_user is not None
     try:
         telegram_file = await context.bot.get_file(incoming.file_id)
         data = bytes(await telegram_file.download_as_bytearray())
@@ -112,8 +134,6 @@ async def _read_and_reply(update: Update, context: ContextTypes.DEFAULT_TYPE, me
             await message.reply_text(problem_text("too_large", _), do_quote=True)
             return
         raise
-    finally:
-        await asyncio.gather(typing, return_exceptions=True)
     if len(data) > MAX_DOWNLOAD_BYTES:
         await message.reply_text(problem_text("too_large", _), do_quote=True)
         return

@@ -140,11 +140,12 @@ def test_token_is_redacted_from_messages_and_tracebacks(caplog: pytest.LogCaptur
         except RuntimeError:
             logger.exception("request to %s failed", f"https://api.telegram.org/bot{TOKEN}/sendMessage")
         logger.warning("another token 987654321:ZZZ-abcdefghijklmnopqrstuvwxyz012345 leaked")
+        logger.warning("GET http://127.0.0.1/file/bot%s/photos/1.jpg", TOKEN.replace(":", "%3A"))
     finally:
         caplog.handler.removeFilter(redactor)
     text = caplog.text
-    assert TOKEN not in text and "987654321:ZZZ" not in text
-    assert text.count(REDACTED) >= 3
+    assert TOKEN not in text and "987654321:ZZZ" not in text and TOKEN.split(":")[1] not in text
+    assert text.count(REDACTED) >= 4
 
 
 def test_the_personal_model_answers_and_is_recorded(tmp_path: Path, recognizer: Recognizer) -> None:
