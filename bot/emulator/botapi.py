@@ -16,7 +16,7 @@ _SECRET_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 
 @method("getMe")
 async def get_me(state: EmulatorState, p: Params) -> JSON:
-    return state.bot_user
+    return {**state.bot_user, "can_read_all_group_messages": not state.group_privacy}
 
 
 @method("logOut", "close")

@@ -17,6 +17,7 @@ from bot.emulator.state import bad_request
 MAX_TEXT_CHARS = 4096
 MAX_CAPTION_CHARS = 1024
 MAX_CALLBACK_DATA_BYTES = 64
+MAX_INLINE_BUTTONS = 100
 
 _TAG_ENTITIES = {"b": "bold", "strong": "bold", "i": "italic", "em": "italic", "u": "underline",
                  "ins": "underline", "s": "strikethrough", "strike": "strikethrough",
@@ -120,6 +121,8 @@ def check_reply_markup(markup: Any) -> dict[str, Any] | None:
         for row in rows:
             for button in row:
                 _check_inline_button(button)
+        if sum(len(row) for row in rows) > MAX_INLINE_BUTTONS:
+            raise bad_request("reply markup is too long")
         return markup
     if "keyboard" in markup or markup.get("remove_keyboard") or markup.get("force_reply"):
         return markup

@@ -7,11 +7,12 @@ import time
 from bot.emulator.files import MAX_DOWNLOAD_BYTES
 from bot.emulator.formatting import check_length, check_reply_markup, parse_text
 from bot.emulator.params import Params, Upload, method
-from bot.emulator.state import JSON, Chat, EmulatorState, bad_request
+from bot.emulator.state import JSON, BotApiError, Chat, EmulatorState, bad_request
 
 CHAT_ACTIONS = frozenset({"typing", "upload_photo", "record_video", "upload_video", "record_voice",
                           "upload_voice", "upload_document", "choose_sticker", "find_location",
                           "record_video_note", "upload_video_note"})
+MAX_PHOTO_UPLOAD_BYTES = 10 * 1024 * 1024  # Telegram's limit for photos a bot sends
 NOT_MODIFIED = ("message is not modified: specified new message content and reply markup are exactly "
                 "the same as a current content and reply markup of the message")
 
@@ -88,9 +89,14 @@ def _file_from(state: EmulatorState, p: Params, name: str) -> Upload:
 async def send_photo(state: EmulatorState, p: Params) -> JSON:
     chat = state.get_chat(p.required("chat_id"))
     upload = _file_from(state, p, "photo")
+    if len(upload.data) > MAX_PHOTO_UPLOAD_BYTES:
+        raise BotApiError(413, "Request Entity Too Large")
     sizes = state.files.add_photo(upload.data)
     if sizes is None:
         raise bad_request("IMAGE_PROCESS_FAILED")
+    width, height = sizes[-1]["width"], sizes[-1]["height"]
+    if width + height > 10_000 or max(width, height) > 20 * min(width, height):
+        raise bad_request("PHOTO_INVALID_DIMENSIONS")
     return _send(state, chat, p, {"photo": sizes, **_caption(p)})
 
 

@@ -108,9 +108,10 @@ class EmulatorServer:
     """Start/stop the emulator inside the running event loop."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str = DEFAULT_TOKEN, *,
-                 flood_limits: FloodLimits | None = None) -> None:
+                 flood_limits: FloodLimits | None = None, group_privacy: bool = False) -> None:
         self.host, self.port, self.token = host, port, token
         self.state = EmulatorState(token)
+        self.state.group_privacy = group_privacy
         if flood_limits is not None:
             self.state.flood = FloodControl(flood_limits)
         self.app = create_app(self.state)

@@ -25,6 +25,8 @@ JSON = dict[str, Any]
 # Update types Telegram sends when allowed_updates is empty (it leaves these three out).
 DEFAULT_EXCLUDED_UPDATES = frozenset({"chat_member", "message_reaction", "message_reaction_count"})
 MAX_QUEUED_UPDATES = 100_000
+# The User fields a Message's "from" carries (getMe's can_* fields are not among them).
+_USER_FIELDS = frozenset({"id", "is_bot", "first_name", "last_name", "username", "language_code"})
 
 
 class BotApiError(Exception):
@@ -84,6 +86,7 @@ class EmulatorState:
         self.files = FileStore()
         self.closing = False  # set when the server stops: long polls return at once
         self.flood: FloodControl | None = None  # Telegram-like 429s when set
+        self.group_privacy = False  # Telegram's privacy mode for groups (BotFather's default is on)
         self.reset()
 
     def reset(self) -> None:
@@ -181,7 +184,8 @@ class EmulatorState:
 
     # -- messages --------------------------------------------------------------------------
     def add_message(self, chat: Chat, sender: JSON, content: JSON, *, reply_to: int | None = None) -> JSON:
-        message: JSON = {"message_id": chat.next_message_id, "from": dict(sender),
+        author = {key: value for key, value in sender.items() if key in _USER_FIELDS}
+        message: JSON = {"message_id": chat.next_message_id, "from": author,
                          "chat": self.chat_json(chat), "date": int(time.time())}
         if reply_to is not None:
             replied = chat.messages.get(reply_to)
@@ -213,8 +217,16 @@ class EmulatorState:
         if reply_to is not None and reply_to not in chat.messages:
             raise bad_request("message to be replied not found")
         message = self.add_message(chat, self.users[user_id], content, reply_to=reply_to)
-        self.push_update("message", message)
+        if chat.type == "private" or not self.group_privacy or self._addressed_to_bot(message):
+            self.push_update("message", message)
         return message
+
+    def _addressed_to_bot(self, message: JSON) -> bool:
+        """Privacy mode: in groups the bot gets only commands, replies to it and mentions of it."""
+        text = message.get("text") or message.get("caption") or ""
+        replied = message.get("reply_to_message", {}).get("from", {})
+        return (text.startswith("/") or replied.get("id") == self.bot_user["id"]
+                or f"@{self.bot_user['username']}".lower() in text.lower())
 
     def press_button(self, user_id: int, chat_id: int, message_id: int, data: str) -> CallbackQueryRecord:
         chat = self.chat_for_user(user_id, chat_id)
