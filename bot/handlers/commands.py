@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from telegram import Bot, BotCommand, Update
+from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
 from bot.handlers.common import edit_message, is_private, services_of, user_translator
@@ -30,12 +31,21 @@ COMMANDS: list[tuple[str, str]] = [
 
 
 async def register_commands(bot: Bot) -> None:
-    """setMyCommands: English for everyone, plus each translation for its Telegram language."""
+    """setMyCommands and the bot's descriptions: English for everyone, plus each translation for its
+    Telegram language."""
     for language in SUPPORTED_LANGUAGES:
         _ = translator(language)
+        code = None if language == "en" else language.split("_")[0]  # the Bot API takes "zh", not "zh_CN"
         commands = [BotCommand(name, _(description)) for name, description in COMMANDS]
-        code = language.split("_")[0]  # setMyCommands takes ISO 639-1 codes ("zh", not "zh_CN")
-        await bot.set_my_commands(commands, language_code=None if language == "en" else code)
+        await bot.set_my_commands(commands, language_code=code)
+        try:  # the profile texts are a nicety; a server without these methods still gets a working bot
+            await bot.set_my_short_description(
+                _("I read handwritten digits from photos and learn your handwriting."), language_code=code)
+            await bot.set_my_description(
+                _("Send me a photo of handwritten digits: I read them, you confirm or correct me, and I learn "
+                  "your handwriting. /forget deletes everything I stored about you."), language_code=code)
+        except TelegramError as error:
+            log.warning("setMyDescription failed: %s", error)
 
 
 async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
