@@ -21,6 +21,8 @@ import numpy as np
 
 BG_LONG_SIDE = 128
 MIN_INK_CONTRAST = 0.15
+MAX_COMPONENTS = 300
+MIN_DIGIT_HEIGHT = 7
 
 
 @dataclass
@@ -76,13 +78,13 @@ def ink_map(gray: np.ndarray, kernel: int) -> np.ndarray:
                            interpolation=cv2.INTER_AREA)
     kernel_small = cv2.getStructuringElement(cv2.MORPH_RECT, (_odd(kernel * scale),) * 2)
     background = cv2.blur(cv2.morphologyEx(small, cv2.MORPH_CLOSE, kernel_small), (3, 3))
-    # Very dark background (the desk, a deep shadow) must not blow sensor noise up into "ink".
-    floor = max(1, int(0.15 * float(np.percentile(background, 90))))
-    background = cv2.max(background, floor)
+    # Ink is the light missing relative to the local paper; the denominator has a floor so that
+    # sensor noise on a very dark desk or in a deep shadow is not blown up into "ink".
+    floor = max(1, int(0.35 * float(np.percentile(background, 90))))
     if background.shape != gray.shape:
         background = cv2.resize(background, (width, height), interpolation=cv2.INTER_LINEAR)
-    # gray / background in 0..255 (saturating), then ink = what is missing from the paper's light.
-    return 255 - cv2.divide(cv2.GaussianBlur(gray, (3, 3), 0), background, scale=255)
+    missing = cv2.subtract(background, cv2.GaussianBlur(gray, (3, 3), 0))
+    return cv2.divide(missing, cv2.max(background, floor), scale=255)
 
 
 def ink_mask(ink: np.ndarray) -> np.ndarray:
@@ -95,9 +97,9 @@ def ink_mask(ink: np.ndarray) -> np.ndarray:
     peak = int(cv2.GaussianBlur(ink, (3, 3), 0).max())
     if peak < MIN_INK_CONTRAST * 255:
         return np.zeros(ink.shape, np.uint8)
-    noise = float(np.percentile(ink[::3, ::3], 60))  # most of a photo is paper
-    strong = cv2.compare(ink, max(40.0, 0.38 * peak, 8 * noise), cv2.CMP_GT)
-    weak = cv2.compare(ink, max(22.0, 0.22 * peak, 4.5 * noise), cv2.CMP_GT)
+    noise = float(np.percentile(ink[::3, ::3], 40))  # most of a photo is paper
+    strong = cv2.compare(ink, max(40.0, 0.38 * peak, 10 * noise), cv2.CMP_GT)
+    weak = cv2.compare(ink, max(22.0, 0.22 * peak, 6 * noise), cv2.CMP_GT)
     return cv2.bitwise_and(weak, cv2.dilate(strong, np.ones((5, 5), np.uint8)))
 
 
@@ -146,8 +148,12 @@ def _belongs_together(a: _Group, b: _Group, max_height: float) -> bool:
     overlap = min(a.x1, b.x1) - max(a.x0, b.x0)
     vertical_gap = max(a.y0, b.y0) - min(a.y1, b.y1)
     merged_height = max(a.y1, b.y1) - min(a.y0, b.y0)
-    return (overlap > 0.45 * min(a.width, b.width) and vertical_gap < 0.6 * max(a.height, b.height)
-            and merged_height <= max_height)
+    if merged_height > max_height:
+        return False
+    taller = max(a.height, b.height)
+    # Pieces stacked one above the other (a broken slanted stroke) may barely overlap.
+    stacked = -0.1 * min(a.height, b.height) <= vertical_gap < 0.5 * taller and overlap > -0.1 * taller
+    return stacked or (overlap > 0.45 * min(a.width, b.width) and vertical_gap < 0.6 * taller)
 
 
 def _merge(groups: list[_Group]) -> list[_Group]:
@@ -163,7 +169,7 @@ def _merge(groups: list[_Group]) -> list[_Group]:
         groups.sort(key=lambda g: g.x0)
         for i in range(len(groups)):
             for j in range(i + 1, len(groups)):
-                if groups[j].x0 >= groups[i].x1:
+                if groups[j].x0 >= groups[i].x1 + 0.1 * max_height:
                     break
                 if _belongs_together(groups[i], groups[j], max_height):
                     groups[i].absorb(groups.pop(j))
@@ -226,13 +232,29 @@ def _is_blob(group: _Group, labels: np.ndarray) -> bool:
     """Solid dark areas (shadow tips, the desk, a thumb) are far thicker than any pen stroke."""
     if max(group.width, group.height) < 12:
         return False
-    return _stroke_width(_own(labels, group)) > 0.3 * max(group.width, group.height)
+    return _stroke_width(_own(labels, group)) > 0.38 * max(group.width, group.height)
+
+
+def _digit_like(group: _Group, labels: np.ndarray, ink: np.ndarray) -> bool:
+    """Not a speck, a blob, a streak of desk noise or a leftover piece of a faint paper line."""
+    if group.height < MIN_DIGIT_HEIGHT or group.width > 2.5 * group.height:
+        return False
+    own = _own(labels, group)
+    stroke = _stroke_width(own)
+    if stroke > 0.38 * max(group.width, group.height):
+        return False  # solid: a shadow tip, the desk, a thumb
+    if max(group.width, group.height) > 25 * stroke:  # long and hair-thin: ink or a printed line?
+        window = ink[group.y0: group.y1, group.x0: group.x1]
+        return float(window[own > 0].mean()) > 0.6 * float(ink.max())
+    return True
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, list[_Group]]:
     height, width = mask.shape
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     keep = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= 4) + 1  # specks of noise go first, in bulk
+    if len(keep) > MAX_COMPONENTS:  # a very noisy photo: the largest pieces are enough
+        keep = keep[np.argsort(stats[keep, cv2.CC_STAT_AREA])[-MAX_COMPONENTS:]]
     groups = []
     for i in keep:
         x, y, w, h, area = (int(v) for v in stats[i])
@@ -243,18 +265,41 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, list[_Group]]:
     return labels, groups
 
 
+def _pen_width(labels: np.ndarray, groups: list[_Group]) -> float:
+    """The pen width of the writing: median stroke width of the three largest non-solid pieces."""
+    strokes = []
+    compact = [g for g in groups if max(g.width, g.height) <= 4 * min(g.width, g.height)] or groups
+    for group in sorted(compact, key=lambda g: g.area, reverse=True):
+        stroke = _stroke_width(_own(labels, group))
+        if stroke <= 0.38 * max(group.width, group.height):
+            strokes.append(stroke)
+        if len(strokes) == 3:
+            break
+    return float(np.median(strokes)) if strokes else 3.0
+
+
+def _keep_thick(mask: np.ndarray, stroke: float) -> np.ndarray:
+    """Remove structures much thinner than the pen (paper lines), keeping the strokes' edges."""
+    size = max(3, int(0.55 * stroke) | 1)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    opened = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
+    return cv2.bitwise_and(mask, cv2.dilate(opened, kernel))
+
+
 def _segment(gray: np.ndarray, kernel: int) -> tuple[np.ndarray, np.ndarray, list[DigitRegion]]:
     ink = ink_map(gray, kernel)
     mask = ink_mask(ink)
     height, width = mask.shape
     labels, groups = _components(mask)
     long_ones = [g for g in groups if g.width > 0.45 * width or g.height > 0.45 * height]
-    if long_ones:
-        others = [g for g in groups if g not in long_ones and g.area >= 12]
-        stroke = float(np.median([_stroke_width(_own(labels, g)) for g in others])) if others else 3.0
+    stroke = _pen_width(labels, [g for g in groups if g not in long_ones])
+    if stroke >= 5:  # strokes clearly thicker than printed lines: open away all thinner things
+        mask = _keep_thick(mask, stroke)
+        labels, groups = _components(mask)
+    elif long_ones:
         mask = _remove_lines(mask, labels, [g.labels[0] for g in long_ones], stroke)
         labels, groups = _components(mask)
-    groups = [g for g in _merge([g for g in groups if not _is_blob(g, labels)]) if not _is_blob(g, labels)]
+    groups = [g for g in _merge([g for g in groups if not _is_blob(g, labels)]) if _digit_like(g, labels, ink)]
     regions = [_region(labels, g) for g in _best_row(groups)] if groups else []
     return ink, mask, regions
 
@@ -272,9 +317,9 @@ def find_digits(gray: np.ndarray) -> Segmentation:
     long_side = max(gray.shape)
     fine, coarse = _odd(long_side * 0.045, 7), _odd(long_side * 0.14, 7)
     ink, mask, regions = _segment(gray, fine)
-    if coarse > fine and (not regions or _median_stroke(regions) > 0.22 * fine):
+    if coarse > fine and (not regions or _median_stroke(regions) > 0.35 * fine):
         ink_c, mask_c, regions_c = _segment(gray, coarse)
-        if regions_c and (not regions or _median_stroke(regions_c) > 0.22 * fine):
+        if regions_c and (not regions or _median_stroke(regions_c) > 0.45 * fine):
             ink, mask, regions = ink_c, mask_c, regions_c
     kept = np.zeros_like(mask)
     for region in regions:
