@@ -66,14 +66,22 @@ def make_photos(count: int, digits: tuple[int, int], seed: int) -> list[bytes]:
 
 
 def baseline_recognizer(photos: list[bytes], weights: Path) -> tuple[float, float]:
-    """p50/p95 ms of `Recognizer.read` alone (decode, preprocess, classify), serially."""
+    """p50/p95 ms of `Recognizer.read` alone (decode, preprocess, classify), serially, on the
+    bytes the bot downloads: the largest PhotoSize (at most 1280 px, as Telegram keeps photos)."""
+    from bot.emulator.files import FileStore
     from core.model import load_base
     from core.recognize import Recognizer
 
-    recognizer = Recognizer(load_base(weights))
-    recognizer.read(photos[0])
-    times = []
+    store = FileStore()
+    largest = []
     for data in photos:
+        sizes = store.add_photo(data)
+        assert sizes is not None
+        largest.append(store.by_id[sizes[-1]["file_id"]].data)
+    recognizer = Recognizer(load_base(weights))
+    recognizer.read(largest[0])
+    times = []
+    for data in largest:
         started = time.perf_counter()
         recognizer.read(data)
         times.append(time.perf_counter() - started)

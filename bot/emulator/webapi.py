@@ -26,6 +26,10 @@ def _respond(payload: Any, status: int = 200) -> web.Response:
 
 def _api(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def wrapped(request: web.Request) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if request.method != "GET" and origin and origin != f"{request.scheme}://{request.host}":
+            # Another web site open in the same browser must not act as a user (CSRF).
+            return _respond(BotApiError(403, "Forbidden: cross-origin request").to_json(), status=403)
         try:
             result = await handler(request)
         except BotApiError as error:

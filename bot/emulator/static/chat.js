@@ -51,6 +51,8 @@ async function saveUser() {
 const ENTITY_TAGS = { bold: "b", italic: "i", underline: "u", strikethrough: "s", code: "code", pre: "pre",
                       spoiler: "span", blockquote: "blockquote", expandable_blockquote: "blockquote" };
 
+const safeUrl = (url) => /^(https?|tg):/i.test(url || "");  // never javascript: or data: links
+
 function renderText(text, entities) {
   // Entity offsets are UTF-16 code units, which is what JavaScript strings index by.
   const root = document.createElement("div");
@@ -62,7 +64,7 @@ function renderText(text, entities) {
     const tag = entity.type === "text_link" ? "a" : ENTITY_TAGS[entity.type] || "span";
     const node = document.createElement(tag);
     node.textContent = text.slice(entity.offset, entity.offset + entity.length);
-    if (tag === "a") { node.href = entity.url; node.target = "_blank"; node.rel = "noopener"; }
+    if (tag === "a" && safeUrl(entity.url)) { node.href = entity.url; node.target = "_blank"; node.rel = "noopener"; }
     root.append(node);
     position = entity.offset + entity.length;
   }
@@ -101,7 +103,10 @@ function renderKeyboard(message) {
       const element = document.createElement("button");
       element.type = "button";
       element.textContent = button.text;
-      if (button.url) element.addEventListener("click", () => window.open(button.url, "_blank", "noopener"));
+      if (button.url) {
+        element.disabled = !safeUrl(button.url);
+        element.addEventListener("click", () => window.open(button.url, "_blank", "noopener"));
+      }
       else element.addEventListener("click", (event) => { event.stopPropagation(); press(message, button); });
       element.dataset.callback = button.callback_data || "";
       line.append(element);

@@ -121,3 +121,17 @@ def test_users_languages_groups_and_reset() -> None:
             assert after.update_id > before[-1].update_id, "update ids keep growing across resets"
 
     asyncio.run(scenario())
+
+
+def test_other_web_sites_cannot_act_as_users() -> None:
+    async def scenario() -> None:
+        async with harness() as h:
+            url = f"{h.server.base_url}/emulator/api/chats/1/text"
+            body = {"user_id": 1, "text": "hi"}
+            async with h.users.session.post(url, json=body, headers={"Origin": "https://evil.example"}) as response:
+                assert response.status == 403
+            async with h.users.session.post(url, json=body, headers={"Origin": h.server.base_url}) as response:
+                assert response.status == 200
+            assert [m["text"] for m in await h.users.messages(1)] == ["hi"]
+
+    asyncio.run(scenario())
