@@ -82,7 +82,8 @@ def reading_keyboard(
     """Overview keyboard: ✅ confirm, then 0-9 (one digit) or one button per position (a row)."""
     labelled = any(label is not None for label in labels)
     rows: list[list[InlineKeyboardButton]] = []
-    shown = "".join(str(d) for d in predicted)
+    # ✅ confirms the digits as they stand: the answer, with any corrections already made
+    shown = "".join(str(d if label is None else label) for d, label in zip(predicted, labels, strict=True))
     rows.append([_button(_("✅ {digits} is right", digits=shown), f"c:{reading_id}")])
     if len(predicted) == 1:
         rows.extend(_digit_rows(reading_id, 0, labels[0] if labels else None))

@@ -198,7 +198,7 @@ class BotServices:
             text = digits
             if text is None:
                 view = repo.get_reading(session, telegram_id=telegram_id, reading_id=reading_id)
-                text = view.text if view is not None else ""
+                text = view.labelled_text if view is not None else ""  # keeps corrections already made
             repo.label_reading(session, telegram_id=telegram_id, reading_id=reading_id, digits=text)
         return await asyncio.to_thread(self._run_labelling, telegram_id, reading_id, change, update_id)
 

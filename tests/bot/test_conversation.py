@@ -98,6 +98,9 @@ def test_row_of_digits_corrected_by_reply_and_by_position(tmp_path: Path, recogn
             await h.press(ANN, ANN, mid, f"d:{rid}:2:9")
             assert _labels(h, ANN, rid) == [4, 2, 9, 1]
             assert "Recorded: 4291" in (await h.message(ANN, mid))["text"]
+            confirm = _buttons(await h.message(ANN, mid))[0]
+            await h.press(ANN, ANN, mid, confirm)  # ✅ now confirms 4291, it does not undo the correction
+            assert _labels(h, ANN, rid) == [4, 2, 9, 1]
 
     asyncio.run(scenario())
 

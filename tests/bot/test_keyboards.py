@@ -44,6 +44,7 @@ def test_row_of_digits_gets_one_button_per_position() -> None:
     data = _all_data(markup)
     assert data[:5] == ["c:5", "p:5:0", "p:5:1", "p:5:2", "p:5:3"]
     assert markup.inline_keyboard[1][2].text.startswith("#3: 9")  # shows the recorded digit
+    assert markup.inline_keyboard[0][0].text == "✅ 4291 is right"
     assert data[-1] == "u:5"
     picker = _all_data(digit_picker_keyboard(5, 2, 9, _))
     assert picker == [f"d:5:2:{d}" for d in range(10)] + ["b:5"]
