@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,7 +14,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.dates
 import matplotlib.ticker
 import numpy as np
 from matplotlib import font_manager
@@ -25,7 +25,7 @@ from bot.i18n import Translator, translator
 # Fonts with Chinese glyphs, tried in order; without one the chart falls back to English labels.
 _CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Micro Hei",
               "WenQuanYi Zen Hei", "SimHei", "Microsoft YaHei", "PingFang SC", "AR PL UMing CN")
-ROLLING_WINDOW = 20
+_MIN_SPAN_DAYS = 1 / 24
 
 
 @dataclass(frozen=True)
@@ -78,18 +78,22 @@ def _plot_accuracy(ax: Axes, data: ChartData, _: Translator, text: dict[str, Any
     if not data.points:
         ax.text(0.5, 0.5, _("No labelled digits yet"), ha="center", va="center", transform=ax.transAxes, **text)
         return
-    times = matplotlib.dates.date2num([p.at for p in data.points])
-    ax.plot(times, [p.accuracy for p in data.points], marker="o", ms=3, lw=2, label=_("answers given"))
-    ax.plot(times, [p.base_accuracy for p in data.points], marker=".", ms=3, lw=1.5, ls="--",
+    # x: labelled digits so far. People label in bursts, so a clock axis would squeeze most of the
+    # curve into a few pixels; the dates of the first and last point go in the axis label instead.
+    counts = np.cumsum([p.count for p in data.points])
+    ax.plot(counts, [p.accuracy for p in data.points], marker="o", ms=3, lw=2, label=_("answers given"))
+    ax.plot(counts, [p.base_accuracy for p in data.points], marker=".", ms=3, lw=1.5, ls="--",
             label=_("base model"))
+    ends = [p.at for p in data.points]
     for when, version in data.promotions:
-        x = float(matplotlib.dates.date2num(when))
+        x = float(counts[bisect.bisect_right(ends, when) - 1]) if when >= ends[0] else 0.0
         ax.axvline(x, color="tab:green", alpha=0.7, lw=1)
         ax.annotate(_("personal v{version}", version=version), (x, 0.03), rotation=90,
                     fontsize=8, color="tab:green", ha="right", va="bottom", **text)
-    locator = matplotlib.dates.AutoDateLocator()
-    ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(matplotlib.dates.ConciseDateFormatter(locator))
+    ax.set_xlim(0, max(int(counts[-1]), 10) * 1.06)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    first, last = f"{ends[0]:%Y-%m-%d}", f"{ends[-1]:%Y-%m-%d}"
+    ax.set_xlabel(_("labelled digits ({dates})", dates=first if first == last else f"{first} – {last}"), **text)
     ax.legend(loc="lower right", prop={"size": 8, "family": text.get("fontfamily", "sans-serif")})
 
 
