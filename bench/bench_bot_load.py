@@ -47,6 +47,18 @@ class LevelResult:
     p95_ms: float
     p99_ms: float
     max_ms: float
+    bot_cpu_ms_per_photo: float  # CPU time of the bot process (all threads) / replies
+    harness_cpu_ms_per_photo: float  # CPU time of this process (emulator + users) / replies
+    load_average: float  # 1-minute load average at the end of the level (the machine is shared)
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and all its threads (Linux /proc); NaN elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentiles(latencies: list[float]) -> tuple[float, float, float, float]:
@@ -81,7 +93,7 @@ def baseline_recognizer(photos: list[bytes], weights: Path) -> tuple[float, floa
     recognizer = Recognizer(load_base(weights))
     recognizer.read(largest[0])
     times = []
-    for data in largest:
+    for data in largest * 3:  # three passes: the machine is shared, more samples steady the figure
         started = time.perf_counter()
         recognizer.read(data)
         times.append(time.perf_counter() - started)
@@ -157,7 +169,8 @@ async def wait_until_ready(server: EmulatorServer, users: Any, bot: subprocess.P
 
 
 async def run_level(server: EmulatorServer, users: Any, photos: list[bytes], n_users: int,
-                    think_s: float, duration: float, first_user_id: int, seed: int) -> LevelResult:
+                    think_s: float, duration: float, first_user_id: int, seed: int,
+                    bot_pid: int | None = None) -> LevelResult:
     latencies: list[float] = []
     errors = 0
     stop_at = time.monotonic() + duration
@@ -178,13 +191,18 @@ async def run_level(server: EmulatorServer, users: Any, photos: list[bytes], n_u
             if think_s:
                 await asyncio.sleep(min(rng.expovariate(1 / think_s), max(0.0, stop_at - time.monotonic())))
 
-    started = time.monotonic()
+    started, harness_cpu = time.monotonic(), time.process_time()
+    bot_cpu = process_cpu_s(bot_pid) if bot_pid else float("nan")
     await asyncio.gather(*(user(first_user_id + i) for i in range(n_users)))
     seconds = time.monotonic() - started
+    replies = max(1, len(latencies))
+    bot_cpu = (process_cpu_s(bot_pid) if bot_pid else float("nan")) - bot_cpu
+    harness_cpu = time.process_time() - harness_cpu
     p50, p95, p99, worst = percentiles(latencies)
     return LevelResult(n_users, think_s, len(latencies), errors, round(seconds, 1),
                        round(len(latencies) / seconds, 2), round(p50, 1), round(p95, 1), round(p99, 1),
-                       round(worst, 1))
+                       round(worst, 1), round(1000 * bot_cpu / replies, 1), round(1000 * harness_cpu / replies, 1),
+                       round(os.getloadavg()[0], 1))
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
@@ -212,7 +230,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                 for think_s in args.think_s:
                     for n_users in args.users:
                         result = await run_level(server, users, photos, n_users, think_s, args.duration,
-                                                 next_user, args.seed)
+                                                 next_user, args.seed, bot_pid=bot.pid)
                         next_user += n_users
                         results.append(result)
                         print(json.dumps(asdict(result)), flush=True)
