@@ -21,7 +21,7 @@ from core.finetune import (
     train_head,
     trunk_features,
 )
-from core.model import FROZEN_PREFIXES, Checkpoint, DigitNet
+from core.model import FROZEN_PREFIXES, Checkpoint, DigitNet, normalize
 
 TINY = FinetuneConfig(steps=12, user_batch=8, replay_batch=8, eval_every=4, augment_copies=1,
                       replay_size=40, mnist_subset=40, lr=3e-3)
@@ -154,3 +154,33 @@ def test_gate_promotes_only_a_better_candidate_within_the_mnist_bound() -> None:
     assert not gate(**tie, heldout_nll_before=0.3, heldout_nll_after=0.5).promote
     edge = gate(heldout_before=0.5, heldout_after=0.6, mnist_base=0.990, mnist_candidate=0.987)
     assert edge.promote  # exactly 0.3 points down is still within the bound
+
+
+@pytest.mark.slow
+def test_real_base_personal_model_helps_a_styled_user_and_keeps_mnist(mnist_dir: object) -> None:
+    from core.calibrate import calibrated_probabilities, combine
+    from core.model import DEFAULT_WEIGHTS, load_base
+    from core.personal_data import DEV_STYLES, styled_user
+
+    if not DEFAULT_WEIGHTS.exists():
+        pytest.skip("weights/base.pt not trained yet")
+    base = load_base(DEFAULT_WEIGHTS)
+    name = "dev-slant-cross7"
+    user = styled_user(name, DEV_STYLES[name], n=300)
+    result = finetune_user(base, user.images[:100], user.labels[:100], device="cpu")
+    personal = result.checkpoint
+    probe = MnistProbe(base, subset=0, device="cpu")  # all 10,000 test digits
+    personal_probs = calibrated_probabilities(probe.logits(personal.state_dict), personal.meta["temperature"])
+    base_probs = calibrated_probabilities(probe.base_logits, personal.meta["base_temperature"])
+    combined = combine(personal_probs, base_probs, personal.meta["threshold"])
+    mnist_base = probe.accuracy()
+    assert float((combined.digits == probe.labels).float().mean()) >= mnist_base - 0.001
+    assert float((personal_probs.argmax(1) == probe.labels).float().mean()) >= mnist_base - 0.003
+
+    model = base.build()
+    model.load_state_dict(personal.state_dict, strict=False)
+    new = torch.from_numpy(user.images[100:])
+    with torch.no_grad():
+        base_right = (base.build()(normalize(new)).argmax(1).numpy() == user.labels[100:]).mean()
+        personal_right = (model(normalize(new)).argmax(1).numpy() == user.labels[100:]).mean()
+    assert personal_right > base_right + 0.05

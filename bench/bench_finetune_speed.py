@@ -1,0 +1,83 @@
+"""Fine-tune speed: one user with 100 labels, and many users batched vs a sequential loop.
+
+Part 1 (``--threads 2``): ``finetune_user`` for one simulated user with 100 labels, the replay bank
+and MNIST probe already cached (as in a running worker); reports the training time (trunk
+features + head steps) and the whole call (+ calibration, MNIST gate), median of ``--repeats``,
+plus the cold first call (MNIST loading, replay bank and probe features).
+Part 2: ``--users`` users with 100 labels each, same steps: the batched path
+(core.batched_finetune, one trunk pass, stacked heads, vmap) against a sequential loop of
+``finetune_user`` in the same run (both include calibration and the MNIST gate); users per
+minute for both. CUDA is used when available.
+
+    .venv/bin/python bench/bench_finetune_speed.py --threads 2 --users 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from core.batched_finetune import UserSamples, finetune_users
+from core.calibrate import pick_device
+from core.finetune import FinetuneConfig, finetune_user
+from core.model import load_base
+from core.personal_data import simulated_users
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--users", type=int, default=16, help="users for the batched vs loop part (0: skip)")
+    parser.add_argument("--chunk", type=int, default=256, help="users per batched chunk")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = pick_device()
+    print(f"device {device}, torch threads {torch.get_num_threads()}, load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs visible")
+
+    base = load_base()
+    config = FinetuneConfig()
+    user = simulated_users("dev", n=120)[0]
+    images, labels = user.images[:100], user.labels[:100]
+
+    started = time.perf_counter()
+    finetune_user(base, images, labels, config=config, device=device)
+    print(f"cold first call (loads MNIST, builds replay bank + probe): {time.perf_counter() - started:.2f} s")
+    train, total = [], []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        result = finetune_user(base, images, labels, config=config, device=device)
+        total.append(time.perf_counter() - started)
+        train.append(result.metrics["train_seconds"])
+    print(f"one user, 100 labels, {config.steps} steps x {config.user_batch}+{config.replay_batch}: "
+          f"training {statistics.median(train):.2f} s, whole call incl. calibration + gate "
+          f"{statistics.median(total):.2f} s (median of {args.repeats}; all {[round(t, 2) for t in total]})")
+
+    if args.users <= 0:
+        return
+    pool = simulated_users("dev", n=120)
+    many = [UserSamples(pool[i % len(pool)].images[:100], pool[i % len(pool)].labels[:100])
+            for i in range(args.users)]
+    started = time.perf_counter()
+    for u in many:
+        finetune_user(base, u.images, u.labels, config=config, device=device)
+    loop_seconds = time.perf_counter() - started
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    finetune_users(base, many, config=config, device=device, chunk_size=args.chunk)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    batched_seconds = time.perf_counter() - started
+    print(f"{args.users} users x 100 labels: sequential loop {loop_seconds:.1f} s "
+          f"({60 * args.users / loop_seconds:.1f} users/min), batched {batched_seconds:.1f} s "
+          f"({60 * args.users / batched_seconds:.1f} users/min), speed-up {loop_seconds / batched_seconds:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
