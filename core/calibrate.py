@@ -19,6 +19,7 @@ from core.model import Checkpoint, DigitNet, normalize
 
 NEVER_PERSONAL = 1.0 + 1e-6  # a threshold no confidence reaches
 MNIST_PROBE_SEED = 12345
+MAX_CANDIDATES = 512  # thresholds tried by choose_threshold
 
 
 @dataclass
@@ -115,7 +116,10 @@ def choose_threshold(personal_probs: torch.Tensor, base_probs: torch.Tensor, lab
     seen = [personal_probs.max(-1).values.float().cpu()]
     if mnist_personal_probs is not None:
         seen.append(mnist_personal_probs.max(-1).values.float().cpu())
-    thresholds = torch.cat([torch.tensor([0.0, NEVER_PERSONAL]), *seen]).unique()
+    candidates = torch.cat(seen).unique()
+    if len(candidates) > MAX_CANDIDATES:  # quantiles keep the search cheap for large probes
+        candidates = candidates.quantile(torch.linspace(0, 1, MAX_CANDIDATES))
+    thresholds = torch.cat([torch.tensor([0.0, NEVER_PERSONAL]), candidates]).unique()
     allowed = torch.ones(len(thresholds), dtype=torch.bool)
     if mnist_personal_probs is not None and mnist_base_probs is not None and mnist_labels is not None:
         mnist_acc, _ = _combined_scores(mnist_personal_probs.cpu(), mnist_base_probs.cpu(),
