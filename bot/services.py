@@ -192,7 +192,7 @@ class BotServices:
         return await asyncio.to_thread(self._run_labelling, telegram_id, reading_id, change, update_id)
 
     async def label_all(self, telegram_id: int, reading_id: int, digits: str | None,
-                        update_id: int) -> ReadingCard:
+                        update_id: int | None) -> ReadingCard:
         """Label every digit: ``digits`` from a text reply, or None to confirm the answers given."""
         def change(session: Session) -> None:
             text = digits

@@ -70,7 +70,9 @@ async def on_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     _ = await user_translator(update, context)
     lines = [_("Send a photo of handwritten digits (or an image file up to 20 MB) and I'll read it."),
-             _("Correct me with the buttons under my answer, or reply to it with the right digits."), ""]
+             _("Correct me with the buttons under my answer, or reply to it with the right digits."),
+             _("Already know the digits? Send them as the photo's caption (e.g. 4271) and I record them "
+               "straight away."), ""]
     lines += [f"/{name} — {_(description)}" for name, description in COMMANDS]
     await update.effective_message.reply_text("\n".join(lines))
 

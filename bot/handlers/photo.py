@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import unicodedata
 from dataclasses import dataclass
 
 from telegram import Message, Update
@@ -149,10 +150,19 @@ async def _download_read_reply(update: Update, context: ContextTypes.DEFAULT_TYP
         await message.reply_text(problem_text(outcome.status, _, limit=outcome.quota or 0), do_quote=True)
         return
     card = outcome.card
+    caption = _caption_digits(message.caption)
+    if caption is not None and len(caption) == len(card.digits):  # "4271" as caption: labelled at once
+        card = await services.label_all(card.owner_telegram_id, card.reading_id, caption, update_id=None)
     sent = await message.reply_text(
         reading_text(card, _), do_quote=True,
         reply_markup=reading_keyboard(card.reading_id, card.predicted, card.labels, _))
     await services.attach_message(card.reading_id, sent.chat_id, sent.message_id)
+
+
+def _caption_digits(caption: str | None) -> str | None:
+    """The digits of a caption that is only digits (spaces and full-width digits allowed)."""
+    text = "".join(unicodedata.normalize("NFKC", caption or "").split())
+    return text if text and text.isascii() and text.isdigit() else None
 
 
 async def on_other_media(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -98,6 +98,9 @@ def test_row_of_digits_corrected_by_reply_and_by_position(tmp_path: Path, recogn
             await h.press(ANN, ANN, mid, f"d:{rid}:2:9")
             assert _labels(h, ANN, rid) == [4, 2, 9, 1]
             assert "Recorded: 4291" in (await h.message(ANN, mid))["text"]
+            captioned = await h.photo_reply(ANN, ANN, digits_photo("38"), caption="３8")
+            assert "Recorded: 38" in captioned["text"]  # a caption of the right length labels at once
+            assert _labels(h, ANN, _reading_id(captioned)) == [3, 8]
             confirm = _buttons(await h.message(ANN, mid))[0]
             await h.press(ANN, ANN, mid, confirm)  # ✅ now confirms 4291, it does not undo the correction
             assert _labels(h, ANN, rid) == [4, 2, 9, 1]
