@@ -31,6 +31,8 @@ from core.finetune import (
 )
 from core.model import FROZEN_PREFIXES, Checkpoint, DigitNet
 
+PROBE_PAIRS = 32_768  # (user, probe sample) pairs evaluated at once
+
 
 @dataclass
 class UserSamples:
@@ -52,14 +54,16 @@ class _Head(nn.Module):
 
 def finetune_users(base: Checkpoint, users: Sequence[UserSamples], *,
                    config: FinetuneConfig | None = None, device: str | torch.device | None = None,
-                   chunk_size: int = 256, replay: ReplayBank | None = None,
+                   chunk_size: int | None = None, replay: ReplayBank | None = None,
                    probe: MnistProbe | None = None) -> list[FinetuneResult]:
     """One ``FinetuneResult`` per user, in order (each with its own gate decision).
 
-    device None picks CUDA when available; ``chunk_size`` users are trained together at a time.
+    device None picks CUDA when available; ``chunk_size`` users are trained together at a time
+    (None: 256 on CUDA, 32 on CPU; each user holds ~5 MB of trunk features at 100 labels).
     """
     config = config or FinetuneConfig()
     torch_device = pick_device(device)
+    chunk_size = chunk_size or (256 if torch_device.type == "cuda" else 32)
     results: list[FinetuneResult | None] = [None] * len(users)
     valid = []
     for index, user in enumerate(users):
@@ -150,8 +154,13 @@ def _finetune_chunk(base: Checkpoint, users: Sequence[UserSamples], replay: Repl
                 best[name] = torch.where(mask, value.detach(), best[name])
     seconds = (time.perf_counter() - started) / len(users)
 
+    # the MNIST probe for all users, a few users at a time: conv3 activations cost 25 KB per
+    # (user, sample), so the slices stay around PROBE_PAIRS pairs
+    step_users = max(1, PROBE_PAIRS // max(len(probe.labels), 1))
     with torch.no_grad():
-        mnist_logits = vmap(head_fn, in_dims=(0, None))(best, probe.features)  # (U, N, 10)
+        mnist_logits = torch.cat([
+            vmap(head_fn, in_dims=(0, None))({n: p[i:i + step_users] for n, p in best.items()}, probe.features)
+            for i in range(0, len(users), step_users)])  # (U, N, 10)
     results = []
     buffers_state = {n: b for n, b in net.state_dict().items() if n.startswith(("bn3.",)) and
                      n not in names}
