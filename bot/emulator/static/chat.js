@@ -253,7 +253,7 @@ function setUpPad() {
     return [(event.clientX - box.left) * pad.width / box.width, (event.clientY - box.top) * pad.height / box.height];
   };
   pad.addEventListener("pointerdown", (event) => {
-    pad.setPointerCapture(event.pointerId);
+    try { pad.setPointerCapture(event.pointerId); } catch (error) { /* synthetic or finished pointer */ }
     last = point(event);
     pad.dataset.empty = "";
   });

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from core.recognize import Recognizer
+from tests.bot.emulator.support import harness
 from tests.bot.support import running_bot
 
 CHROMIUM = os.environ.get("DIGITBOT_TEST_CHROMIUM", "")
@@ -86,6 +87,43 @@ def test_draw_send_see_answer_correct_it_and_see_stats(tmp_path: Path, recognize
                 screenshot = os.environ.get("DIGITBOT_SCREENSHOT")
                 await page.screenshot(path=screenshot or str(tmp_path / "webchat.png"), full_page=False)
                 assert page_errors == []
+            finally:
+                await browser.close()
+
+    asyncio.run(scenario())
+
+
+def test_touch_strokes_draw_on_the_pad() -> None:
+    playwright_api = pytest.importorskip("playwright.async_api")
+
+    async def scenario() -> None:
+        async with harness() as h, playwright_api.async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            try:
+                context = await browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True,
+                                                    is_mobile=True)
+                page = await context.new_page()
+                await page.goto(h.server.page_url)
+                pad = page.locator("#pad")
+                box = await pad.bounding_box()
+                points = [(60 + 15 * i, 60 + 14 * i) for i in range(12)]
+                await pad.dispatch_event("pointerdown", {"pointerType": "touch", "pointerId": 7, "isPrimary": True,
+                                                         "clientX": box["x"] + 60, "clientY": box["y"] + 60})
+                for x, y in points:
+                    await pad.dispatch_event("pointermove", {"pointerType": "touch", "pointerId": 7,
+                                                             "clientX": box["x"] + x, "clientY": box["y"] + y})
+                await pad.dispatch_event("pointerup", {"pointerType": "touch", "pointerId": 7})
+                dark = await page.evaluate("""() => {
+                    const pad = document.getElementById('pad');
+                    const pixels = pad.getContext('2d').getImageData(0, 0, pad.width, pad.height).data;
+                    let dark = 0;
+                    for (let i = 0; i < pixels.length; i += 4) if (pixels[i] < 128) dark++;
+                    return dark;
+                }""")
+                assert dark > 1000, "a touch stroke left ink on the pad"
+                await page.click("#send-drawing")
+                message = await h.users.wait_for_message(1001, lambda m: "photo" in m, timeout=10)
+                assert message["from"]["id"] == 1001
             finally:
                 await browser.close()
 
