@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import SecretStr
 from telegram import Update
 from telegram.error import TelegramError
-from telegram.ext import AIORateLimiter, Application, ApplicationBuilder
+from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, Defaults
 
 from bot.handlers import register
 from bot.handlers.admin import register_admin
@@ -38,6 +38,8 @@ def build_application(settings: Settings, *, services: BotServices) -> AnyApplic
         .base_url(settings.telegram_base_url)
         .base_file_url(settings.telegram_base_file_url)
         .rate_limiter(AIORateLimiter(max_retries=3))
+        # a reply whose photo was deleted meanwhile is still sent (not a "message not found" error)
+        .defaults(Defaults(allow_sending_without_reply=True))
         .concurrent_updates(True)
         .post_init(_post_init)
         .build()

@@ -38,6 +38,7 @@ def test_application_uses_the_configured_bot_api_server(tmp_path: Path, recogniz
     assert application.concurrent_updates > 1
     assert application.job_queue is not None
     assert len(application.error_handlers) == 1
+    assert application.bot.defaults is not None and application.bot.defaults.allow_sending_without_reply
     services.close()
     with pytest.raises(ValueError, match="token"):
         build_application(Settings(_env_file=None), services=services)  # type: ignore[call-arg]
