@@ -235,6 +235,36 @@ def _is_blob(group: _Group, labels: np.ndarray) -> bool:
     return _stroke_width(_own(labels, group)) > 0.38 * max(group.width, group.height)
 
 
+def _split_touching(groups: list[_Group], labels: np.ndarray) -> list[_Group]:
+    """Cut groups much wider than the row's digits (neighbours that touch) at their thinnest columns."""
+    if not groups:
+        return groups
+    heights = [g.height for g in groups if g.width <= 1.2 * g.height]
+    typical = float(np.median(heights)) if heights else float(np.median([g.height for g in groups]))
+    result = []
+    for group in groups:
+        if group.width <= 1.45 * max(group.height, typical) or group.height < 0.6 * typical:
+            result.append(group)
+            continue
+        parts = max(2, round(group.width / (0.85 * max(group.height, typical))))
+        profile = _own(labels, group).sum(axis=0).astype(np.float32)
+        cuts = [0]
+        for k in range(1, parts):
+            centre = round(group.width * k / parts)
+            reach = group.width // (2 * parts)
+            lo, hi = max(cuts[-1] + 2, centre - reach), min(group.width - 2, centre + reach)
+            cuts.append(lo + int(np.argmin(profile[lo:hi])) if hi > lo else centre)
+        cuts.append(group.width)
+        for left, right in zip(cuts[:-1], cuts[1:], strict=True):
+            piece = _Group(group.x0 + left, group.y0, group.x0 + right, group.y1, group.labels,
+                           int(profile[left:right].sum()))
+            rows = np.flatnonzero(_own(labels, piece).any(axis=1))
+            if len(rows):
+                piece.y0, piece.y1 = group.y0 + int(rows[0]), group.y0 + int(rows[-1]) + 1
+                result.append(piece)
+    return result
+
+
 def _digit_like(group: _Group, labels: np.ndarray, ink: np.ndarray) -> bool:
     """Not a speck, a blob, a streak of desk noise or a leftover piece of a faint paper line."""
     if group.height < MIN_DIGIT_HEIGHT or group.width > 2.5 * group.height:
@@ -259,7 +289,7 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, list[_Group]]:
     for i in keep:
         x, y, w, h, area = (int(v) for v in stats[i])
         touches = x == 0 or y == 0 or x + w == width or y + h == height
-        if touches and (w > 0.5 * width or h > 0.5 * height):
+        if touches and (w > 0.4 * width or h > 0.4 * height):
             continue  # paper edges, the desk, shadow borders
         groups.append(_Group(x, y, x + w, y + h, [int(i)], area))
     return labels, groups
@@ -299,7 +329,8 @@ def _segment(gray: np.ndarray, kernel: int) -> tuple[np.ndarray, np.ndarray, lis
     elif long_ones:
         mask = _remove_lines(mask, labels, [g.labels[0] for g in long_ones], stroke)
         labels, groups = _components(mask)
-    groups = [g for g in _merge([g for g in groups if not _is_blob(g, labels)]) if _digit_like(g, labels, ink)]
+    groups = _split_touching(_merge([g for g in groups if not _is_blob(g, labels)]), labels)
+    groups = [g for g in groups if _digit_like(g, labels, ink)]
     regions = [_region(labels, g) for g in _best_row(groups)] if groups else []
     return ink, mask, regions
 
@@ -317,7 +348,7 @@ def find_digits(gray: np.ndarray) -> Segmentation:
     long_side = max(gray.shape)
     fine, coarse = _odd(long_side * 0.045, 7), _odd(long_side * 0.14, 7)
     ink, mask, regions = _segment(gray, fine)
-    if coarse > fine and (not regions or _median_stroke(regions) > 0.35 * fine):
+    if coarse > fine and (not regions or max(r.stroke_width for r in regions) > 0.35 * fine):
         ink_c, mask_c, regions_c = _segment(gray, coarse)
         if regions_c and (not regions or _median_stroke(regions_c) > 0.45 * fine):
             ink, mask, regions = ink_c, mask_c, regions_c
