@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
@@ -24,6 +25,7 @@ from digitbot.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 TASK_NAME = "digitbot.finetune"
+BATCH_TASK_NAME = "digitbot.finetune_batch"
 QUEUE = "finetune"
 # Errors meaning "the broker is unreachable": the job stays queued in the database.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuOperationalError, RedisError, ConnectionError, OSError)
@@ -75,18 +77,20 @@ def worker_identity() -> str:
     return f"celery:{socket.gethostname()}:{os.getpid()}"
 
 
-@app.task(
-    name=TASK_NAME,
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    retry_on_worker_lost=True,
-    autoretry_for=(DatabaseUnavailable,),
-    retry_backoff=5,
-    retry_backoff_max=300,
-    retry_jitter=True,
-    max_retries=8,
-)
+TASK_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "retry_on_worker_lost": True,
+    "autoretry_for": (DatabaseUnavailable,),
+    "retry_backoff": 5,
+    "retry_backoff_max": 300,
+    "retry_jitter": True,
+    "max_retries": 8,
+}
+
+
+@app.task(name=TASK_NAME, **TASK_OPTIONS)
 def finetune_task(self: Any, job_id: int) -> dict[str, Any]:
     """Run fine-tune job `job_id` (a no-op when another worker holds it or it already ended)."""
     from worker.jobs import run_job
@@ -96,6 +100,18 @@ def finetune_task(self: Any, job_id: int) -> dict[str, Any]:
                       session_factory=_session_factory(settings))
     log.info("job %s: %s", job_id, outcome.state)
     return outcome.as_dict()
+
+
+@app.task(name=BATCH_TASK_NAME, **TASK_OPTIONS)
+def finetune_batch_task(self: Any, job_ids: list[int]) -> list[dict[str, Any]]:
+    """Run several fine-tune jobs together (core.batched_finetune; the GPU path)."""
+    from worker.jobs import run_jobs
+
+    settings = get_settings()
+    outcomes = run_jobs(job_ids, settings=settings, worker_id=worker_identity(),
+                        session_factory=_session_factory(settings))
+    log.info("jobs %s: %s", job_ids, [o.state for o in outcomes])
+    return [o.as_dict() for o in outcomes]
 
 
 _factories: dict[str, Any] = {}
@@ -111,16 +127,18 @@ def _session_factory(settings: Settings) -> Any:
     return _factories[url]
 
 
-def publish(job_id: int, *, celery: Celery | None = None) -> bool:
-    """Send job `job_id` to the Celery queue; False when the broker is unreachable (the caller
-    leaves the job queued in the database and tries again at the next sweep)."""
+def publish(job_ids: Sequence[int], *, celery: Celery | None = None) -> bool:
+    """Send jobs to the Celery queue (several ids: one task that trains them together); False
+    when the broker is unreachable (the caller leaves them queued in the database and tries again
+    at the next sweep)."""
     celery = celery or app
+    name, args = (TASK_NAME, [job_ids[0]]) if len(job_ids) == 1 else (BATCH_TASK_NAME, [list(job_ids)])
     try:
-        celery.send_task(TASK_NAME, args=[job_id], queue=QUEUE,
+        celery.send_task(name, args=args, queue=QUEUE,
                          retry=True, retry_policy={"max_retries": 1, "interval_start": 0,
                                                    "interval_step": 0.5, "interval_max": 1})
     except BROKER_ERRORS as exc:
-        log.debug("publishing fine-tune job %s failed: %r", job_id, exc)
+        log.debug("publishing fine-tune jobs %s failed: %r", list(job_ids), exc)
         return False
     return True
 

@@ -23,12 +23,13 @@ import functools
 import logging
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from core.batched_finetune import UserSamples
 from core.finetune import FinetuneConfig, FinetuneResult
 from core.model import Checkpoint, load_base
 from digitbot.settings import Settings
@@ -38,7 +39,8 @@ from worker import jobrows
 
 log = logging.getLogger(__name__)
 
-Trainer = Callable[..., FinetuneResult]
+Trainer = Callable[..., FinetuneResult]  # core.finetune.finetune_user's signature
+BatchTrainer = Callable[..., list[FinetuneResult]]  # core.batched_finetune.finetune_users's signature
 PROMOTED, REJECTED, SKIPPED, FAILED, RETRY, LOST = (
     "promoted", "rejected", "skipped", "failed", "retry", "lost")
 
@@ -58,17 +60,16 @@ class JobOutcome:
 
 
 class Heartbeat:
-    """Renews the job's lease every `interval_s` while the job runs; `lost` is set when the lease
-    was taken away (the sweep thought this worker dead and the job was re-queued)."""
+    """Renews the leases of the claimed jobs every `interval_s` while they run; a job whose lease
+    was taken away (the sweep thought this worker dead and re-queued it) goes into `lost`."""
 
-    def __init__(self, session_factory: Any, *, job_id: int, attempt: int, interval_s: float) -> None:
+    def __init__(self, session_factory: Any, claims: Sequence[jobrows.Claim], *, interval_s: float) -> None:
         self._factory = session_factory
-        self._job_id = job_id
-        self._attempt = attempt
+        self._claims = list(claims)
         self._interval_s = interval_s
         self._stop = threading.Event()
-        self.lost = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{job_id}", daemon=True)
+        self.lost: set[int] = set()
+        self._thread = threading.Thread(target=self._loop, name="finetune-heartbeat", daemon=True)
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -80,16 +81,17 @@ class Heartbeat:
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval_s):
+            held = [c for c in self._claims if c.job_id not in self.lost]
             try:
                 with self._factory.begin() as session:
-                    held = jobrows.renew_lease(session, job_id=self._job_id, attempt=self._attempt)
+                    gone = [c.job_id for c in held
+                            if not jobrows.renew_lease(session, job_id=c.job_id, attempt=c.attempt)]
             except SQLAlchemyError as exc:  # the database blinked: try again at the next beat
-                log.warning("job %s heartbeat failed: %s", self._job_id, exc.__class__.__name__)
+                log.warning("fine-tune heartbeat failed: %s", exc.__class__.__name__)
                 continue
-            if not held:
-                log.warning("job %s: lease lost, this worker will not write its result", self._job_id)
-                self.lost.set()
-                return
+            for job_id in gone:
+                log.warning("job %s: lease lost, this worker will not write its result", job_id)
+            self.lost.update(gone)
 
 
 @functools.lru_cache(maxsize=2)
@@ -113,29 +115,78 @@ def run_job(job_id: int, *, settings: Settings, worker_id: str, session_factory:
     (errors are recorded on the job row, which is re-queued while attempts remain).
 
     `trainer` defaults to core.finetune.finetune_user (same signature)."""
+    def train_one(base: Checkpoint, users: Sequence[UserSamples], **kwargs: Any) -> list[FinetuneResult]:
+        from core.finetune import finetune_user
+
+        (user,) = users
+        return [(trainer or finetune_user)(base, user.images, user.labels, current=user.current, **kwargs)]
+
+    return run_jobs([job_id], settings=settings, worker_id=worker_id, session_factory=session_factory,
+                    device=device, base=base, config=config, batch_trainer=train_one)[0]
+
+
+def run_jobs(job_ids: Sequence[int], *, settings: Settings, worker_id: str, session_factory: Any | None = None,
+             device: str | None = None, base: Checkpoint | None = None, config: FinetuneConfig | None = None,
+             batch_trainer: BatchTrainer | None = None) -> list[JobOutcome]:
+    """Several jobs trained together (core.batched_finetune: the trunk runs once, the users' heads
+    train side by side); each job is still claimed, fenced, finished or failed on its own.
+    One outcome per job id, in order."""
     if session_factory is None:
         from worker.scheduler import default_session_factory
 
         session_factory = default_session_factory(settings)
-    claim = _claim(session_factory, job_id)
-    if claim is None:
-        return JobOutcome(job_id, SKIPPED, "not claimable (running elsewhere, or already finished)")
-    log.info("fine-tune job %s (user %s, attempt %s) claimed by %s", job_id, claim.user_id, claim.attempt,
-             worker_id)
-    heartbeat = Heartbeat(session_factory, job_id=job_id, attempt=claim.attempt,
-                          interval_s=max(0.1, settings.finetune_lease_s / 4))
+    outcomes: dict[int, JobOutcome] = {}
+    claims = []
+    for job_id in dict.fromkeys(job_ids):
+        claim = _claim(session_factory, job_id)
+        if claim is None:
+            outcomes[job_id] = JobOutcome(job_id, SKIPPED, "not claimable (running elsewhere, or finished)")
+        else:
+            claims.append(claim)
+            log.info("fine-tune job %s (user %s, attempt %s) claimed by %s", job_id, claim.user_id,
+                     claim.attempt, worker_id)
+    if claims:
+        heartbeat = Heartbeat(session_factory, claims, interval_s=max(0.1, settings.finetune_lease_s / 4))
+        try:
+            with heartbeat:
+                inputs = [_load(session_factory, claim) for claim in claims]
+                results = _batch_trainer(batch_trainer)(
+                    base or cached_base(str(settings.base_weights)), [user for user, _ in inputs],
+                    config=config, device=pick_device(device))
+        except Exception as exc:
+            log.exception("fine-tune jobs %s failed", [c.job_id for c in claims])
+            for claim in claims:
+                outcomes[claim.job_id] = _record_failure(session_factory, claim, _error_text(exc),
+                                                         settings.finetune_max_attempts)
+        else:
+            for claim, (_, parent_id), result in zip(claims, inputs, results, strict=True):
+                outcomes[claim.job_id] = _conclude(session_factory, claim, result, parent_id,
+                                                   lost=claim.job_id in heartbeat.lost,
+                                                   max_attempts=settings.finetune_max_attempts)
+    return [outcomes[job_id] for job_id in job_ids]
+
+
+def _batch_trainer(batch_trainer: BatchTrainer | None) -> BatchTrainer:
+    if batch_trainer is not None:
+        return batch_trainer
+    from core.batched_finetune import finetune_users
+
+    return finetune_users
+
+
+def _error_text(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(exc)).strip()[:2000]
+
+
+def _conclude(session_factory: Any, claim: jobrows.Claim, result: FinetuneResult, parent_id: int | None, *,
+              lost: bool, max_attempts: int) -> JobOutcome:
+    if lost:
+        return JobOutcome(claim.job_id, LOST, "lease lost while training", claim.user_id, claim.telegram_id)
     try:
-        with heartbeat:
-            result, parent_id = _train(session_factory, claim, device=device,
-                                       base=base or cached_base(str(settings.base_weights)),
-                                       config=config, trainer=trainer)
-        if heartbeat.lost.is_set():
-            return JobOutcome(job_id, LOST, "lease lost while training", claim.user_id, claim.telegram_id)
         return _finish(session_factory, claim, result, parent_id)
     except Exception as exc:
-        log.exception("fine-tune job %s (attempt %s) failed", job_id, claim.attempt)
-        error = "".join(traceback.format_exception_only(exc)).strip()[:2000]
-        return _record_failure(session_factory, claim, error, settings.finetune_max_attempts)
+        log.exception("storing the result of fine-tune job %s failed", claim.job_id)
+        return _record_failure(session_factory, claim, _error_text(exc), max_attempts)
 
 
 def _claim(session_factory: Any, job_id: int) -> jobrows.Claim | None:
@@ -149,11 +200,8 @@ def _claim(session_factory: Any, job_id: int) -> jobrows.Claim | None:
                              attempt=job.attempts)
 
 
-def _train(session_factory: Any, claim: jobrows.Claim, *, device: str | None, base: Checkpoint,
-           config: FinetuneConfig | None, trainer: Trainer | None) -> tuple[FinetuneResult, int | None]:
-    from core.finetune import finetune_user
-
-    trainer = trainer or finetune_user
+def _load(session_factory: Any, claim: jobrows.Claim) -> tuple[UserSamples, int | None]:
+    """The user's labelled samples and current model (and that model's version id, the parent)."""
     with session_factory() as session:
         training = repo.training_set(session, user_id=claim.user_id)
         active = repo.active_model_version(session, user_id=claim.user_id)
@@ -161,9 +209,7 @@ def _train(session_factory: Any, claim: jobrows.Claim, *, device: str | None, ba
                          if active is not None else None)
         parent_id = active.id if active is not None else None
     current = Checkpoint.from_bytes(current_bytes) if current_bytes is not None else None
-    result = trainer(base, training.images, training.labels,
-                     current=current, config=config, device=pick_device(device))
-    return result, parent_id
+    return UserSamples(training.images, training.labels, current), parent_id
 
 
 def _finish(session_factory: Any, claim: jobrows.Claim, result: FinetuneResult,

@@ -52,30 +52,34 @@ class LocalDispatcher:
         self._lock = threading.Lock()
 
     def __call__(self, job_ids: Sequence[int]) -> list[int]:
-        submitted = []
         with self._lock:
-            for job_id in job_ids:
-                if job_id in self._in_flight:
-                    continue
-                self._in_flight.add(job_id)
-                future = self._executor.submit(self._run, job_id)
-                future.add_done_callback(functools.partial(self._finished, job_id))
-                submitted.append(job_id)
-        return submitted
+            fresh = [j for j in dict.fromkeys(job_ids) if j not in self._in_flight]
+            self._in_flight.update(fresh)
+        size = max(1, self._settings.finetune_batch_size)
+        for start in range(0, len(fresh), size):
+            batch = fresh[start:start + size]
+            future = self._executor.submit(self._run, batch)
+            # Outside the lock: a future that is already done runs its callback right here.
+            future.add_done_callback(functools.partial(self._finished, batch))
+        return fresh
 
-    def _run(self, job_id: int) -> None:
-        from worker.jobs import run_job
+    def _run(self, job_ids: list[int]) -> None:
+        from worker.jobs import run_job, run_jobs
 
-        outcome = run_job(job_id, settings=self._settings, worker_id=self._worker_id,
-                          session_factory=self._session_factory, config=self._config)
-        log.info("fine-tune job %s: %s %s", job_id, outcome.state, outcome.reason or "")
+        if len(job_ids) == 1:
+            outcomes = [run_job(job_ids[0], settings=self._settings, worker_id=self._worker_id,
+                                session_factory=self._session_factory, config=self._config)]
+        else:
+            outcomes = run_jobs(job_ids, settings=self._settings, worker_id=self._worker_id,
+                                session_factory=self._session_factory, config=self._config)
+        for outcome in outcomes:
+            log.info("fine-tune job %s: %s %s", outcome.job_id, outcome.state, outcome.reason or "")
 
-    def _finished(self, job_id: int, future: Future[None]) -> None:
+    def _finished(self, job_ids: list[int], future: Future[None]) -> None:
         with self._lock:
-            self._in_flight.discard(job_id)
-        if future.exception() is not None:
-            log.error("fine-tune job %s crashed the local worker thread", job_id,
-                      exc_info=future.exception())
+            self._in_flight.difference_update(job_ids)
+        if not future.cancelled() and future.exception() is not None:
+            log.error("fine-tune jobs %s crashed the local worker thread", job_ids, exc_info=future.exception())
         if self._on_done is not None:
             self._on_done()
 
@@ -97,6 +101,7 @@ class CeleryDispatcher:
 
         self._celery = make_celery(settings)
         self._broker_url = settings.celery_broker_url or ""
+        self._batch_size = settings.finetune_batch_size
         self._republish_after_s = republish_after_s if republish_after_s is not None \
             else max(600.0, 5 * settings.finetune_lease_s)
         self._published: dict[int, float] = {}
@@ -105,19 +110,21 @@ class CeleryDispatcher:
         from worker.celery_app import publish
 
         now = time.monotonic()
-        self._published = {j: t for j, t in self._published.items() if j in set(job_ids)}
+        queued = set(job_ids)
+        self._published = {j: t for j, t in self._published.items() if j in queued}
+        due = [j for j in dict.fromkeys(job_ids)
+               if now - self._published.get(j, -float("inf")) >= self._republish_after_s]
+        size = max(1, self._batch_size)
         sent: list[int] = []
-        for job_id in job_ids:
-            last = self._published.get(job_id)
-            if last is not None and now - last < self._republish_after_s:
-                continue
-            if not publish(job_id, celery=self._celery):
+        for start in range(0, len(due), size):
+            batch = due[start:start + size]
+            if not publish(batch, celery=self._celery):
                 log.warning("Celery broker %s unreachable: %d fine-tune job(s) stay queued in the "
                             "database; the next sweep publishes them again",
-                            _redact(self._broker_url), len(job_ids) - len(sent))
+                            _redact(self._broker_url), len(due) - len(sent))
                 break
-            self._published[job_id] = now
-            sent.append(job_id)
+            self._published.update(dict.fromkeys(batch, now))
+            sent.extend(batch)
         return sent
 
     def shutdown(self, wait: bool = True) -> None:
