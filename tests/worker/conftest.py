@@ -16,14 +16,28 @@ from digitbot.settings import Settings
 from storage import repository as repo
 from storage.db import init_db
 from storage.records import DigitRecord
+from tests.storage.conftest import BACKENDS, new_postgres_schema_url
 
 ROW = 8  # digits per recorded "photo"
 
 
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A SQLite file, and a fresh PostgreSQL schema when DIGITBOT_TEST_POSTGRES_URL is set."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'digitbot.db'}"
+        return
+    url, drop = new_postgres_schema_url()
+    try:
+        yield url
+    finally:
+        drop()
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, database_url: str) -> Settings:
     return Settings(
-        data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'digitbot.db'}", celery_broker_url=None,
+        data_dir=tmp_path, database_url=database_url, celery_broker_url=None, finetune_batch_size=1,
         finetune_min_labels=10, finetune_interval_s=3600, finetune_lease_s=30, finetune_max_attempts=3,
         weights_dir=None,
     )
