@@ -69,3 +69,33 @@ def test_labels_in_better_answers_out(settings: Settings, factory: sessionmaker[
     before = np.mean([p.digit for p in recognizer.classify(user.images[new])] == truth)
     after = np.mean([p.digit for p in recognizer.classify(user.images[new], personal)] == truth)
     assert after >= before + 0.05, f"new samples of this writer: {before:.1%} -> {after:.1%}"
+
+
+@pytest.mark.slow
+def test_real_gate_rejects_a_candidate_trained_on_wrong_labels(settings: Settings,
+                                                               factory: sessionmaker[Session]) -> None:
+    from core.personal_data import semeion_users
+    from worker import jobs
+    from worker.scheduler import Sweeper
+
+    base = base_checkpoint(settings)
+    if base.metrics.get("mnist_test_accuracy", 0.0) < 0.95:
+        pytest.skip("needs a trained base model (the MNIST bound of the gate is meaningless otherwise)")
+    user = semeion_users("dev")[2]
+    images, labels = user.images[:LABELLED], user.labels[:LABELLED]
+    add_labelled(factory, 43, images, labels)
+
+    def run_due_jobs() -> list[jobs.JobOutcome]:
+        created = Sweeper(settings, session_factory=factory, dispatch=lambda ids: []).sweep().created
+        return [jobs.run_job(j, settings=settings, worker_id="t", session_factory=factory, base=base,
+                             device="cpu", config=QUICK) for j in created]
+
+    (first,) = run_due_jobs()
+    assert first.state == jobs.PROMOTED, first.reason
+    # The same writer now "corrects" every digit to the next one: a candidate that learns this
+    # must not go live (it would also break standard digits).
+    add_labelled(factory, 43, images, (labels + 1) % 10)
+    (second,) = run_due_jobs()
+    assert second.state == jobs.REJECTED
+    assert second.reason
+    assert active_version(factory, 43) == 1

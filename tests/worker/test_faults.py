@@ -95,3 +95,43 @@ def test_redis_down_jobs_stay_queued(settings: Settings, factory: sessionmaker[S
     assert second.created == [] and second.waiting == first.created  # tried again, still waiting
     assert [j.state for j in job_rows(factory, 88)] == [QUEUED]
     assert sum("unreachable" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_database_down_sweep_is_logged_not_raised(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    from storage.db import session_factory
+
+    unreachable = session_factory("postgresql+psycopg://digitbot:secret@127.0.0.1:1/digitbot")
+    sweeper = Sweeper(settings, session_factory=unreachable, dispatch=lambda ids: list(ids))
+    with caplog.at_level(logging.WARNING):
+        assert sweeper.safe_sweep() is None
+    assert any("database is unavailable" in r.getMessage() for r in caplog.records)
+    assert not any("secret" in r.getMessage() for r in caplog.records)
+
+
+def test_storing_the_model_fails_job_retried_active_model_kept(
+        settings: Settings, factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
+    from storage import repository
+
+    add_labelled(factory, 99, *random_digits(12, seed=4))
+    survivor = inline_dispatch(settings, factory)
+    Sweeper(settings, session_factory=factory, dispatch=survivor).sweep()
+    assert active_version(factory, 99) == 1
+    add_labelled(factory, 99, *random_digits(12, seed=5))
+    (job_id,) = Sweeper(settings, session_factory=factory, dispatch=lambda ids: []).sweep().created
+
+    def disk_full(*_: object, **__: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(repository, "add_model_version", disk_full)
+        outcome = jobs.run_job(job_id, settings=settings, worker_id="w", session_factory=factory,
+                               base=Checkpoint(state_dict=DigitNet().state_dict()), device="cpu",
+                               trainer=fake_trainer())
+    assert outcome.state == jobs.RETRY and "No space left" in outcome.reason
+    assert active_version(factory, 99) == 1
+    job = job_rows(factory, 99)[-1]
+    assert (job.state, job.attempts) == (QUEUED, 1)
+    assert jobs.run_job(job_id, settings=settings, worker_id="w", session_factory=factory,
+                        base=Checkpoint(state_dict=DigitNet().state_dict()), device="cpu",
+                        trainer=fake_trainer()).state == jobs.PROMOTED
+    assert active_version(factory, 99) == 2
