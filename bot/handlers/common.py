@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from typing import Any
 
 from telegram import Message, Update
@@ -14,6 +16,7 @@ from bot.services import BotServices
 
 log = logging.getLogger(__name__)
 SERVICES_KEY = "services"
+_reading_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
 
 
 def services_of(context: ContextTypes.DEFAULT_TYPE) -> BotServices:
@@ -43,3 +46,12 @@ async def edit_message(message: Message | Any, text: str | None, **kwargs: Any) 
     except BadRequest as error:
         if "not modified" not in str(error).lower():
             raise
+
+
+def reading_lock(reading_id: int) -> asyncio.Lock:
+    """One change to a reading at a time (updates run concurrently): two quick taps must not leave
+    the message showing the first label while the second one is stored."""
+    lock = _reading_locks.get(reading_id)
+    if lock is None:
+        lock = _reading_locks[reading_id] = asyncio.Lock()
+    return lock

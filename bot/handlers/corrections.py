@@ -8,7 +8,7 @@ import unicodedata
 from telegram import CallbackQuery, Message, Update
 from telegram.ext import ContextTypes
 
-from bot.handlers.common import edit_message, is_private, services_of, user_translator
+from bot.handlers.common import edit_message, is_private, reading_lock, services_of, user_translator
 from bot.i18n import Translator
 from bot.keyboards import ReadingAction, digit_picker_keyboard, parse_reading_action, reading_keyboard
 from bot.services import BadLabel, NotFound, NotOwner
@@ -38,9 +38,15 @@ async def on_reading_button(update: Update, context: ContextTypes.DEFAULT_TYPE) 
     if action is None:
         await query.answer(_dead_button(_), show_alert=True)
         return
-    services = services_of(context)
+    async with reading_lock(action.reading_id):
+        await _act(action, query, update, context, _)
+
+
+async def _act(action: ReadingAction, query: CallbackQuery, update: Update, context: ContextTypes.DEFAULT_TYPE,
+               _: Translator) -> None:
+    assert query.from_user is not None
     try:
-        card = await services.card(query.from_user.id, action.reading_id)
+        card = await services_of(context).card(query.from_user.id, action.reading_id)
         if not _belongs_to_message(card, query):
             await query.answer(_dead_button(_), show_alert=True)
             return
@@ -153,20 +159,21 @@ async def _correct_by_reply(update: Update, context: ContextTypes.DEFAULT_TYPE, 
         await message.reply_text(_("Please reply with digits only, e.g. {example}.",
                                    example=card.text if card is not None else "4271"))
         return
-    try:
-        card = await services.label_all(user_id, reading_id, text, update.update_id)
-    except NotOwner:
-        await message.reply_text(_not_owner(_))
-        return
-    except NotFound:
-        await message.reply_text(_stale(_))
-        return
-    except BadLabel as error:
-        await message.reply_text(_("I read {count} digits in that photo; please reply with exactly {count} "
-                                   "digits.", count=error.expected_length))
-        return
-    await edit_message(replied, reading_text(card, _),
-                       reply_markup=reading_keyboard(card.reading_id, card.predicted, card.labels, _))
+    async with reading_lock(reading_id):
+        try:
+            card = await services.label_all(user_id, reading_id, text, update.update_id)
+        except NotOwner:
+            await message.reply_text(_not_owner(_))
+            return
+        except NotFound:
+            await message.reply_text(_stale(_))
+            return
+        except BadLabel as error:
+            await message.reply_text(_("I read {count} digits in that photo; please reply with exactly {count} "
+                                       "digits.", count=error.expected_length))
+            return
+        await edit_message(replied, reading_text(card, _),
+                           reply_markup=reading_keyboard(card.reading_id, card.predicted, card.labels, _))
     await message.reply_text(_("Recorded: {digits}", digits=_recorded(card)))
 
 

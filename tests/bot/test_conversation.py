@@ -215,3 +215,29 @@ def test_bad_inputs_get_friendly_answers(tmp_path: Path, recognizer: Recognizer)
                 assert user is None or repo.count_samples(session, user_id=user.id) == 0
 
     asyncio.run(scenario())
+
+
+def test_quick_taps_leave_the_message_showing_what_is_stored(tmp_path: Path, recognizer: Recognizer) -> None:
+    async def scenario() -> None:
+        async with running_bot(tmp_path, recognizer) as h:
+            reply = await h.photo_reply(ANN, ANN, digits_photo("0"))
+            rid, mid = _reading_id(reply), reply["message_id"]
+            label_digit = h.services.label_digit
+
+            async def slow_first_tap(user: int, reading: int, position: int, digit: int, update_id: int) -> Any:
+                card = await label_digit(user, reading, position, digit, update_id)
+                if digit == 1:  # stored, but slow to come back: the second tap overtakes it
+                    await asyncio.sleep(0.5)
+                return card
+
+            h.services.label_digit = slow_first_tap  # type: ignore[method-assign]
+            first = await h.users.press_button(ANN, ANN, mid, f"d:{rid}:0:1")
+            await asyncio.sleep(0.1)
+            second = await h.users.press_button(ANN, ANN, mid, f"d:{rid}:0:2")
+            for query in (first, second):
+                while not (await h.users.callback_answer(query)).get("answered"):
+                    await asyncio.sleep(0.02)
+            assert _labels(h, ANN, rid) == [2]
+            assert "Recorded: 2" in (await h.message(ANN, mid))["text"]
+
+    asyncio.run(scenario())
