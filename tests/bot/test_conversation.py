@@ -230,7 +230,7 @@ def test_quick_taps_leave_the_message_showing_what_is_stored(tmp_path: Path, rec
                     await asyncio.sleep(0.5)
                 return card
 
-            h.services.label_digit = slow_first_tap  # type: ignore[method-assign]
+            h.services.label_digit = slow_first_tap  # type: ignore[method-assign,assignment]
             first = await h.users.press_button(ANN, ANN, mid, f"d:{rid}:0:1")
             await asyncio.sleep(0.1)
             second = await h.users.press_button(ANN, ANN, mid, f"d:{rid}:0:2")
