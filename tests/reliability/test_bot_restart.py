@@ -1,0 +1,159 @@
+"""The bot process stopped while photos are being processed, then started again (`digitbot run
+--no-worker` as a child process against an emulator in this process): a graceful stop (SIGTERM)
+answers every photo it has taken; after a hard kill (SIGKILL) no acknowledged label is lost,
+updates that arrived while it was down are answered once, and nothing is stored twice."""
+# mypy: disable-error-code="index"
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from bot.emulator import EmulatorClient, EmulatorServer
+from core.model import DEFAULT_WEIGHTS, Checkpoint, DigitNet
+from digitbot.settings import PROJECT_ROOT
+from storage.db import session_factory, upgrade_to_head
+from storage.repository.service import service_counts
+from tests.bot.support import digits_photo
+
+pytestmark = pytest.mark.slow
+T = TypeVar("T")
+USER = 777
+
+
+class Emulator:
+    """An emulator on a background loop, so the test can block on the bot process meanwhile."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = self.run(EmulatorServer(port=0).start())
+        self.users = self.run(self._client())
+
+    async def _client(self) -> EmulatorClient:
+        return await EmulatorClient(self.server.base_url).__aenter__()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 120) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.run(self.users.close())
+        self.run(self.server.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    emulator = Emulator()
+    yield emulator
+    emulator.close()
+
+
+def _start_bot(emulator: Emulator, tmp_path: Path, db_url: str) -> subprocess.Popen[bytes]:
+    weights = DEFAULT_WEIGHTS
+    if not weights.exists():
+        weights = tmp_path / "base.pt"
+        Checkpoint(state_dict=DigitNet().state_dict()).save(weights)
+    server = emulator.server
+    env = {**os.environ, "DIGITBOT_TELEGRAM_TOKEN": server.token, "DIGITBOT_TELEGRAM_BASE_URL": server.bot_api_url,
+           "DIGITBOT_TELEGRAM_BASE_FILE_URL": server.file_api_url, "DIGITBOT_DATABASE_URL": db_url,
+           "DIGITBOT_DATA_DIR": str(tmp_path), "DIGITBOT_BASE_WEIGHTS": str(weights)}
+    log = (tmp_path / f"bot-{time.monotonic_ns()}.log").open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "digitbot.cli", "run", "--no-worker"], cwd=PROJECT_ROOT,
+                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    generation = server.state.poll_generation
+    deadline = time.monotonic() + 120
+    while server.state.poll_generation == generation:
+        assert process.poll() is None, "the bot exited at start-up"
+        assert time.monotonic() < deadline, "the bot never started polling"
+        time.sleep(0.1)
+    return process
+
+
+def _answers(emulator: Emulator, message_ids: list[int]) -> dict[int, int]:
+    messages = emulator.run(emulator.users.messages(USER))
+    replies = [m.get("reply_to_message", {}).get("message_id") for m in messages if m["from"]["is_bot"]]
+    return {mid: replies.count(mid) for mid in message_ids}
+
+
+def _wait_all_answered(emulator: Emulator, message_ids: list[int], timeout: float = 90) -> dict[int, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        answers = _answers(emulator, message_ids)
+        if all(answers.values()) or time.monotonic() > deadline:
+            return answers
+        time.sleep(0.2)
+
+
+def test_graceful_stop_answers_photos_in_flight_and_restart_stores_nothing_twice(
+        emulator: Emulator, tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'bot.db'}"
+    upgrade_to_head(db_url)
+    bot = _start_bot(emulator, tmp_path, db_url)
+    users = emulator.users
+    emulator.run(users.set_user(USER, language_code="en"))
+    sent = [emulator.run(users.send_photo(USER, USER, digits_photo(str(d)))) for d in range(8)]
+    emulator.run(users.wait_until_polled(timeout=60))  # the bot has taken them all...
+    bot.send_signal(signal.SIGTERM)  # ...and is told to stop while reading them
+    assert bot.wait(60) == 0
+    bot = _start_bot(emulator, tmp_path, db_url)
+    try:
+        answers = _wait_all_answered(emulator, sent)
+        time.sleep(2)  # a redelivered update would be answered by now
+        answers = _answers(emulator, sent)
+    finally:
+        bot.terminate()
+        bot.wait(60)
+    assert answers == {mid: 1 for mid in sent}
+    sessions = session_factory(db_url)
+    with sessions() as session:
+        assert service_counts(session)["readings"] == len(sent)
+
+
+def test_hard_kill_loses_no_acknowledged_label_and_duplicates_nothing(emulator: Emulator, tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'bot.db'}"
+    upgrade_to_head(db_url)
+    bot = _start_bot(emulator, tmp_path, db_url)
+    users = emulator.users
+    emulator.run(users.set_user(USER, language_code="en"))
+    labelled = []
+    for digit in "123":
+        mid = emulator.run(users.send_photo(USER, USER, digits_photo(digit)))
+        reply = emulator.run(users.wait_for_reply(USER, mid, timeout=60))
+        data = reply["reply_markup"]["inline_keyboard"][0][0]["callback_data"]  # confirm
+        query = emulator.run(users.press_button(USER, USER, reply["message_id"], data))
+        deadline = time.monotonic() + 30
+        while not emulator.run(users.callback_answer(query))["answered"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        labelled.append(reply)
+    bot.send_signal(signal.SIGKILL)
+    bot.wait(30)
+    # While the bot is down, the user goes on: a photo and a label wait at the Bot API server.
+    waiting_photo = emulator.run(users.send_photo(USER, USER, digits_photo("4")))
+    bot = _start_bot(emulator, tmp_path, db_url)
+    try:
+        answers = _wait_all_answered(emulator, [waiting_photo])
+        time.sleep(2)
+        answers = _answers(emulator, [waiting_photo])
+    finally:
+        bot.terminate()
+        bot.wait(60)
+    assert answers == {waiting_photo: 1}
+    sessions = session_factory(db_url)
+    with sessions() as session:
+        counts = service_counts(session)
+    assert counts["readings"] == 4
+    assert counts["labels"] == counts["label_rows"] == 3  # every acknowledged label, once
