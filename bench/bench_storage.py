@@ -131,7 +131,8 @@ def populate_labels(factory: sessionmaker[Session], *, telegram_id: int, count: 
             for i, sid in enumerate(sample_ids)])
         s.execute(insert(Label), [
             {"sample_id": sid, "user_id": user_id, "digit": int(truth[i]),
-             "kind": "confirmed" if truth[i] == answers[i] else "corrected", "created_at": now}
+             "kind": "confirmed" if truth[i] == answers[i] else "corrected", "created_at": now,
+             "answer": int(answers[i]), "base_answer": int(answers[i]), "personal": False, "recorded_at": now}
             for i, sid in enumerate(sample_ids)])
     return user_id
 

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -166,7 +167,11 @@ class Prediction(Base):
 
 
 class Label(Base):
-    """A user's answer for a sample. The current one has ``superseded_at`` NULL; history is kept."""
+    """A user's answer for a sample. The current one has ``superseded_at`` NULL; history is kept.
+
+    ``answer``, ``base_answer``, ``personal`` and ``recorded_at`` copy the sample's prediction
+    (which never changes) so that a user's stats read one covering index, without a join.
+    """
 
     __tablename__ = "labels"
 
@@ -177,6 +182,10 @@ class Label(Base):
     kind: Mapped[str] = mapped_column(String(16))  # "confirmed" | "corrected"
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     superseded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    answer: Mapped[int] = mapped_column(SmallInteger)  # the prediction's digit
+    base_answer: Mapped[int] = mapped_column(SmallInteger)  # the base model's digit
+    personal: Mapped[bool] = mapped_column(Boolean)  # answered by a personal model
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)  # when the photo was recognised
 
     __table_args__ = (
         CheckConstraint("digit BETWEEN 0 AND 9", name="digit_range"),
@@ -190,10 +199,16 @@ class Label(Base):
             postgresql_where=text("superseded_at IS NULL"),
         ),
         Index(None, "sample_id", "id"),
+        # Covers user_stats and training_set's label side: a user's current labels in order.
         Index(
-            "ix_labels_current_user",
+            "ix_labels_current_user_stats",
             "user_id",
             "sample_id",
+            "digit",
+            "answer",
+            "base_answer",
+            "personal",
+            "recorded_at",
             sqlite_where=text("superseded_at IS NULL"),
             postgresql_where=text("superseded_at IS NULL"),
         ),

@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from storage.errors import InvalidLabel, UnknownSample
-from storage.models import CONFIRMED, CORRECTED, Label, Prediction, Sample, User, utcnow
+from storage.models import CONFIRMED, CORRECTED, PERSONAL, Label, Prediction, Sample, User, utcnow
 from storage.records import LabelRecord, TrainingSet
 from storage.repository._common import lock_user
 from storage.repository.readings import owned_reading, parse_digit
@@ -68,7 +68,11 @@ def label_sample(
     with the same digit again changes nothing. Raises UnknownSample, NotYourSample, InvalidLabel."""
     value = parse_digit(digit)
     sample, user = _sample_at(session, telegram_id=telegram_id, reading_id=reading_id, position=position)
-    predicted = session.scalars(select(Prediction.digit).where(Prediction.sample_id == sample.id)).one()
+    prediction = session.execute(
+        select(Prediction.digit, Prediction.base_digit, Prediction.source, Prediction.created_at)
+        .where(Prediction.sample_id == sample.id)
+    ).one()
+    predicted = prediction.digit
     current = _current(session, sample.id)
     if current is not None and current.digit == value:
         return _record(session, sample, current, predicted)
@@ -81,6 +85,8 @@ def label_sample(
     label = Label(
         sample_id=sample.id, user_id=user.id, digit=value,
         kind=CONFIRMED if value == predicted else CORRECTED, created_at=now,
+        answer=predicted, base_answer=prediction.base_digit, personal=prediction.source == PERSONAL,
+        recorded_at=prediction.created_at,
     )
     session.add(label)
     session.flush()

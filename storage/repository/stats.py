@@ -10,7 +10,7 @@ import numpy as np
 from sqlalchemy import BigInteger, Select, String, case, cast, func, select, type_coerce
 from sqlalchemy.orm import Session
 
-from storage.models import PERSONAL, Label, Prediction
+from storage.models import Label
 from storage.records import DigitStats, ModelVersionInfo, TimeBucket, UserStats
 from storage.repository._common import user_id_for
 from storage.repository.finetune import model_versions
@@ -43,20 +43,19 @@ def _buckets(
 
 def _stats_rows_query(session: Session, user_id: int) -> Select[tuple[int, Any]]:
     """One packed integer per labelled sample (truth, answer, base answer, personal flag) and its
-    recording time in epoch seconds, in recording order. Plain integers keep 10,000 rows cheap:
-    no per-row datetime or ORM processing."""
-    labels, predictions = Label.__table__.c, Prediction.__table__.c
+    recording time, in recording order, read from one covering index of current labels. Plain
+    integers keep 10,000 rows cheap: no per-row datetime or ORM processing."""
+    labels = Label.__table__.c
     # SQLite: the stored naive-UTC text as is (parsing 10,000 dates in SQL or Python costs more
     # than the rest of the query); PostgreSQL: epoch seconds, computed by the server.
     if session.get_bind().dialect.name == "sqlite":
-        when: Any = type_coerce(predictions.created_at, String)
+        when: Any = type_coerce(labels.recorded_at, String)
     else:
-        when = cast(func.extract("epoch", predictions.created_at), BigInteger)
-    personal = case((predictions.source == PERSONAL, 1), else_=0)
-    packed = labels.digit * 1000 + predictions.digit * 100 + predictions.base_digit * 10 + personal
+        when = cast(func.extract("epoch", labels.recorded_at), BigInteger)
+    personal = case((labels.personal, 1), else_=0)
+    packed = labels.digit * 1000 + labels.answer * 100 + labels.base_answer * 10 + personal
     return (
         select(packed, when)
-        .join_from(Label.__table__, Prediction.__table__, predictions.sample_id == labels.sample_id)
         .where(labels.user_id == user_id, labels.superseded_at.is_(None))
         .order_by(labels.sample_id)
     )
@@ -83,10 +82,10 @@ def user_stats(session: Session, *, telegram_id: int, bucket_size: int = 20) -> 
     if not rows:
         return _empty(samples, models)
     n = len(rows)
-    code = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
-    stamps = [r[1] for r in rows]
+    codes, stamps = zip(*rows, strict=True)
+    code = np.array(codes, dtype=np.int64)
     if isinstance(stamps[0], str):
-        day_keys = np.array([t[:10] for t in stamps])
+        day_keys = np.array(stamps, dtype="U10")  # 'YYYY-MM-DD' (numpy truncates)
 
         def time_at(i: int) -> datetime:
             return datetime.fromisoformat(stamps[i]).replace(tzinfo=UTC)

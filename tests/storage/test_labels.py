@@ -62,7 +62,8 @@ def test_one_current_label_per_sample_is_enforced_by_the_database(factory: sessi
         label = repo.label_sample(s, telegram_id=ALICE, reading_id=reading, position=0, digit=5)
     with pytest.raises(IntegrityError), factory.begin() as s:
         s.add(Label(sample_id=label.sample_id, user_id=s.scalar(select(Label.user_id)), digit=1,
-                    kind="corrected", created_at=utcnow()))
+                    kind="corrected", created_at=utcnow(), answer=5, base_answer=5, personal=False,
+                    recorded_at=utcnow()))
 
 
 def test_nobody_labels_another_users_sample(factory: sessionmaker[Session]) -> None:

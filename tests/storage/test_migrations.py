@@ -14,6 +14,8 @@ from storage.db import downgrade, init_db, upgrade_to_head
 from storage.models import Base
 from tests.storage.conftest import BACKENDS, new_postgres_schema_url
 
+HEAD = "0002"
+
 
 @pytest.fixture(params=BACKENDS)
 def empty_url(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
@@ -41,7 +43,7 @@ def test_upgrade_head_then_downgrade_base(empty_url: str) -> None:
             assert set(inspect(conn).get_table_names()) <= {"alembic_version"}
         upgrade_to_head(empty_url)  # and back up again
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD
     finally:
         engine.dispose()
 
@@ -63,7 +65,7 @@ def test_cli_db_upgrade(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     engine = create_engine(url)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD
     engine.dispose()
 
 
@@ -75,3 +77,42 @@ def test_a_server_database_must_be_migrated_first(empty_url: str) -> None:
         init_db(settings, upgrade=False)
     upgrade_to_head(empty_url)
     init_db(settings, upgrade=False).kw["bind"].dispose()
+
+
+def test_0002_backfills_labels_from_their_predictions(empty_url: str) -> None:
+    from alembic import command
+
+    from storage.db import alembic_config
+
+    command.upgrade(alembic_config(empty_url), "0001")
+    engine = create_engine(empty_url)
+    try:
+        with engine.begin() as conn:
+            now = "2026-11-20 08:00:00+00:00"
+            conn.execute(text("INSERT INTO users (id, telegram_id, settings, created_at, labels_since_finetune) "
+                              "VALUES (1, 5, '{}', :t, 1)"), {"t": now})
+            conn.execute(text("INSERT INTO readings (id, user_id, chat_id, file_id, file_unique_id, status, "
+                              "created_at) VALUES (1, 1, 5, 'F', 'U', 'ok', :t)"), {"t": now})
+            conn.execute(text("INSERT INTO samples (id, user_id, reading_id, position, image, created_at) "
+                              "VALUES (1, 1, 1, 0, :img, :t)"), {"img": b"\0" * 784, "t": now})
+            conn.execute(text("INSERT INTO predictions (sample_id, user_id, digit, confidence, source, "
+                              "base_digit, base_confidence, created_at) VALUES (1, 1, 7, 0.9, 'personal', 1, 0.6, :t)"),
+                         {"t": now})
+            conn.execute(text("INSERT INTO labels (sample_id, user_id, digit, kind, created_at) "
+                              "VALUES (1, 1, 1, 'corrected', :t)"), {"t": now})
+        upgrade_to_head(empty_url)
+        with engine.connect() as conn:
+            answer, base_answer, personal = conn.execute(
+                text("SELECT answer, base_answer, personal FROM labels")).one()
+        assert (answer, base_answer, bool(personal)) == (7, 1, True)
+        from storage import repository as repo
+        from storage.db import session_factory
+
+        factory = session_factory(empty_url)
+        with factory() as s:
+            stats = repo.user_stats(s, telegram_id=5)
+            assert (stats.labelled, stats.correct, stats.base_correct, stats.personal_answers) == (1, 0, 1, 1)
+            assert stats.buckets[0].start.isoformat() == "2026-11-20T08:00:00+00:00"
+        factory.kw["bind"].dispose()
+    finally:
+        engine.dispose()
