@@ -97,9 +97,10 @@ def reading_text(card: ReadingCard, _: Translator) -> str:
         digit = card.digits[0]
         lines.append(_("I'm not sure: {first} or {second}?", first=digit.digit, second=digit.runner_up))
     elif unsure:
-        lines.append(_("I'm not sure about {digits}", digits="; ".join(
-            _("#{position}: {first} or {second}?", position=i + 1, first=d.digit, second=d.runner_up)
-            for i, d in unsure)))
+        # (no _() nested in another _()'s arguments: Babel's extractor would miss the inner one)
+        doubts = [_("#{position}: {first} or {second}?", position=i + 1, first=d.digit, second=d.runner_up)
+                  for i, d in unsure]
+        lines.append(_("I'm not sure about {digits}", digits="; ".join(doubts)))
     lines.append("")
     if len(card.digits) == 1:
         lines.append(_("Tap ✅ if I'm right, or the right digit."))
@@ -157,7 +158,7 @@ def stats_text(stats: StatsCard, _: Translator) -> str:
         lines.append(_("Per digit (right / labels):"))
         lines.extend("  " + "   ".join(per_digit[i : i + 4]) for i in range(0, len(per_digit), 4))
     if stats.top_confusions:
-        lines.append(_("Most frequent mix-ups: {pairs}", pairs=", ".join(
-            _("{true} read as {answered} ×{count}", true=t, answered=a, count=n)
-            for t, a, n in stats.top_confusions[:3])))
+        pairs = [_("{true} read as {answered} ×{count}", true=t, answered=a, count=n)
+                 for t, a, n in stats.top_confusions[:3]]
+        lines.append(_("Most frequent mix-ups: {pairs}", pairs=", ".join(pairs)))
     return "\n".join(lines)

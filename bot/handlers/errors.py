@@ -51,8 +51,9 @@ def install_redaction(token: str | None) -> RedactTokenFilter:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in root.handlers:
         handler.addFilter(redactor)
-    # httpx logs every request URL, and Bot API URLs contain the token.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # httpx logs every request URL, and Bot API URLs contain the token; the others are chatty.
+    for name in ("httpx", "alembic", "apscheduler"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return redactor
 
 

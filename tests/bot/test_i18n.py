@@ -26,9 +26,24 @@ def _po(language: str):  # type: ignore[no-untyped-def]
         return read_po(handle)
 
 
+def _literal_messages() -> set[str]:
+    """Every string literal passed first to _() or N_() anywhere in bot/ (nested calls included)."""
+    found = set()
+    for path in BOT_DIR.rglob("*.py"):
+        if "emulator" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in {"_", "N_"}
+                    and node.args and isinstance(node.args[0], ast.Constant)
+                    and isinstance(node.args[0].value, str)):
+                found.add(node.args[0].value)
+    return found
+
+
 def test_every_message_in_the_code_is_in_each_catalogue() -> None:
     messages = _source_messages()
     assert len(messages) > 50
+    assert _literal_messages() <= messages, "a message Babel cannot extract (e.g. a _() inside a _() call)"
     for language in SUPPORTED_LANGUAGES:
         catalogue_ids = {m.id for m in _po(language) if m.id}
         assert messages <= catalogue_ids, f"{language}: run python -m bot.i18n.build"

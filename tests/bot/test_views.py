@@ -22,6 +22,8 @@ def test_a_sure_digit() -> None:
 def test_low_confidence_is_said_plainly() -> None:
     assert "I'm not sure: 4 or 9?" in reading_text(_card(DigitCard(4, 0.52, "base", runner_up=9)), en)
     assert "我不太确定：是 4 还是 9？" in reading_text(_card(DigitCard(4, 0.52, "base", runner_up=9)), zh)
+    two = _card(DigitCard(4, 0.5, "base", runner_up=9), DigitCard(7, 0.4, "base", runner_up=1))
+    assert "第2位是 7 还是 1？" in reading_text(two, zh)
     row = _card(DigitCard(4, 0.99, "base", runner_up=9), DigitCard(7, 0.4, "personal", runner_up=1), version=3)
     text = reading_text(row, en)
     assert "I read: 4 7" not in text and "I read: 47" in text
@@ -53,4 +55,4 @@ def test_stats_text() -> None:
                      "Right in your last 50: 94%", "Personal model: v2, live since 2026-11-20 08:30 UTC",
                      "4: 50% of 6", "4 read as 9 ×3", "right 95%; the base model alone would have been right 70%"):
         assert expected in text
-    assert "个人模型：v2" in stats_text(stats, zh)
+    assert "个人模型：v2" in stats_text(stats, zh) and "4 被认成 9 ×3" in stats_text(stats, zh)
