@@ -135,9 +135,9 @@ def _updates(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
     return kind, payload
 
 
-def _bot_message(state: Any, chat: int) -> dict[str, Any]:
+def _bot_message(state: Any, user: int, chat: int) -> dict[str, Any]:
     """A plain bot message (no buttons) in this chat: a stale message whose keyboard is gone."""
-    return copy.deepcopy(state.add_message(state.chats[chat], state.bot_user, {"text": "old answer"}))
+    return copy.deepcopy(state.add_message(state.chat_for_user(user, chat), state.bot_user, {"text": "old answer"}))
 
 
 def _message(state: Any, user: int, chat: int, content: dict[str, Any], reply_to: int | None = None) -> dict[str, Any]:
@@ -170,7 +170,7 @@ def test_fuzzed_updates_never_reach_the_error_handler(live: LiveBot, scene: dict
             target = scene[spec["target"]]["message_id"] if kind == "reply" and in_owner_chat else None
             update["message"] = _message(state, user, chat, content, reply_to=target)
         elif kind == "callback":
-            message = bot_message or _bot_message(state, chat)
+            message = bot_message or _bot_message(state, user, chat)
             update["callback_query"] = {
                 "id": f"fuzz{update['update_id']}", "from": dict(state.users[user]),
                 "message": copy.deepcopy(state.chats[chat].messages[message["message_id"]]),

@@ -201,8 +201,10 @@ def test_hostile_names_and_texts_build_no_paths_or_sql(tmp_path: Path, recognize
 
 
 _SQL_CALLS = {"text", "execute", "exec_driver_sql", "executescript", "raw_connection"}
-# Reviewed: a constant from the module, not input.
-_ALLOWED = {("storage/db.py", "PRAGMA busy_timeout")}
+# Reviewed by hand: identifiers and values from literals in the code, never from input.
+_ALLOWED = {("storage/db.py", "PRAGMA busy_timeout"),  # a module constant
+            ("migrations/versions/0002_labels_carry_their_prediction_for_stats.py",
+             "UPDATE labels SET {name}")}  # column names and expressions from the migration's COPIED tuple
 
 
 def _dynamic_sql(path: Path) -> list[str]:
