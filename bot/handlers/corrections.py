@@ -25,6 +25,10 @@ def _stale(_: Translator) -> str:
     return _("I no longer have this photo (maybe after /forget). Please send it again.")
 
 
+def _hint(_: Translator) -> str:
+    return _("Send me a photo of handwritten digits and I'll read them. /help explains more.")
+
+
 def _dead_button(_: Translator) -> str:
     return _("This button doesn't work any more. Please send the photo again.")
 
@@ -134,8 +138,7 @@ async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         if text.isascii() and text.isdigit():
             await message.reply_text(_("To correct me, reply to my answer to your photo with the right digits."))
         else:
-            await message.reply_text(
-                _("Send me a photo of handwritten digits and I'll read them. /help explains more."))
+            await message.reply_text(_hint(_))
         return
     await _correct_by_reply(update, context, message, replied, text, _)
 
@@ -151,6 +154,9 @@ async def _correct_by_reply(update: Update, context: ContextTypes.DEFAULT_TYPE, 
     if reading_id is None:
         card = await services.card_for_reply(user_id, replied.chat_id, replied.message_id)
         reading_id = card.reading_id if card is not None else None
+    if reading_id is None and not (text.isascii() and text.isdigit()):
+        await message.reply_text(_hint(_))  # chatting with the bot, not correcting it
+        return
     if reading_id is None:
         await message.reply_text(_("That message isn't one of my answers to a photo. To correct me, reply "
                                    "to my answer with the right digits."))

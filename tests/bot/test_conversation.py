@@ -210,6 +210,8 @@ def test_bad_inputs_get_friendly_answers(tmp_path: Path, recognizer: Recognizer)
             help_message = await h.command_reply(ANN, ANN, "help")
             not_ours = await h.text_reply(ANN, ANN, "12", reply_to=help_message["message_id"])
             assert "isn't one of my answers" in not_ours["text"]
+            chat = await h.text_reply(ANN, ANN, "thanks!", reply_to=help_message["message_id"])
+            assert chat["text"].startswith("Send me a photo")
             with h.sessions() as session:
                 user = repo.get_user(session, telegram_id=ANN)
                 assert user is None or repo.count_samples(session, user_id=user.id) == 0
