@@ -23,6 +23,7 @@ BG_LONG_SIDE = 128
 MIN_INK_CONTRAST = 0.15
 MAX_COMPONENTS = 300
 MIN_DIGIT_HEIGHT = 7
+ESTIMATE_LONG_SIDE = 256
 
 
 @dataclass
@@ -279,6 +280,31 @@ def _digit_like(group: _Group, labels: np.ndarray, ink: np.ndarray) -> bool:
     return True
 
 
+def _drop_shadow_tips(groups: list[_Group], labels: np.ndarray, ink: np.ndarray) -> list[_Group]:
+    """Drop solid, convex, pale pieces: the narrow end of a shadow that the paper estimate missed.
+
+    Pen ink is darker than a shadow, and digits are neither convex nor solid (a bold "1" is
+    solid and convex, but as dark as the rest of the writing).
+    """
+    if len(groups) < 2:
+        return groups
+    levels = []
+    for group in groups:
+        own = _own(labels, group)
+        levels.append(float(np.percentile(ink[group.y0: group.y1, group.x0: group.x1][own > 0], 90)))
+    darkest = max(levels)
+    kept = []
+    for group, level in zip(groups, levels, strict=True):
+        if level < 0.65 * darkest:
+            own = _own(labels, group)
+            hull = cv2.convexHull(cv2.findNonZero(own))
+            solidity = float(own.sum()) / max(cv2.contourArea(hull), 1.0)
+            if solidity > 0.8 and _stroke_width(own) > 0.2 * max(group.width, group.height):
+                continue
+        kept.append(group)
+    return kept
+
+
 def _components(mask: np.ndarray) -> tuple[np.ndarray, list[_Group]]:
     height, width = mask.shape
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
@@ -330,28 +356,42 @@ def _segment(gray: np.ndarray, kernel: int) -> tuple[np.ndarray, np.ndarray, lis
         mask = _remove_lines(mask, labels, [g.labels[0] for g in long_ones], stroke)
         labels, groups = _components(mask)
     groups = _split_touching(_merge([g for g in groups if not _is_blob(g, labels)]), labels)
-    groups = [g for g in groups if _digit_like(g, labels, ink)]
+    groups = _drop_shadow_tips([g for g in groups if _digit_like(g, labels, ink)], labels, ink)
     regions = [_region(labels, g) for g in _best_row(groups)] if groups else []
     return ink, mask, regions
+
+
+def _estimate_pen_width(gray: np.ndarray) -> float:
+    """Pen width in pixels of `gray`, from a quick coarse pass at low resolution."""
+    scale = min(1.0, ESTIMATE_LONG_SIDE / max(gray.shape))
+    small = gray
+    if scale < 1:
+        small = cv2.resize(gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))),
+                           interpolation=cv2.INTER_AREA)
+    mask = ink_mask(ink_map(small, _odd(max(small.shape) * 0.14, 7)))
+    height, width = mask.shape
+    labels, groups = _components(mask)
+    groups = [g for g in groups if g.width <= 0.45 * width and g.height <= 0.45 * height
+              and g.height >= MIN_DIGIT_HEIGHT * scale]
+    return _pen_width(labels, groups) / scale
 
 
 def find_digits(gray: np.ndarray) -> Segmentation:
     """The digits of the main row, left to right.
 
-    The paper estimate first uses a kernel sized for ordinary pen strokes, which follows
-    shadows and paper edges closely; when the strokes found are too thick for it (a marker
-    digit filling the photo comes out hollow), a coarse kernel is used instead.
+    The paper is estimated with a kernel a few pen widths wide: wide enough to erase the ink,
+    narrow enough to follow shadows and paper edges closely. The pen width comes from a quick
+    coarse pass at low resolution.
     """
     inverted = polarity_inverted(gray)
     if inverted:
         gray = 255 - gray
     long_side = max(gray.shape)
     fine, coarse = _odd(long_side * 0.045, 7), _odd(long_side * 0.14, 7)
-    ink, mask, regions = _segment(gray, fine)
-    if coarse > fine and (not regions or max(r.stroke_width for r in regions) > 0.35 * fine):
-        ink_c, mask_c, regions_c = _segment(gray, coarse)
-        if regions_c and (not regions or _median_stroke(regions_c) > 0.45 * fine):
-            ink, mask, regions = ink_c, mask_c, regions_c
+    kernel = min(coarse, max(fine, _odd(4 * _estimate_pen_width(gray) + 4)))
+    ink, mask, regions = _segment(gray, kernel)
+    if not regions and kernel < coarse:
+        ink, mask, regions = _segment(gray, coarse)
     kept = np.zeros_like(mask)
     for region in regions:
         x, y, w, h = region.box
