@@ -114,7 +114,12 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None, with_w
             loop.add_signal_handler(sig, stop.set)
     emulator = None
     if settings.telegram_token is None:
-        emulator = await EmulatorServer(host=settings.emulator_host, port=settings.emulator_port).start()
+        try:
+            emulator = await EmulatorServer(host=settings.emulator_host, port=settings.emulator_port).start()
+        except OSError as error:
+            raise SystemExit(f"cannot start the local Bot API emulator on {settings.emulator_host}:"
+                             f"{settings.emulator_port} ({error.strerror}); choose another port with "
+                             f"--port or DIGITBOT_EMULATOR_PORT") from None
         settings = settings.model_copy(update={
             "telegram_token": SecretStr(emulator.token), "telegram_base_url": emulator.bot_api_url,
             "telegram_base_file_url": emulator.file_api_url, "webhook_url": None})
@@ -125,11 +130,12 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None, with_w
         services.forget_update_markers()
     application = build_application(settings, services=services)
     worker = None
-    if with_worker:
-        worker = start_embedded(settings, notify=services.notify_model_promoted, session_factory=services.sessions)
-        services.request_finetune_fn = worker.request_finetune
     try:
         await start_bot(application, settings)
+        if with_worker:  # after the bot: a promotion waiting in the outbox can be announced at once
+            worker = start_embedded(settings, notify=services.notify_model_promoted,
+                                    session_factory=services.sessions)
+            services.request_finetune_fn = worker.request_finetune
         me = application.bot.username
         if emulator is not None:
             print(f"digitbot is running against the local Bot API emulator.\n"
