@@ -138,3 +138,21 @@ def test_bot_and_worker_write_at_the_same_time(factory: sessionmaker[Session]) -
         active = s.scalars(select(ModelVersion).where(ModelVersion.status == "active")).all()
         assert len(repo.model_versions(s, user_id=user.id)) >= 1 and len(active) == 1
         assert not s.scalars(select(FinetuneJob).where(FinetuneJob.state == "running")).all()
+
+
+def test_concurrent_taps_on_one_digit_leave_one_current_label(factory: sessionmaker[Session]) -> None:
+    from storage.models import Label
+
+    with factory.begin() as s:
+        rec = repo.record_reading(s, telegram_id=1, chat_id=1, file_id="F", file_unique_id="U", digits=digits("5"))
+
+    def tap(i: int) -> int:
+        with factory.begin() as s:
+            return repo.label_sample(s, telegram_id=1, reading_id=rec.reading_id, position=0, digit=i + 1).digit
+
+    assert sorted(run_together(4, tap)) == [1, 2, 3, 4]
+    with factory() as s:
+        rows = s.execute(select(Label.digit, Label.superseded_at)).all()
+        user = s.scalars(select(User)).one()
+        assert len(rows) == 4 and sum(at is None for _, at in rows) == 1
+        assert user.labels_since_finetune == 1 == repo.current_label_count(s, user_id=user.id)
