@@ -101,17 +101,24 @@ def test_redelivered_update_and_first_contact_races(factory: sessionmaker[Sessio
 def test_bot_and_worker_write_at_the_same_time(factory: sessionmaker[Session]) -> None:
     rounds = 15
 
+    bot_done = threading.Event()
+
     def bot(_: int) -> None:
-        for i in range(rounds):
-            with factory.begin() as s:
-                rec = repo.record_reading(s, telegram_id=1, chat_id=1, file_id=f"F{i}", file_unique_id="U",
-                                          digits=digits("12"))
-            with factory.begin() as s:
-                repo.label_reading(s, telegram_id=1, reading_id=rec.reading_id, digits="17")
+        try:
+            for i in range(rounds):
+                with factory.begin() as s:
+                    rec = repo.record_reading(s, telegram_id=1, chat_id=1, file_id=f"F{i}", file_unique_id="U",
+                                              digits=digits("12"))
+                with factory.begin() as s:
+                    repo.label_reading(s, telegram_id=1, reading_id=rec.reading_id, digits="17")
+        finally:
+            bot_done.set()
 
     def worker(_: int) -> None:
-        for _round in range(rounds):
-            time.sleep(0.02)  # interleave with the bot instead of finishing first
+        last_round = False
+        while not last_round:  # keep sweeping while the bot writes, then once more
+            last_round = bot_done.is_set()
+            time.sleep(0.02)
             with factory.begin() as s:
                 for user_id in repo.users_due_for_finetune(s, min_labels=2):
                     repo.create_finetune_job(s, user_id=user_id)
