@@ -87,10 +87,7 @@ def _paper(rng: np.random.Generator, height: int, width: int, digit_h: float, da
     strength = rng.uniform(0.35, 0.9)
     # Digits sit between ruled lines, or span one or a few squares; printed lines are much thinner
     # than pen strokes (about 0.2 mm against 0.5-1 mm).
-    if style == "ruled":
-        spacing = digit_h * rng.uniform(1.1, 1.8)
-    else:
-        spacing = digit_h / rng.uniform(1.2, 3.5)
+    spacing = digit_h * rng.uniform(1.1, 1.8) if style == "ruled" else digit_h / rng.uniform(1.2, 3.5)
     thickness = max(1, round(spacing * rng.uniform(0.015, 0.04)))
     offset = rng.uniform(0, spacing)
     lines = np.zeros((height, width), np.float32)
@@ -126,7 +123,7 @@ def _lighting(rng: np.random.Generator, height: int, width: int) -> tuple[np.nda
     light *= 1 - rng.uniform(0, 0.5) * radius
     shadow = rng.random() < 0.5
     if shadow:  # the shadow of a hand or a phone: a large shape entering from one side
-        mask = np.zeros((height, width), np.float32)
+        mask: np.ndarray = np.zeros((height, width), np.float32)
         size = max(height, width)
         centre = np.array([width, height], np.float64) * rng.uniform(0.1, 0.9, 2)
         angle = rng.uniform(0, 2 * math.pi)
@@ -182,7 +179,7 @@ def render_photo(rng: np.random.Generator, digits: list[np.ndarray], labels: lis
     desk = not dark and rng.random() < 0.2
     if desk:  # the paper does not fill the frame: a darker desk shows at one or two edges
         desk_colour = rng.choice([[90, 70, 50], [60, 60, 65], [150, 120, 90], [30, 30, 30]])
-        margin = np.zeros((ch, cw), np.float32)
+        margin: np.ndarray = np.zeros((ch, cw), np.float32)
         side = rng.integers(4)
         # The paper edge stays clear of the writing: at most the free space between row and border.
         row_x0, row_x1 = x_start, x
@@ -207,7 +204,7 @@ def render_photo(rng: np.random.Generator, digits: list[np.ndarray], labels: lis
     rotate = rng.uniform(-7, 7)
     centre = (cw / 2, ch / 2)
     matrix = cv2.getRotationMatrix2D(centre, rotate, 1.0)
-    src = np.float32([[0, 0], [cw, 0], [cw, ch], [0, ch]])
+    src = np.array([[0, 0], [cw, 0], [cw, ch], [0, ch]], np.float32)
     dst = src + rng.uniform(-0.05, 0.05, (4, 2)).astype(np.float32) * [cw, ch]
     dst = cv2.transform(dst[None], matrix)[0].astype(np.float32)
     homography = cv2.getPerspectiveTransform(src, dst)
@@ -219,7 +216,7 @@ def render_photo(rng: np.random.Generator, digits: list[np.ndarray], labels: lis
         image = cv2.GaussianBlur(image, (0, 0), blur)
     if rng.random() < 0.15:  # hand shake
         length = max(2, round(cdh * rng.uniform(0.02, 0.08)))
-        kernel = np.zeros((length, length), np.float32)
+        kernel: np.ndarray = np.zeros((length, length), np.float32)
         kernel[length // 2] = 1 / length
         rot = cv2.getRotationMatrix2D((length / 2 - 0.5, length / 2 - 0.5), rng.uniform(0, 180), 1)
         kernel = cv2.warpAffine(kernel, rot, (length, length))
@@ -231,10 +228,12 @@ def render_photo(rng: np.random.Generator, digits: list[np.ndarray], labels: lis
     image += rng.normal(0, noise, (height, width, 1)).astype(np.float32)
     rgb = np.clip(image, 0, 255).astype(np.uint8)
 
-    traits: dict[str, object] = {"size": (width, height), "dark": dark, "paper": paper_style, "ink": ink_kind, "shadow": shadow,
+    traits: dict[str, object] = {"size": (width, height), "dark": dark, "paper": paper_style, "ink": ink_kind,
+                                 "shadow": shadow,
                                  "desk": desk, "rotate": round(rotate, 1), "digit_h": round(digit_h)}
-    traits["format"], traits["exif"] = _encode_choice(rng)
-    return Photo(_encode(rgb, str(traits["format"]), int(traits["exif"]), rng), list(labels), traits)
+    fmt, exif = _encode_choice(rng)
+    traits["format"], traits["exif"] = fmt, exif
+    return Photo(_encode(rgb, fmt, exif, rng), list(labels), traits)
 
 
 def _encode_choice(rng: np.random.Generator) -> tuple[str, int]:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import cv2
@@ -85,7 +86,7 @@ def ink_map(gray: np.ndarray, kernel: int) -> np.ndarray:
     if background.shape != gray.shape:
         background = cv2.resize(background, (width, height), interpolation=cv2.INTER_LINEAR)
     missing = cv2.subtract(background, cv2.GaussianBlur(gray, (3, 3), 0))
-    return cv2.divide(missing, cv2.max(background, floor), scale=255)
+    return cv2.divide(missing, np.maximum(background, floor).astype(np.uint8), scale=255)
 
 
 def ink_mask(ink: np.ndarray) -> np.ndarray:
@@ -99,8 +100,8 @@ def ink_mask(ink: np.ndarray) -> np.ndarray:
     if peak < MIN_INK_CONTRAST * 255:
         return np.zeros(ink.shape, np.uint8)
     noise = float(np.percentile(ink[::3, ::3], 40))  # most of a photo is paper
-    strong = cv2.compare(ink, max(40.0, 0.38 * peak, 10 * noise), cv2.CMP_GT)
-    weak = cv2.compare(ink, max(22.0, 0.22 * peak, 6 * noise), cv2.CMP_GT)
+    strong = (ink > max(40.0, 0.38 * peak, 10 * noise)).astype(np.uint8) * 255
+    weak = (ink > max(22.0, 0.22 * peak, 6 * noise)).astype(np.uint8) * 255
     return cv2.bitwise_and(weak, cv2.dilate(strong, np.ones((5, 5), np.uint8)))
 
 
@@ -113,7 +114,7 @@ def _remove_lines(mask: np.ndarray, labels: np.ndarray, long_ones: list[int], st
     part = np.isin(labels, long_ones).astype(np.uint8) * 255
     size = max(3, int(0.75 * stroke) | 1)
     opened = cv2.morphologyEx(part, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
-    kept = part & cv2.dilate(opened, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
+    kept = cv2.bitwise_and(part, cv2.dilate(opened, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))))
     return np.where(part > 0, kept, mask).astype(np.uint8)
 
 
@@ -256,7 +257,7 @@ def _split_touching(groups: list[_Group], labels: np.ndarray) -> list[_Group]:
             lo, hi = max(cuts[-1] + 2, centre - reach), min(group.width - 2, centre + reach)
             cuts.append(lo + int(np.argmin(profile[lo:hi])) if hi > lo else centre)
         cuts.append(group.width)
-        for left, right in zip(cuts[:-1], cuts[1:], strict=True):
+        for left, right in itertools.pairwise(cuts):
             piece = _Group(group.x0 + left, group.y0, group.x0 + right, group.y1, group.labels,
                            int(profile[left:right].sum()))
             rows = np.flatnonzero(_own(labels, piece).any(axis=1))
@@ -307,7 +308,7 @@ def _drop_shadow_tips(groups: list[_Group], labels: np.ndarray, ink: np.ndarray)
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, list[_Group]]:
     height, width = mask.shape
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     keep = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= 4) + 1  # specks of noise go first, in bulk
     if len(keep) > MAX_COMPONENTS:  # a very noisy photo: the largest pieces are enough
         keep = keep[np.argsort(stats[keep, cv2.CC_STAT_AREA])[-MAX_COMPONENTS:]]
