@@ -27,6 +27,7 @@ from core.finetune import (
     check_samples,
     evaluate_candidate,
     head_state,
+    mixed_loss,
     prepare_user,
 )
 from core.model import FROZEN_PREFIXES, Checkpoint, DigitNet
@@ -128,18 +129,16 @@ def _finetune_chunk(base: Checkpoint, users: Sequence[UserSamples], replay: Repl
             losses = losses.view(holdout_mask.shape) * holdout_mask
             return losses.sum(1) / holdout_mask.sum(1)
 
-    optimizer = torch.optim.Adam(params.values(), lr=config.lr)
-    batch = config.user_batch + config.replay_batch
+    optimizer = torch.optim.Adam(params.values(), lr=config.lr, eps=config.adam_eps)
     best_loss = holdout_losses()
     best_step = torch.zeros(len(users), dtype=torch.long, device=device)
     best = {n: p.detach().clone() for n, p in params.items()}
     for step in range(config.steps):
         u, r = user_schedule[:, step], replay_schedule[:, step]
         x = torch.cat([features[u], replay.features[r]], dim=1)  # (U, B, C, 7, 7)
-        y = torch.cat([train_labels[u], replay.labels[r]], dim=1)
         logits = batched_head(params, x)
         # sum of the users' mean losses: each user's gradient is exactly its one-user gradient
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / batch
+        loss = mixed_loss(logits, train_labels[u], replay.base_logits[r], config)
         pull = sum(((p - anchor[n]) ** 2).sum() for n, p in params.items())
         optimizer.zero_grad(set_to_none=True)
         (loss + config.l2_pull * pull).backward()

@@ -49,7 +49,11 @@ class FinetuneConfig:
     user_batch: int = 32  # user samples (augmented copies) per step
     replay_batch: int = 32  # replayed MNIST training samples per step
     lr: float = 1e-3  # Adam, head only
+    # Adam's eps well above float noise: at step 0 the distillation gradients are ~0 and a tiny eps
+    # would turn their rounding noise into full-size steps
+    adam_eps: float = 1e-5
     l2_pull: float = 1e-3  # weight of sum((theta - theta_base)^2)
+    distill_temperature: float = 2.0  # replayed samples learn the base's softened outputs
     augment_copies: int = 4  # augmented copies per user training sample (features precomputed)
     augment: AugmentConfig | None = LIGHT_AUGMENT
     holdout_fraction: float = 0.2
@@ -151,8 +155,10 @@ class ReplayBank:
             samples = (images[index], labels[index])
         if len(samples[1]) != size:
             raise ValueError(f"replay bank needs {size} samples, got {len(samples[1])}")
+        model = base.build().to(device)
         self.labels = samples[1].to(device)
-        self.features = trunk_features(base.build().to(device), samples[0], device)
+        self.features = trunk_features(model, samples[0], device)
+        self.base_logits = head_logits(model, self.features)  # distillation targets
 
 
 _BANKS: dict[tuple[object, ...], ReplayBank] = {}
@@ -165,6 +171,24 @@ def cached_replay(base: Checkpoint, size: int, device: torch.device) -> ReplayBa
     return _BANKS[key]
 
 
+def mixed_loss(logits: torch.Tensor, user_labels: torch.Tensor, replay_base_logits: torch.Tensor,
+               config: FinetuneConfig) -> torch.Tensor:
+    """Sum over users of each user's mean loss; logits (..., B, 10).
+
+    The first ``user_labels.shape[-1]`` rows are the user's samples (cross-entropy with their
+    labels); the rest are replayed MNIST samples, distilled towards the base model's softened
+    probabilities (Hinton's T^2-scaled soft cross-entropy), which keeps the base's behaviour on
+    standard digits far better than their hard labels would.
+    """
+    n_user, classes = user_labels.shape[-1], logits.shape[-1]
+    user_part = F.cross_entropy(logits[..., :n_user, :].reshape(-1, classes), user_labels.reshape(-1),
+                                reduction="sum")
+    tau = config.distill_temperature
+    soft = torch.softmax(replay_base_logits / tau, dim=-1)
+    distill = -(soft * F.log_softmax(logits[..., n_user:, :] / tau, dim=-1)).sum() * tau ** 2
+    return (user_part + distill) / logits.shape[-2]
+
+
 def train_head(model: DigitNet, train_features: torch.Tensor, prepared: PreparedUser, replay: ReplayBank,
                holdout_features: torch.Tensor, anchor: dict[str, torch.Tensor],
                config: FinetuneConfig) -> tuple[dict[str, torch.Tensor], int]:
@@ -175,7 +199,7 @@ def train_head(model: DigitNet, train_features: torch.Tensor, prepared: Prepared
     for name, param in model.named_parameters():
         param.requires_grad_(not name.startswith(FROZEN_PREFIXES))
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    optimizer = torch.optim.Adam(params.values(), lr=config.lr)
+    optimizer = torch.optim.Adam(params.values(), lr=config.lr, eps=config.adam_eps)
     train_labels = prepared.train_labels.to(device)
     holdout_labels = prepared.holdout_labels.to(device)
     user_schedule = prepared.user_schedule.to(device)
@@ -192,8 +216,7 @@ def train_head(model: DigitNet, train_features: torch.Tensor, prepared: Prepared
         # channels_last: the conv3 kernels run ~25% faster on CPU in this layout
         features = torch.cat([train_features[u], replay.features[r]]).contiguous(
             memory_format=torch.channels_last)
-        targets = torch.cat([train_labels[u], replay.labels[r]])
-        loss = F.cross_entropy(model.head(features), targets)
+        loss = mixed_loss(model.head(features), train_labels[u], replay.base_logits[r], config)
         pull = sum(((p - anchor[n]) ** 2).sum() for n, p in params.items())
         optimizer.zero_grad(set_to_none=True)
         (loss + config.l2_pull * pull).backward()
