@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024  # the Bot API's getFile limit
 _REJECTED_IMAGE_TYPES = frozenset({"image/svg+xml"})
 _TYPING_AFTER_S = 0.4
-_BUSY_AT = 4  # photos waiting from one user before they are told they will be answered in turn
+_BUSY_AT = 12  # photos in flight from one user before they are told (an album holds up to 10)
 
 
 @dataclass(frozen=True)
