@@ -64,6 +64,7 @@ class Users:
         self.state = server.state
         self._waiters: dict[tuple[int, int], asyncio.Future[dict[str, Any]]] = {}
         self._next: dict[int, list[tuple[int, asyncio.Future[dict[str, Any]]]]] = {}
+        self.late_answers = 0
         original = self.state.add_message
         bot_id = self.state.bot_user["id"]
 
@@ -74,6 +75,8 @@ class Users:
                 waiter = self._waiters.pop((chat.id, replied["message_id"]), None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(message)
+                elif waiter is not None:  # the user gave up waiting and sent the photo again
+                    self.late_answers += 1
             if sender["id"] == bot_id:  # any bot message after a text correction acknowledges it
                 for after, future in self._next.pop(chat.id, []):
                     if not future.done() and message["message_id"] > after:
@@ -291,7 +294,8 @@ async def scenario(name: str, args: Any, photos: list[Any], with_faults: bool, w
             worker.stop()
     report = {"scenario": name, "users": args.users, "photos_per_user": args.photos, "seconds": round(seconds, 1),
               "photos_sent": tally.photos_sent, "photos_answered": tally.photos_answered,
-              "photos_resent": tally.photos_resent, "problem_answers": dict(tally.problem_answers),
+              "photos_resent": tally.photos_resent, "late_answers": users.late_answers,
+              "problem_answers": dict(tally.problem_answers),
               "label_retries": tally.label_retries, "reply_latency_ms": _ms(tally.photo_latency),
               "label_latency_ms": _ms(tally.label_latency), "events": events, **verify(db_url, tally)}
     print(json.dumps(report), flush=True)
@@ -303,7 +307,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--photos", type=int, default=20, help="photos per user")
     parser.add_argument("--think-s", type=float, default=2.0, help="mean pause between a user's actions")
-    parser.add_argument("--answer-timeout-s", type=float, default=30.0, help="then the user sends it again")
+    parser.add_argument("--answer-timeout-s", type=float, default=90.0, help="then the user sends it again")
     parser.add_argument("--retries", type=int, default=3)
     parser.add_argument("--pool", type=int, default=120, help="distinct photos")
     parser.add_argument("--finetune-interval-s", type=float, default=10.0)
