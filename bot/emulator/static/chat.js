@@ -3,8 +3,7 @@
 
 const api = "/emulator/api";
 const $ = (id) => document.getElementById(id);
-const view = { version: null, chatId: null, replyTo: null, seenAnswers: new Set(), poll: null, botId: null,
-               stickToBottom: true };
+const view = { version: null, chatId: null, replyTo: null, seenAnswers: new Set(), poll: null, botId: null };
 
 async function call(method, path, body) {
   const options = { method };
@@ -72,14 +71,13 @@ function renderText(text, entities) {
   return root;
 }
 
-function keepAtBottom() {
-  if (view.stickToBottom) $("messages").scrollTop = $("messages").scrollHeight;
-}
+const images = new Map();  // file_id -> <img>: re-renders reuse loaded images instead of reloading them
 
 function photoElement(sizes) {
   const best = sizes.filter((s) => Math.max(s.width, s.height) <= 1280).pop() || sizes[sizes.length - 1];
+  if (images.has(best.file_id)) return images.get(best.file_id);
   const img = document.createElement("img");
-  img.addEventListener("load", keepAtBottom);  // images grow the chat after it was scrolled
+  images.set(best.file_id, img);
   img.src = `${api}/files/${best.file_id}`;
   img.alt = "photo";
   img.className = "photo";
@@ -158,9 +156,9 @@ function renderMessage(message, chat) {
 
 function render(snapshot, initial) {
   const box = $("messages");
-  box.replaceChildren(...snapshot.messages.map((m) => renderMessage(m, snapshot.chat || {})));
+  // #messages is a column-reverse box: newest first in the DOM, pinned to the bottom as it grows.
+  box.replaceChildren(...snapshot.messages.map((m) => renderMessage(m, snapshot.chat || {})).reverse());
   if (!snapshot.messages.length) box.innerHTML = '<p class="muted empty">Draw a digit and press “Send drawing”, upload a photo, or type /start.</p>';
-  keepAtBottom();
   const typing = $("typing");
   typing.hidden = !snapshot.chat_action;
   typing.textContent = snapshot.chat_action === "typing" ? "digitbot is typing…" : `digitbot: ${snapshot.chat_action}…`;
@@ -280,10 +278,6 @@ function setUpPad() {
 
 async function start() {
   setUpPad();
-  $("messages").addEventListener("scroll", () => {
-    const box = $("messages");
-    view.stickToBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
-  });
   $("text-form").addEventListener("submit", sendText);
   $("reply-cancel").addEventListener("click", () => setReply(null));
   $("file").addEventListener("change", () => {

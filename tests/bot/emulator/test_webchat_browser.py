@@ -46,7 +46,7 @@ def test_draw_send_see_answer_correct_it_and_see_stats(tmp_path: Path, recognize
         async with running_bot(tmp_path, recognizer) as h, playwright_api.async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             try:
-                page = await browser.new_page(viewport={"width": 1180, "height": 900})
+                page = await browser.new_page(viewport={"width": 1180, "height": 1060})
                 page_errors: list[str] = []
                 page.on("pageerror", lambda error: page_errors.append(str(error)))
                 await page.goto(h.server.page_url)
