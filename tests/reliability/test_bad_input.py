@@ -144,6 +144,21 @@ def test_21_mb_document_is_refused(live: LiveBot) -> None:
               mime_type="image/png")
 
 
+def test_21_mb_document_with_a_wrong_declared_size_is_refused_by_get_file(live: LiveBot) -> None:
+    async def scenario() -> None:
+        h = live.h
+        user = await _user(h, ZH)
+        stored = h.server.state.files.add(padded_png(digit_png("3"), 21 * MB), folder="documents",
+                                          mime_type="image/png")
+        document = {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id, "mime_type": "image/png",
+                    "file_name": "small.png", "file_size": 1000}  # the size it claims, not what getFile finds
+        message = h.server.state.user_message(user, user, {"document": document})
+        reply = await h.users.wait_for_reply(user, message["message_id"], timeout=30)
+        assert reply["text"] == _problem("too_large", ZH)
+        assert stored_readings(h, user) == 0
+    live.run(scenario())
+
+
 def test_21_mb_photo_is_read_from_a_smaller_size(live: LiveBot) -> None:
     # Telegram keeps downscaled sizes of a photo; the bot takes the largest one it may download.
     _read(live, padded_png(digit_png("3"), 21 * MB), EN, as_document=False, keep_original=True)
