@@ -302,6 +302,19 @@ async def scenario(name: str, args: Any, photos: list[Any], with_faults: bool, w
     return report
 
 
+def _telegram_size(photo: Any, max_side: int) -> Any:
+    """Telegram's standard photo compression: a JPEG with the long side at most `max_side`."""
+    import cv2
+
+    image = cv2.imdecode(np.frombuffer(photo.data, np.uint8), cv2.IMREAD_COLOR)  # EXIF orientation applied
+    scale = max_side / max(image.shape[:2])
+    if scale < 1:
+        size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    photo.data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 87])[1].tobytes()
+    return photo
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=200)
@@ -310,6 +323,7 @@ def main() -> None:
     parser.add_argument("--answer-timeout-s", type=float, default=90.0, help="then the user sends it again")
     parser.add_argument("--retries", type=int, default=3)
     parser.add_argument("--pool", type=int, default=120, help="distinct photos")
+    parser.add_argument("--max-side", type=int, default=1280, help="photos as Telegram compresses them")
     parser.add_argument("--finetune-interval-s", type=float, default=10.0)
     parser.add_argument("--finetune-min-labels", type=int, default=10)
     parser.add_argument("--lease-s", type=float, default=20.0, help="fine-tune job lease (dead worker detection)")
@@ -325,7 +339,8 @@ def main() -> None:
     from core.data import load_mnist
 
     images, labels = load_mnist(train=False)
-    photos = photo_set(images.numpy(), labels.numpy(), args.pool, (1, 3), args.seed)
+    photos = [_telegram_size(photo, args.max_side) for photo in
+              photo_set(images.numpy(), labels.numpy(), args.pool, (1, 3), args.seed)]
     reports = []
     with tempfile.TemporaryDirectory(prefix="bench-reliability-") as tmp:
         for name in args.scenarios.split(","):
