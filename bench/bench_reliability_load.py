@@ -307,6 +307,7 @@ def _telegram_size(photo: Any, max_side: int) -> Any:
     import cv2
 
     image = cv2.imdecode(np.frombuffer(photo.data, np.uint8), cv2.IMREAD_COLOR)  # EXIF orientation applied
+    assert image is not None
     scale = max_side / max(image.shape[:2])
     if scale < 1:
         size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
