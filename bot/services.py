@@ -91,7 +91,8 @@ class BotServices:
 
     # --- users and languages -------------------------------------------------------------------
     async def language(self, telegram_id: int, telegram_language: str | None) -> str:
-        """The user's catalogue: their /lang choice, else their Telegram language."""
+        """The user's catalogue: their /lang choice (the only language stored), else their Telegram
+        language, so a user who changes Telegram's language is followed until they pick one."""
         stored = await asyncio.to_thread(self._stored_language, telegram_id)
         return resolve_language(stored or telegram_language)
 
@@ -107,13 +108,13 @@ class BotServices:
         await asyncio.to_thread(work)
 
     # --- photos --------------------------------------------------------------------------------
-    async def read_photo(self, *, update_id: int, telegram_id: int, language: str, chat_id: int,
+    async def read_photo(self, *, update_id: int, telegram_id: int, chat_id: int,
                          file_id: str, file_unique_id: str, data: bytes) -> PhotoOutcome:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._inference, lambda: self._read_photo(
-            update_id, telegram_id, language, chat_id, file_id, file_unique_id, data))
+            update_id, telegram_id, chat_id, file_id, file_unique_id, data))
 
-    def _read_photo(self, update_id: int, telegram_id: int, language: str, chat_id: int,
+    def _read_photo(self, update_id: int, telegram_id: int, chat_id: int,
                     file_id: str, file_unique_id: str, data: bytes) -> PhotoOutcome:
         version_id, personal = self._personal_model(telegram_id)
         reading: PhotoReading = self.recognizer.read(data, personal)
@@ -130,7 +131,7 @@ class BotServices:
                 if not repo.mark_update_processed(session, update_id=update_id):
                     return PhotoOutcome(status="duplicate")
                 stored = repo.record_reading(session, telegram_id=telegram_id, chat_id=chat_id, file_id=file_id,
-                                             file_unique_id=file_unique_id, digits=records, language=language)
+                                             file_unique_id=file_unique_id, digits=records)
         except QuotaExceeded as exc:
             return PhotoOutcome(status="quota", quota=exc.limit)
         personal_used = any(p.source == "personal" for p in reading.predictions)

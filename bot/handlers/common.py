@@ -16,6 +16,7 @@ from bot.services import BotServices
 
 log = logging.getLogger(__name__)
 SERVICES_KEY = "services"
+TELEGRAM_LANGUAGE_KEY = "telegram_language"
 _reading_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
 
 
@@ -29,6 +30,8 @@ async def user_translator(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
     user = update.effective_user
     if user is None:
         return translator(DEFAULT_LANGUAGE)
+    if context.user_data is not None and user.language_code:
+        context.user_data[TELEGRAM_LANGUAGE_KEY] = user.language_code  # for messages the user did not ask for
     return translator(await services_of(context).language(user.id, user.language_code))
 
 

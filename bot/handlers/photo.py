@@ -140,8 +140,7 @@ async def _download_read_reply(update: Update, context: ContextTypes.DEFAULT_TYP
         return
     services = services_of(context)
     outcome = await services.read_photo(
-        update_id=update.update_id, telegram_id=update.effective_user.id,
-        language=update.effective_user.language_code or _.language, chat_id=message.chat_id,
+        update_id=update.update_id, telegram_id=update.effective_user.id, chat_id=message.chat_id,
         file_id=incoming.file_id, file_unique_id=incoming.file_unique_id, data=data)
     if outcome.status == "duplicate":
         log.info("update %s was already processed; not storing it again", update.update_id)

@@ -12,7 +12,7 @@ from telegram.error import Forbidden
 from telegram.ext import Application, ContextTypes
 
 from bot.charts import AccuracyPoint, ChartData, render_stats_chart
-from bot.handlers.common import services_of, user_translator
+from bot.handlers.common import TELEGRAM_LANGUAGE_KEY, services_of, user_translator
 from bot.i18n import translator
 from bot.services import confusion_matrix, promotions
 from bot.views import stats_text
@@ -52,7 +52,8 @@ async def send_promotion(context: ContextTypes.DEFAULT_TYPE) -> None:
     assert job is not None
     telegram_id: int = job.data[0]  # type: ignore[index]
     summary: dict[str, Any] = job.data[1]  # type: ignore[index]
-    language = await services_of(context).language(telegram_id, None)
+    seen = context.application.user_data.get(telegram_id, {}).get(TELEGRAM_LANGUAGE_KEY)
+    language = await services_of(context).language(telegram_id, seen)
     _ = translator(language)
     text = _("🎉 Your personal model v{version} is live! On your held-out digits it's right {after} of the "
              "time (before: {before}), trained on {labels} of your labels, and it still reads standard "

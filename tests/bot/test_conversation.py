@@ -185,6 +185,11 @@ def test_languages_follow_telegram_and_lang(tmp_path: Path, recognizer: Recogniz
             back = await h.command_reply(ANN, ANN, "lang", "中文")
             assert back["text"] == "语言已设置为中文。"
             assert "我不认识这个命令" in (await h.command_reply(ANN, ANN, "nonsense"))["text"]
+            await h.users.set_user(BOB, first_name="Bob", language_code="zh-hans")
+            await h.photo_reply(BOB, BOB, digits_photo("1"))
+            assert (await h.command_reply(BOB, BOB, "help"))["text"].startswith("发一张")
+            await h.users.set_user(BOB, first_name="Bob", language_code="en")  # no /lang: Telegram's is followed
+            assert (await h.command_reply(BOB, BOB, "help"))["text"].startswith("Send a photo")
             commands = h.server.state.commands  # setMyCommands in both languages
             assert any("zh" in str(key) for key in commands) and len(commands) >= 2
 

@@ -127,6 +127,7 @@ def test_train_and_promotion_notice(tmp_path: Path, recognizer: Recognizer) -> N
             notice = await h.users.wait_for_bot_message(ANN, lambda m: "v2" in m.get("text", ""),
                                                         after=reply["message_id"], timeout=10)
             assert "95%" in notice["text"] and "80%" in notice["text"] and "99%" in notice["text"]
+            assert notice["text"].startswith("🎉 你的个人模型 v2 已启用")  # in the language the user writes
 
     asyncio.run(scenario())
 
