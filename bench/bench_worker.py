@@ -12,14 +12,17 @@ fixed head (so the figures are the scheduler's and the job's own cost, not the m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import insert
+from sqlalchemy import create_engine, insert, make_url, text
 
 from core.finetune import FinetuneResult, GateDecision, head_state
 from core.model import Checkpoint, DigitNet
@@ -50,14 +53,33 @@ def add_user_with_labels(factory: Any, telegram_id: int, count: int, rng: np.ran
                            digits="".join(str(d) for d in rng.integers(0, 10, count)))
 
 
+@contextlib.contextmanager
+def scratch_database(url: str | None, tmp: str) -> Iterator[str]:
+    """A fresh SQLite file, or a fresh schema (dropped afterwards) in the given PostgreSQL database."""
+    if url is None:
+        yield f"sqlite:///{Path(tmp) / 'bench.db'}"
+        return
+    schema = f"bench_worker_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield make_url(url).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+            hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--jobs", type=int, default=100)
-    parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
+    parser.add_argument("--database-url", default=None,
+                        help="PostgreSQL URL (a scratch schema is created and dropped); default: a SQLite file")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        url = args.database_url or f"sqlite:///{Path(tmp) / 'bench.db'}"
+    with tempfile.TemporaryDirectory() as tmp, scratch_database(args.database_url, tmp) as url:
         settings = Settings(database_url=url, data_dir=Path(tmp), finetune_min_labels=10, celery_broker_url=None)
         factory = init_db(settings, upgrade=True)
         rng = np.random.default_rng(0)

@@ -38,6 +38,7 @@ Dispatch = Callable[[Sequence[int]], list[int]]
 SWEEP_JOB_ID = "finetune-sweep"
 # /train accepts fewer labels than the sweep waits for, but not so few that nothing can be learnt.
 MIN_LABELS_ON_REQUEST = 5
+CREATE_CHUNK = 100  # jobs created per transaction (short row locks, few commits)
 NOTIFY_WITHIN_S = 24 * 3600  # an older unannounced promotion is not news any more
 
 
@@ -91,11 +92,12 @@ class Sweeper:
 
         with self.session_factory() as session:
             due = repo.users_due_for_finetune(session, min_labels=self.settings.finetune_min_labels)
-        for user_id in due:
+        for start in range(0, len(due), CREATE_CHUNK):
             with self.session_factory.begin() as session:
-                job = repo.create_finetune_job(session, user_id=user_id)
-                if job is not None:  # None: another sweep or /train got there first
-                    report.created.append(job.id)
+                for user_id in due[start:start + CREATE_CHUNK]:
+                    job = repo.create_finetune_job(session, user_id=user_id)
+                    if job is not None:  # None: another sweep or /train got there first
+                        report.created.append(job.id)
 
         with self.session_factory() as session:
             queued = jobrows.queued_job_ids(session)
