@@ -143,3 +143,18 @@ def test_sweep_requeues_a_job_whose_worker_stopped(settings: Settings, factory: 
     assert (job.state, job.attempts) == (QUEUED, 1)
     assert run(settings, factory, job_id).state == jobs.PROMOTED
     assert job_rows(factory, 17)[0].state == SUCCEEDED
+
+
+def test_a_user_forgotten_mid_job_gets_no_model(settings: Settings, factory: sessionmaker[Session]) -> None:
+    job_id = queue_job(settings, factory, 18)
+
+    def forget() -> None:
+        with factory.begin() as session:
+            repo.forget_user(session, telegram_id=18)
+
+    outcome = run(settings, factory, job_id, trainer=fake_trainer(before=forget))
+    assert outcome.state == jobs.LOST
+    with factory() as session:
+        assert repo.get_user(session, telegram_id=18) is None
+        assert repo.get_job(session, job_id=job_id) is None
+    assert Sweeper(settings, session_factory=factory, dispatch=lambda ids: list(ids)).sweep().created == []
