@@ -393,6 +393,13 @@ def find_digits(gray: np.ndarray) -> Segmentation:
     ink, mask, regions = _segment(gray, kernel)
     if not regions and kernel < coarse:
         ink, mask, regions = _segment(gray, coarse)
+    elif kernel < coarse and max(r.stroke_width for r in regions) > 0.3 * kernel:
+        # Strokes nearly as wide as the kernel: bold writing the estimate missed; parts of it
+        # were taken for paper. Once more with a kernel that fits them.
+        wider = min(coarse, _odd(4 * max(r.stroke_width for r in regions) + 4))
+        ink_w, mask_w, regions_w = _segment(gray, wider)
+        if regions_w:
+            ink, mask, regions = ink_w, mask_w, regions_w
     kept = np.zeros_like(mask)
     for region in regions:
         x, y, w, h = region.box
