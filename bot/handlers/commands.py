@@ -107,7 +107,7 @@ async def on_language_button(update: Update, context: ContextTypes.DEFAULT_TYPE)
     await services_of(context).set_language(query.from_user.id, language)
     _ = translator(language)
     if query.message is not None:
-        await edit_message(query.message, _("Language set to English."), reply_markup=None)
+        await edit_message(query, _("Language set to English."), reply_markup=None)
     await query.answer(_("Language set to English."))
 
 
@@ -139,13 +139,13 @@ async def on_forget_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -
         return
     if not confirmed:
         if query.message is not None:
-            await edit_message(query.message, _("Cancelled. Nothing was deleted."), reply_markup=None)
+            await edit_message(query, _("Cancelled. Nothing was deleted."), reply_markup=None)
         await query.answer()
         return
     deleted = await services_of(context).forget(asker)
     log.info("forgot a user: %d rows deleted", deleted)
     if query.message is not None:
-        await edit_message(query.message, _("Done: everything I stored about you is deleted ({rows} records). "
+        await edit_message(query, _("Done: everything I stored about you is deleted ({rows} records). "
                                             "Send a photo any time to start again.", rows=deleted),
                            reply_markup=None)
     await query.answer(_("Deleted."))

@@ -7,7 +7,7 @@ import logging
 import weakref
 from typing import Any
 
-from telegram import Message, Update
+from telegram import CallbackQuery, Message, Update
 from telegram.error import BadRequest
 from telegram.ext import ContextTypes
 
@@ -39,13 +39,20 @@ def is_private(update: Update) -> bool:
     return update.effective_chat is not None and update.effective_chat.type == "private"
 
 
-async def edit_message(message: Message | Any, text: str | None, **kwargs: Any) -> None:
-    """Edit text and/or keyboard; "message is not modified" (a repeated tap) is not an error."""
+async def edit_message(target: Message | CallbackQuery, text: str | None, **kwargs: Any) -> None:
+    """Edit a message's text and/or keyboard, given the message or the callback query on it (which
+    also works when the message is too old to be delivered with the query). "Message is not modified"
+    (a repeated tap) is not an error."""
     try:
-        if text is None:
-            await message.edit_reply_markup(**kwargs)
+        if isinstance(target, CallbackQuery):
+            if text is None:
+                await target.edit_message_reply_markup(**kwargs)
+            else:
+                await target.edit_message_text(text, **kwargs)
+        elif text is None:
+            await target.edit_reply_markup(**kwargs)
         else:
-            await message.edit_text(text, **kwargs)
+            await target.edit_text(text, **kwargs)
     except BadRequest as error:
         if "not modified" not in str(error).lower():
             raise

@@ -60,7 +60,7 @@ async def _act(action: ReadingAction, query: CallbackQuery, update: Update, cont
         return
     except NotFound:
         if query.message is not None:
-            await edit_message(query.message, None, reply_markup=None)
+            await edit_message(query, None, reply_markup=None)
         await query.answer(_stale(_), show_alert=True)
         return
     await _show(action, card, query, _)
@@ -97,16 +97,16 @@ async def _show(action: ReadingAction, card: ReadingCard, query: CallbackQuery, 
     if action.kind == "pick" and action.position is not None:
         if message is not None:
             picker = digit_picker_keyboard(card.reading_id, action.position, card.labels[action.position], _)
-            await edit_message(message, None, reply_markup=picker)
+            await edit_message(query, None, reply_markup=picker)
         await query.answer(_("Which digit is #{position}?", position=action.position + 1))
         return
     if action.kind == "back":
         if message is not None:
-            await edit_message(message, None, reply_markup=overview)
+            await edit_message(query, None, reply_markup=overview)
         await query.answer()
         return
     if message is not None:
-        await edit_message(message, reading_text(card, _), reply_markup=overview)
+        await edit_message(query, reading_text(card, _), reply_markup=overview)
     if action.kind == "undo":
         await query.answer(_("Undone: nothing is recorded for this photo now."))
     else:
