@@ -61,16 +61,19 @@ def measure(name: str, model: torch.nn.Module, photos: list[Photo]) -> dict[str,
     """Per-photo accuracy and single-core latency for one pipeline."""
     _single_thread()
     run = PIPELINES[name]
-    latencies, pre_latencies, readings = [], [], []
+    latencies, pre_latencies, cpu, readings = [], [], [], []
     for photo in photos:
+        cpu_start = time.process_time()
         start = time.perf_counter()
         crops = run(photo.data)
         middle = time.perf_counter()
         readings.append(classify(model, crops))
         end = time.perf_counter()
+        cpu.append(time.process_time() - cpu_start)
         latencies.append(end - start)
         pre_latencies.append(middle - start)
-    return {"readings": readings, "latency": np.array(latencies) * 1000, "pre": np.array(pre_latencies) * 1000}
+    return {"readings": readings, "latency": np.array(latencies) * 1000, "pre": np.array(pre_latencies) * 1000,
+            "cpu": np.array(cpu) * 1000}
 
 
 def throughput(name: str, model: torch.nn.Module, photos: list[Photo]) -> float:
@@ -122,23 +125,26 @@ def main() -> None:
     ckpt = load_base()
     model = ckpt.build()
     weights = os.environ.get("DIGITBOT_BASE_WEIGHTS", "weights/base.pt")
-    print(f"model: {weights} (MNIST test accuracy {ckpt.metrics.get('test_accuracy', 'n/a')})")
+    print(f"model: {weights} (MNIST test accuracy {ckpt.metrics.get('mnist_test_accuracy', 'n/a')})")
+    print(f"load average before the run: {os.getloadavg()[0]:.1f}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
 
     print("| pipeline | single digits | whole rows (2-8) | p50 ms/photo | p95 ms/photo | "
-          "p50 ms preprocessing only | digits/s on 2 cores |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "p50 / p95 CPU ms/photo | p50 ms preprocessing only | digits/s on 2 cores |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     details = {}
     for name in PIPELINES:
         single = measure(name, model, singles)
         row = measure(name, model, rows)
         latency = np.concatenate([single["latency"], row["latency"]])  # type: ignore[list-item]
         pre = np.concatenate([single["pre"], row["pre"]])  # type: ignore[list-item]
+        cpu = np.concatenate([single["cpu"], row["cpu"]])  # type: ignore[list-item]
         rate = 0.0 if args.no_throughput else throughput(name, model, singles + rows)
         print(f"| {name} | {_accuracy(singles, single['readings']):.1%} "  # type: ignore[arg-type]
               f"| {_accuracy(rows, row['readings']):.1%} "  # type: ignore[arg-type]
               f"| {np.percentile(latency, 50):.1f} | {np.percentile(latency, 95):.1f} "
+              f"| {np.percentile(cpu, 50):.1f} / {np.percentile(cpu, 95):.1f} "
               f"| {np.percentile(pre, 50):.1f} | {rate:.0f} |", flush=True)
         details[name] = (single["readings"], row["readings"])
 
