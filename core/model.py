@@ -124,6 +124,7 @@ class Checkpoint:
                 handle.write(self.to_bytes())
                 handle.flush()
                 os.fsync(handle.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are ordinary readable files
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

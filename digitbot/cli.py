@@ -10,13 +10,16 @@ from collections.abc import Sequence
 def _cmd_train_base(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from core.model import Checkpoint
     from core.train import TrainConfig, plot_curves, train_base
 
     if args.dry_run:
         config = TrainConfig(epochs=1, train_subset=1024, test_subset=500, seed=args.seed)
     else:
-        config = TrainConfig(epochs=args.epochs, seed=args.seed, threads=args.threads, bf16=args.bf16)
-    checkpoint, curves = train_base(config, data_dir=args.data)
+        config = TrainConfig(epochs=args.epochs, seed=args.seed, threads=args.threads, bf16=args.bf16,
+                             polish_epochs=args.polish_epochs)
+    resume = Checkpoint.load(args.resume) if args.resume else None
+    checkpoint, curves = train_base(config, data_dir=args.data, resume=resume)
     out = Path(args.out)
     checkpoint.save(out)
     plot_curves(curves, out.with_suffix(".curves.png"))
@@ -150,9 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train-base", help="train the base model on MNIST")
     train.add_argument("--data", default=None, help="MNIST folder (IDX files, gz or not)")
     train.add_argument("--out", default="weights/base.pt")
-    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--epochs", type=int, default=15)
     train.add_argument("--seed", type=int, default=1)
     train.add_argument("--threads", type=int, default=0)
+    train.add_argument("--polish-epochs", type=int, default=4, help="low-LR, mild-augmentation second stage")
+    train.add_argument("--resume", default=None, help="a stage-1 checkpoint: run only the polish stage")
     train.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on CPUs with BF16)")
     train.add_argument("--dry-run", action="store_true", help="one short epoch on a subset")
     train.set_defaults(func=_cmd_train_base)
