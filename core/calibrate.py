@@ -111,7 +111,7 @@ def choose_threshold(personal_probs: torch.Tensor, base_probs: torch.Tensor, lab
     Candidates are the personal confidences seen (plus 0 and just above 1 = "never personal").
     When MNIST probabilities are given, only thresholds whose combined MNIST accuracy is at least
     the base's minus ``max_mnist_drop`` are allowed ("never worse on MNIST"); just above 1 always
-    qualifies. Ties are broken by the lower combined NLL, then the higher threshold.
+    qualifies. Ties go to the lowest threshold (the personal model answers as often as allowed).
     """
     seen = [personal_probs.max(-1).values.float().cpu()]
     if mnist_personal_probs is not None:
@@ -129,10 +129,12 @@ def choose_threshold(personal_probs: torch.Tensor, base_probs: torch.Tensor, lab
         allowed[thresholds >= NEVER_PERSONAL] = True
     if len(labels) == 0:
         return float(thresholds[allowed].min())
-    accuracy, loss = _combined_scores(personal_probs.cpu(), base_probs.cpu(), labels.cpu(), thresholds)
-    # lexicographic: accuracy (rounded against float noise) desc, NLL asc, threshold desc
+    accuracy, _ = _combined_scores(personal_probs.cpu(), base_probs.cpu(), labels.cpu(), thresholds)
+    # lexicographic: allowed, accuracy (rounded against float noise) desc, threshold asc: a
+    # handful of held-out samples rarely separates thresholds, and the personal model was trained
+    # for this user, so among equals it answers as often as the MNIST constraint allows
     best = max(range(len(thresholds)), key=lambda i: (
-        bool(allowed[i]), round(float(accuracy[i]), 9), -round(float(loss[i]), 9), float(thresholds[i])))
+        bool(allowed[i]), round(float(accuracy[i]), 9), -float(thresholds[i])))
     return float(thresholds[best])
 
 
