@@ -78,8 +78,12 @@ def make_photos(count: int, digits: tuple[int, int], seed: int) -> list[bytes]:
 
 
 def baseline_recognizer(photos: list[bytes], weights: Path) -> tuple[float, float]:
-    """p50/p95 ms of `Recognizer.read` alone (decode, preprocess, classify), serially, on the
-    bytes the bot downloads: the largest PhotoSize (at most 1280 px, as Telegram keeps photos)."""
+    """p50/p95 ms of `Recognizer.read` alone (decode, preprocess, classify), serially on one core
+    (torch intra-op threads = 1: on a shared 2-core machine more threads mostly wait for each
+    other), on the bytes the bot downloads: the largest PhotoSize (at most 1280 px, as Telegram
+    keeps photos)."""
+    import torch
+
     from bot.emulator.files import FileStore
     from core.model import load_base
     from core.recognize import Recognizer
@@ -90,6 +94,7 @@ def baseline_recognizer(photos: list[bytes], weights: Path) -> tuple[float, floa
         sizes = store.add_photo(data)
         assert sizes is not None
         largest.append(store.by_id[sizes[-1]["file_id"]].data)
+    torch.set_num_threads(1)
     recognizer = Recognizer(load_base(weights))
     recognizer.read(largest[0])
     times = []
