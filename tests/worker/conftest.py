@@ -65,6 +65,14 @@ def add_labelled(factory: sessionmaker[Session], telegram_id: int, images: np.nd
                                digits="".join(str(int(d)) for d in labels[chunk]))
 
 
+def styled_writer(seed: int = 0, n: int = 200) -> Any:
+    """A simulated user whose handwriting the base model reads badly (about half right): back-slanted,
+    wide, flagged 1s, photographed. core.personal_data.SimUser with .images and .labels."""
+    from core.personal_data import DEV_STYLES, styled_user
+
+    return styled_user("dev-back-flag1", DEV_STYLES["dev-back-flag1"], n=n, seed=seed)
+
+
 def random_digits(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (count, 28, 28), dtype=np.uint8), rng.integers(0, 10, count)

@@ -10,11 +10,11 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.batched_finetune import UserSamples
-from core.finetune import FinetuneConfig, FinetuneResult
+from core.finetune import FinetuneResult
 from core.model import Checkpoint, DigitNet
 from digitbot.settings import Settings
 from storage import repository as repo
-from tests.worker.conftest import active_version, add_labelled, fake_trainer, job_rows, random_digits
+from tests.worker.conftest import active_version, add_labelled, fake_trainer, job_rows, random_digits, styled_writer
 from worker import celery_app, jobs
 from worker.runner import CeleryDispatcher, LocalDispatcher
 from worker.scheduler import Sweeper
@@ -91,14 +91,12 @@ def test_dispatchers_group_jobs_by_batch_size(settings: Settings, factory: sessi
 
 @pytest.mark.slow
 def test_real_batched_finetune_for_two_writers(settings: Settings, factory: sessionmaker[Session]) -> None:
-    from core.personal_data import semeion_users
-
     if not settings.base_weights.exists():
         pytest.skip(f"base weights not found at {settings.base_weights}")
-    for telegram_id, user in zip((601, 602), semeion_users("dev")[:2], strict=True):
-        add_labelled(factory, telegram_id, user.images[:40], user.labels[:40])
+    for telegram_id, seed in ((601, 1), (602, 2)):
+        user = styled_writer(seed, n=60)
+        add_labelled(factory, telegram_id, user.images, user.labels)
     job_ids = Sweeper(settings, session_factory=factory, dispatch=lambda ids: []).sweep().created
-    outcomes = jobs.run_jobs(job_ids, settings=settings, worker_id="batch", session_factory=factory, device="cpu",
-                             config=FinetuneConfig(steps=30, replay_size=512, mnist_subset=1000))
+    outcomes = jobs.run_jobs(job_ids, settings=settings, worker_id="batch", session_factory=factory, device="cpu")
     assert [o.state for o in outcomes] == [jobs.PROMOTED, jobs.PROMOTED], [o.reason for o in outcomes]
     assert all(o.metrics["heldout_after"] > o.metrics["heldout_before"] for o in outcomes)

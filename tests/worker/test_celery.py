@@ -24,7 +24,7 @@ from core.model import Checkpoint
 from core.recognize import Recognizer
 from digitbot.settings import PROJECT_ROOT, Settings
 from storage.models import SUCCEEDED
-from tests.worker.conftest import active_version, add_labelled, job_rows
+from tests.worker.conftest import active_version, add_labelled, job_rows, styled_writer
 from worker.runner import CeleryDispatcher
 from worker.scheduler import Sweeper
 
@@ -71,11 +71,9 @@ def celery_worker(settings: Settings, broker_url: str, tmp_path: Path) -> Iterat
 
 def test_celery_worker_runs_a_job_end_to_end(settings: Settings, factory: sessionmaker[Session], broker_url: str,
                                              celery_worker: subprocess.Popen[bytes]) -> None:
-    from core.personal_data import semeion_users
-
     if not settings.base_weights.exists():
         pytest.skip(f"base weights not found at {settings.base_weights}")
-    user = semeion_users("dev")[1]
+    user = styled_writer(seed=3, n=50)
     recognizer = Recognizer(Checkpoint.load(settings.base_weights))
     answered = np.array([p.digit for p in recognizer.classify(user.images[:50])])
     add_labelled(factory, 4242, user.images[:50], user.labels[:50], answered=answered)

@@ -14,12 +14,11 @@ from core.model import Checkpoint
 from core.recognize import PersonalModel, Recognizer
 from digitbot.settings import Settings
 from storage import repository as repo
-from tests.worker.conftest import active_version, add_labelled
+from tests.worker.conftest import active_version, add_labelled, styled_writer
 from worker.runner import start_embedded
 
 LABELLED = 60
-# Fewer steps and a smaller MNIST probe than production, to keep the test quick on 2 busy cores.
-QUICK = FinetuneConfig(steps=40, replay_size=1024, mnist_subset=1000)
+PRODUCTION = FinetuneConfig()  # the recipe and gate the service uses (2,000-sample MNIST probe)
 
 
 def base_checkpoint(settings: Settings) -> Checkpoint:
@@ -30,11 +29,9 @@ def base_checkpoint(settings: Settings) -> Checkpoint:
 
 @pytest.mark.slow
 def test_labels_in_better_answers_out(settings: Settings, factory: sessionmaker[Session]) -> None:
-    from core.personal_data import semeion_users
-
     base = base_checkpoint(settings)
     recognizer = Recognizer(base)
-    user = semeion_users("dev")[0]  # one Semeion writer: stretched, binarised, not MNIST's style
+    user = styled_writer(seed=0)
     seen, new = slice(0, LABELLED), slice(LABELLED, None)
     answered = np.array([p.digit for p in recognizer.classify(user.images[seen])])
     add_labelled(factory, 42, user.images[seen], user.labels[seen], answered=answered)
@@ -47,7 +44,8 @@ def test_labels_in_better_answers_out(settings: Settings, factory: sessionmaker[
         promoted.set()
 
     fast = settings.model_copy(update={"finetune_interval_s": 0.5, "finetune_min_labels": 50})
-    handle = start_embedded(fast, notify=notify, session_factory=factory, first_sweep_delay_s=0.0, config=QUICK)
+    handle = start_embedded(fast, notify=notify, session_factory=factory, first_sweep_delay_s=0.0,
+                            config=PRODUCTION)
     try:
         assert promoted.wait(timeout=400), "no promotion announced"
     finally:
@@ -68,32 +66,6 @@ def test_labels_in_better_answers_out(settings: Settings, factory: sessionmaker[
     truth = user.labels[new]
     before = np.mean([p.digit for p in recognizer.classify(user.images[new])] == truth)
     after = np.mean([p.digit for p in recognizer.classify(user.images[new], personal)] == truth)
-    assert after >= before + 0.05, f"new samples of this writer: {before:.1%} -> {after:.1%}"
+    print(f"this writer's {len(truth)} new samples: base {before:.1%}, with the personal model {after:.1%}")
+    assert after >= before + 0.15, f"new samples of this writer: {before:.1%} -> {after:.1%}"
 
-
-@pytest.mark.slow
-def test_real_gate_rejects_a_worse_candidate(settings: Settings, factory: sessionmaker[Session]) -> None:
-    from dataclasses import replace
-
-    from core.personal_data import semeion_users
-    from worker import jobs
-    from worker.scheduler import Sweeper
-
-    base = base_checkpoint(settings)
-    user = semeion_users("dev")[2]
-    add_labelled(factory, 43, user.images[:LABELLED], user.labels[:LABELLED])
-
-    def run_due_jobs(config: FinetuneConfig) -> list[jobs.JobOutcome]:
-        created = Sweeper(settings, session_factory=factory, dispatch=lambda ids: []).sweep().created
-        return [jobs.run_job(j, settings=settings, worker_id="t", session_factory=factory, base=base,
-                             device="cpu", config=config) for j in created]
-
-    (first,) = run_due_jobs(QUICK)
-    assert first.state == jobs.PROMOTED, first.reason
-    add_labelled(factory, 43, user.images[LABELLED:2 * LABELLED], user.labels[LABELLED:2 * LABELLED])
-    # A training run that goes wrong (a learning rate 5000x too high wrecks the head): the real
-    # gate must keep it away from the user.
-    (second,) = run_due_jobs(replace(QUICK, lr=5.0))
-    assert second.state == jobs.REJECTED, second.metrics
-    assert second.reason
-    assert active_version(factory, 43) == 1
