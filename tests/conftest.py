@@ -8,12 +8,13 @@ from pathlib import Path
 # One thread per test process (and for the subprocesses tests start): the suite runs on small
 # batches, and oversubscribed OpenMP threads on a 2-core machine make everything much slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-import pytest  # noqa: E402
-import torch  # noqa: E402
 
-torch.set_num_threads(1)
+import pytest
+import torch
 
 from core.data import default_mnist_dir, default_semeion_path
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

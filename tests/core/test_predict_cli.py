@@ -34,7 +34,7 @@ def _run(*args: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory, mnist_dir) -> dict[str, Path]:
-    images, labels = load_mnist(train=False, directory=mnist_dir)
+    images, _ = load_mnist(train=False, directory=mnist_dir)
     folder = tmp_path_factory.mktemp("photos")
     seven, two = images[0].numpy(), images[1].numpy()  # the test set starts 7, 2
     paths = {"row": folder / "row.png", "blank": folder / "blank.png", "corrupt": folder / "corrupt.jpg"}
