@@ -185,7 +185,7 @@ def _merge(groups: list[_Group]) -> list[_Group]:
 def _follow_row(groups: list[_Group], anchor: _Group) -> list[_Group]:
     """The row through `anchor`: similar heights, each group near its neighbour's line."""
     ref_h = anchor.height
-    candidates = sorted((g for g in groups if g.height >= 0.35 * ref_h and g.area >= 0.04 * anchor.area
+    candidates = sorted((g for g in groups if g.height >= 0.55 * ref_h and g.area >= 0.04 * anchor.area
                          and g.height <= 1.8 * ref_h), key=lambda g: g.x0)
     start = candidates.index(anchor)
     row = [anchor]
