@@ -97,7 +97,8 @@ def build_services(settings: Settings, *, sessions: Any | None = None) -> BotSer
     from storage.db import init_db
 
     return BotServices(
-        sessions=sessions or init_db(settings), recognizer=Recognizer(load_base(settings.base_weights)),
+        sessions=sessions or init_db(settings),
+        recognizer=Recognizer(load_base(settings.base_weights), torch_threads=1),
         inference_threads=settings.inference_threads, finetune_min_labels=settings.finetune_min_labels,
         finetune_interval_s=settings.finetune_interval_s)
 
