@@ -165,7 +165,7 @@ def test_real_base_personal_model_helps_a_styled_user_and_keeps_mnist(mnist_dir:
     if not DEFAULT_WEIGHTS.exists():
         pytest.skip("weights/base.pt not trained yet")
     base = load_base(DEFAULT_WEIGHTS)
-    name = "dev-slant-cross7"
+    name = "dev-back-flag1"  # flagged 1s the base reads as 7s: about half its answers are wrong
     user = styled_user(name, DEV_STYLES[name], n=300)
     result = finetune_user(base, user.images[:100], user.labels[:100], device="cpu")
     personal = result.checkpoint
@@ -183,4 +183,4 @@ def test_real_base_personal_model_helps_a_styled_user_and_keeps_mnist(mnist_dir:
     with torch.no_grad():
         base_right = (base.build()(normalize(new)).argmax(1).numpy() == user.labels[100:]).mean()
         personal_right = (model(normalize(new)).argmax(1).numpy() == user.labels[100:]).mean()
-    assert personal_right > base_right + 0.05
+    assert 1 - personal_right <= (1 - base_right) / 2
