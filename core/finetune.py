@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from core.augment import AugmentConfig, augment
 from core.calibrate import (
     NEVER_PERSONAL,
     MnistProbe,
@@ -25,50 +24,30 @@ from core.calibrate import (
     calibrated_probabilities,
     choose_threshold,
     combine,
-    fingerprint,
     fit_base_temperature,
     fit_temperature,
     head_logits,
     pick_device,
     trunk_features,
 )
-from core.data import load_mnist
-from core.model import FROZEN_PREFIXES, Checkpoint, DigitNet, normalize
+from core.finetune_prep import (
+    LIGHT_AUGMENT,
+    FinetuneConfig,
+    PreparedUser,
+    ReplayBank,
+    cached_replay,
+    check_samples,
+    prepare_user,
+    split_holdout,
+)
+from core.gate import MNIST_TOLERANCE, GateDecision, gate, gate_metrics
+from core.model import FROZEN_PREFIXES, Checkpoint, DigitNet
 
-# Light augmentation for user samples: the user's style is the signal, so keep it.
-LIGHT_AUGMENT = AugmentConfig(rotate_deg=6.0, shift=0.06, scale=(0.93, 1.07), shear=0.08,
-                              elastic_alpha=0.3, elastic_p=0.3, thickness_p=0.0)
-MNIST_TOLERANCE = 0.003  # the gate's bound on the MNIST test accuracy drop (0.3 points)
-REPLAY_POOL = 50_000  # replay draws from MNIST train[:50000]; simulated users from the rest
-REPLAY_SEED = 2024
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    steps: int = 60
-    user_batch: int = 32  # user samples (augmented copies) per step
-    replay_batch: int = 32  # replayed MNIST training samples per step
-    lr: float = 1e-3  # Adam, head only
-    # Adam's eps well above float noise: at step 0 the distillation gradients are ~0 and a tiny eps
-    # would turn their rounding noise into full-size steps
-    adam_eps: float = 1e-5
-    l2_pull: float = 1e-3  # weight of sum((theta - theta_base)^2)
-    distill_temperature: float = 2.0  # replayed samples learn the base's softened outputs
-    augment_copies: int = 4  # augmented copies per user training sample (features precomputed)
-    augment: AugmentConfig | None = LIGHT_AUGMENT
-    holdout_fraction: float = 0.2
-    min_holdout: int = 2
-    min_labels: int = 5  # fewer labelled samples than this: nothing is trained
-    eval_every: int = 10  # early stopping: held-out loss checked every this many steps
-    replay_size: int = 2048  # MNIST training samples in the replay bank
-    mnist_subset: int = 2000  # MNIST test samples used by the gate (0 = all 10,000)
-    seed: int = 0
-
-
-@dataclass
-class GateDecision:
-    promote: bool
-    reason: str  # human-readable, e.g. "held-out accuracy 0.70 -> 0.90; MNIST -0.05 points"
+__all__ = [  # the public API (see docs/INTERFACES.md), some of it defined in the helper modules
+    "LIGHT_AUGMENT", "MNIST_TOLERANCE", "FinetuneConfig", "FinetuneResult", "GateDecision", "PreparedUser",
+    "ReplayBank", "cached_replay", "check_samples", "evaluate_candidate", "finetune_user", "gate",
+    "gate_metrics", "head_state", "merge_state", "mixed_loss", "prepare_user", "split_holdout", "train_head",
+]
 
 
 @dataclass
@@ -89,86 +68,6 @@ def merge_state(base: Checkpoint, personal: Checkpoint | None) -> dict[str, torc
     if personal is not None:
         state.update(head_state(personal.state_dict))
     return state
-
-
-def split_holdout(labels: np.ndarray, config: FinetuneConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, held-out indices): stratified by digit, deterministic for config.seed.
-
-    Each sample's key is (its rank among its digit's samples in a seeded shuffle + 0.5) / that
-    digit's count; the lowest keys are held out, so every digit contributes in proportion.
-    """
-    n = len(labels)
-    n_hold = min(max(config.min_holdout, round(config.holdout_fraction * n)), n - 1)
-    rng = np.random.default_rng(config.seed)
-    order = rng.permutation(n)
-    key = np.empty(n)
-    for digit in np.unique(labels):
-        members = order[labels[order] == digit]
-        key[members] = (np.arange(len(members)) + 0.5) / len(members)
-    ranked = sorted(range(n), key=lambda i: (key[i], int(np.where(order == i)[0][0])))
-    held = np.sort(np.array(ranked[:n_hold], dtype=np.int64))
-    train = np.setdiff1d(np.arange(n), held)
-    return train, held
-
-
-@dataclass
-class PreparedUser:
-    """A user's samples turned into training material (shared by the one-user and batched paths)."""
-
-    train_images: torch.Tensor  # normalised (M,1,28,28): originals then augmented copies
-    train_labels: torch.Tensor  # (M,)
-    holdout_images: torch.Tensor  # normalised (H,1,28,28)
-    holdout_labels: torch.Tensor  # (H,)
-    user_schedule: torch.Tensor  # (steps, user_batch) indices into train_images
-    replay_schedule: torch.Tensor  # (steps, replay_batch) indices into the replay bank
-    n_labels: int
-
-
-def prepare_user(images: np.ndarray, labels: np.ndarray, config: FinetuneConfig) -> PreparedUser:
-    generator = torch.Generator().manual_seed(config.seed)
-    train_idx, held_idx = split_holdout(labels, config)
-    x = torch.as_tensor(np.ascontiguousarray(images), dtype=torch.uint8).float().unsqueeze(1) / 255.0
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-    train_x, train_y = x[train_idx], y[train_idx]
-    copies = [train_x]
-    if config.augment is not None:
-        copies += [augment(train_x, config.augment, generator) for _ in range(config.augment_copies)]
-    all_x = torch.cat(copies)
-    all_y = train_y.repeat(len(copies))
-    user_schedule = torch.randint(len(all_x), (config.steps, config.user_batch), generator=generator)
-    replay_schedule = torch.randint(config.replay_size, (config.steps, config.replay_batch),
-                                    generator=generator)
-    return PreparedUser(normalize(all_x), all_y, normalize(x[held_idx]), y[held_idx],
-                        user_schedule, replay_schedule, len(labels))
-
-
-class ReplayBank:
-    """Fixed MNIST training samples (from the first 50,000; simulated users use the rest) with
-    their frozen-trunk features, shared by every user of the same base model."""
-
-    def __init__(self, base: Checkpoint, size: int, device: torch.device, data_dir: str | None = None,
-                 samples: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        """``samples`` (uint8 images (size,28,28), labels) replaces the MNIST draw (tests)."""
-        if samples is None:
-            images, labels = load_mnist(train=True, directory=data_dir)
-            index = torch.randperm(REPLAY_POOL, generator=torch.Generator().manual_seed(REPLAY_SEED))[:size]
-            samples = (images[index], labels[index])
-        if len(samples[1]) != size:
-            raise ValueError(f"replay bank needs {size} samples, got {len(samples[1])}")
-        model = base.build().to(device)
-        self.labels = samples[1].to(device)
-        self.features = trunk_features(model, samples[0], device)
-        self.base_logits = head_logits(model, self.features)  # distillation targets
-
-
-_BANKS: dict[tuple[object, ...], ReplayBank] = {}
-
-
-def cached_replay(base: Checkpoint, size: int, device: torch.device) -> ReplayBank:
-    key = (fingerprint(base), size, str(device))
-    if key not in _BANKS:
-        _BANKS[key] = ReplayBank(base, size, device)
-    return _BANKS[key]
 
 
 def mixed_loss(logits: torch.Tensor, user_labels: torch.Tensor, replay_base_logits: torch.Tensor,
@@ -353,48 +252,3 @@ def finetune_user(base: Checkpoint, images: np.ndarray, labels: np.ndarray, *,
              "best_step": float(best_step), "train_seconds": seconds}
     return evaluate_candidate(base, current, head, holdout_features, prepared.holdout_labels, probe,
                               extra, config)
-
-
-def check_samples(images: np.ndarray, labels: np.ndarray, config: FinetuneConfig) -> str | None:
-    """A reason not to train (bad shapes, labels out of range, too few samples), or None."""
-    images, labels = np.asarray(images), np.asarray(labels)
-    if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels):
-        return f"bad samples: expected (N,28,28) images and N labels, got {images.shape} and {labels.shape}"
-    if len(labels) and (labels.min() < 0 or labels.max() > 9):
-        return "bad samples: labels must be digits 0-9"
-    if len(labels) < max(config.min_labels, config.min_holdout + 1):
-        return f"too few labelled samples ({len(labels)} < {max(config.min_labels, config.min_holdout + 1)})"
-    return None
-
-
-def gate(*, heldout_before: float, heldout_after: float, mnist_base: float, mnist_candidate: float,
-         heldout_nll_before: float | None = None, heldout_nll_after: float | None = None,
-         tolerance: float = MNIST_TOLERANCE) -> GateDecision:
-    """Pure promotion rule.
-
-    Promote only if the candidate beats the current model on the user's held-out samples
-    (higher accuracy, or equal accuracy and a lower calibrated NLL when both are given) AND its
-    MNIST test accuracy is at least ``mnist_base - tolerance``. Otherwise reject with a reason.
-    """
-    drop_points = 100 * (mnist_base - mnist_candidate)
-    mnist_text = f"MNIST {mnist_candidate:.2%} vs base {mnist_base:.2%}"
-    heldout_text = f"held-out accuracy {heldout_before:.1%} -> {heldout_after:.1%}"
-    if mnist_candidate < mnist_base - tolerance - 1e-12:
-        return GateDecision(False, f"rejected: {mnist_text} drops {drop_points:.2f} points "
-                                   f"(bound {100 * tolerance:.1f}); {heldout_text}")
-    if heldout_after > heldout_before + 1e-12:
-        return GateDecision(True, f"promoted: {heldout_text}; {mnist_text}")
-    nll_better = (heldout_nll_before is not None and heldout_nll_after is not None
-                  and heldout_nll_after < heldout_nll_before - 1e-9)
-    if abs(heldout_after - heldout_before) <= 1e-12 and nll_better:
-        return GateDecision(True, f"promoted: {heldout_text}, held-out NLL {heldout_nll_before:.3f} -> "
-                                  f"{heldout_nll_after:.3f}; {mnist_text}")
-    return GateDecision(False, f"rejected: not better on the held-out samples ({heldout_text}); {mnist_text}")
-
-
-def gate_metrics(metrics: dict[str, Any], tolerance: float = MNIST_TOLERANCE) -> GateDecision:
-    """``gate`` applied to a result's metrics dict (the keys ``finetune_user`` writes)."""
-    return gate(heldout_before=metrics["heldout_before"], heldout_after=metrics["heldout_after"],
-                mnist_base=metrics["mnist_base_accuracy"], mnist_candidate=metrics["mnist_accuracy"],
-                heldout_nll_before=metrics.get("heldout_nll_before"),
-                heldout_nll_after=metrics.get("heldout_nll_after"), tolerance=tolerance)

@@ -1,0 +1,135 @@
+"""Fine-tuning configuration and training material: the hold-out split, augmented user samples,
+the step schedule, and the replay bank of MNIST training digits (shared by the one-user and the
+batched paths, so both see exactly the same data in the same order)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from core.augment import AugmentConfig, augment
+from core.calibrate import fingerprint, head_logits, trunk_features
+from core.data import load_mnist
+from core.model import Checkpoint, normalize
+
+# Light augmentation for user samples: the user's style is the signal, so keep it.
+LIGHT_AUGMENT = AugmentConfig(rotate_deg=6.0, shift=0.06, scale=(0.93, 1.07), shear=0.08,
+                              elastic_alpha=0.3, elastic_p=0.3, thickness_p=0.0)
+REPLAY_POOL = 50_000  # replay draws from MNIST train[:50000]; simulated users from the rest
+REPLAY_SEED = 2024
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    steps: int = 60
+    user_batch: int = 32  # user samples (augmented copies) per step
+    replay_batch: int = 32  # replayed MNIST training samples per step
+    lr: float = 1e-3  # Adam, head only
+    # Adam's eps well above float noise: at step 0 the distillation gradients are ~0 and a tiny eps
+    # would turn their rounding noise into full-size steps
+    adam_eps: float = 1e-5
+    l2_pull: float = 1e-3  # weight of sum((theta - theta_base)^2)
+    distill_temperature: float = 2.0  # replayed samples learn the base's softened outputs
+    augment_copies: int = 4  # augmented copies per user training sample (features precomputed)
+    augment: AugmentConfig | None = LIGHT_AUGMENT
+    holdout_fraction: float = 0.2
+    min_holdout: int = 2
+    min_labels: int = 5  # fewer labelled samples than this: nothing is trained
+    eval_every: int = 10  # early stopping: held-out loss checked every this many steps
+    replay_size: int = 2048  # MNIST training samples in the replay bank
+    mnist_subset: int = 2000  # MNIST test samples used by the gate (0 = all 10,000)
+    seed: int = 0
+
+
+def split_holdout(labels: np.ndarray, config: FinetuneConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, held-out indices): stratified by digit, deterministic for config.seed.
+
+    Each sample's key is (its rank among its digit's samples in a seeded shuffle + 0.5) / that
+    digit's count; the lowest keys are held out, so every digit contributes in proportion.
+    """
+    n = len(labels)
+    n_hold = min(max(config.min_holdout, round(config.holdout_fraction * n)), n - 1)
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(n)
+    key = np.empty(n)
+    for digit in np.unique(labels):
+        members = order[labels[order] == digit]
+        key[members] = (np.arange(len(members)) + 0.5) / len(members)
+    ranked = sorted(range(n), key=lambda i: (key[i], int(np.where(order == i)[0][0])))
+    held = np.sort(np.array(ranked[:n_hold], dtype=np.int64))
+    train = np.setdiff1d(np.arange(n), held)
+    return train, held
+
+
+@dataclass
+class PreparedUser:
+    """A user's samples turned into training material (shared by the one-user and batched paths)."""
+
+    train_images: torch.Tensor  # normalised (M,1,28,28): originals then augmented copies
+    train_labels: torch.Tensor  # (M,)
+    holdout_images: torch.Tensor  # normalised (H,1,28,28)
+    holdout_labels: torch.Tensor  # (H,)
+    user_schedule: torch.Tensor  # (steps, user_batch) indices into train_images
+    replay_schedule: torch.Tensor  # (steps, replay_batch) indices into the replay bank
+    n_labels: int
+
+
+def prepare_user(images: np.ndarray, labels: np.ndarray, config: FinetuneConfig) -> PreparedUser:
+    generator = torch.Generator().manual_seed(config.seed)
+    train_idx, held_idx = split_holdout(labels, config)
+    x = torch.as_tensor(np.ascontiguousarray(images), dtype=torch.uint8).float().unsqueeze(1) / 255.0
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    train_x, train_y = x[train_idx], y[train_idx]
+    copies = [train_x]
+    if config.augment is not None:
+        copies += [augment(train_x, config.augment, generator) for _ in range(config.augment_copies)]
+    all_x = torch.cat(copies)
+    all_y = train_y.repeat(len(copies))
+    user_schedule = torch.randint(len(all_x), (config.steps, config.user_batch), generator=generator)
+    replay_schedule = torch.randint(config.replay_size, (config.steps, config.replay_batch),
+                                    generator=generator)
+    return PreparedUser(normalize(all_x), all_y, normalize(x[held_idx]), y[held_idx],
+                        user_schedule, replay_schedule, len(labels))
+
+
+class ReplayBank:
+    """Fixed MNIST training samples (from the first 50,000; simulated users use the rest) with
+    their frozen-trunk features, shared by every user of the same base model."""
+
+    def __init__(self, base: Checkpoint, size: int, device: torch.device, data_dir: str | None = None,
+                 samples: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """``samples`` (uint8 images (size,28,28), labels) replaces the MNIST draw (tests)."""
+        if samples is None:
+            images, labels = load_mnist(train=True, directory=data_dir)
+            index = torch.randperm(REPLAY_POOL, generator=torch.Generator().manual_seed(REPLAY_SEED))[:size]
+            samples = (images[index], labels[index])
+        if len(samples[1]) != size:
+            raise ValueError(f"replay bank needs {size} samples, got {len(samples[1])}")
+        model = base.build().to(device)
+        self.labels = samples[1].to(device)
+        self.features = trunk_features(model, samples[0], device)
+        self.base_logits = head_logits(model, self.features)  # distillation targets
+
+
+_BANKS: dict[tuple[object, ...], ReplayBank] = {}
+
+
+def cached_replay(base: Checkpoint, size: int, device: torch.device) -> ReplayBank:
+    key = (fingerprint(base), size, str(device))
+    if key not in _BANKS:
+        _BANKS[key] = ReplayBank(base, size, device)
+    return _BANKS[key]
+
+
+def check_samples(images: np.ndarray, labels: np.ndarray, config: FinetuneConfig) -> str | None:
+    """A reason not to train (bad shapes, labels out of range, too few samples), or None."""
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels):
+        return f"bad samples: expected (N,28,28) images and N labels, got {images.shape} and {labels.shape}"
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        return "bad samples: labels must be digits 0-9"
+    if len(labels) < max(config.min_labels, config.min_holdout + 1):
+        return f"too few labelled samples ({len(labels)} < {max(config.min_labels, config.min_holdout + 1)})"
+    return None

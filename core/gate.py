@@ -1,0 +1,47 @@
+"""The promotion gate: a pure function of a candidate's metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+MNIST_TOLERANCE = 0.003  # the gate's bound on the MNIST test accuracy drop (0.3 points)
+
+
+@dataclass
+class GateDecision:
+    promote: bool
+    reason: str  # human-readable, e.g. "held-out accuracy 0.70 -> 0.90; MNIST -0.05 points"
+
+
+def gate(*, heldout_before: float, heldout_after: float, mnist_base: float, mnist_candidate: float,
+         heldout_nll_before: float | None = None, heldout_nll_after: float | None = None,
+         tolerance: float = MNIST_TOLERANCE) -> GateDecision:
+    """Pure promotion rule.
+
+    Promote only if the candidate beats the current model on the user's held-out samples
+    (higher accuracy, or equal accuracy and a lower calibrated NLL when both are given) AND its
+    MNIST test accuracy is at least ``mnist_base - tolerance``. Otherwise reject with a reason.
+    """
+    drop_points = 100 * (mnist_base - mnist_candidate)
+    mnist_text = f"MNIST {mnist_candidate:.2%} vs base {mnist_base:.2%}"
+    heldout_text = f"held-out accuracy {heldout_before:.1%} -> {heldout_after:.1%}"
+    if mnist_candidate < mnist_base - tolerance - 1e-12:
+        return GateDecision(False, f"rejected: {mnist_text} drops {drop_points:.2f} points "
+                                   f"(bound {100 * tolerance:.1f}); {heldout_text}")
+    if heldout_after > heldout_before + 1e-12:
+        return GateDecision(True, f"promoted: {heldout_text}; {mnist_text}")
+    nll_better = (heldout_nll_before is not None and heldout_nll_after is not None
+                  and heldout_nll_after < heldout_nll_before - 1e-9)
+    if abs(heldout_after - heldout_before) <= 1e-12 and nll_better:
+        return GateDecision(True, f"promoted: {heldout_text}, held-out NLL {heldout_nll_before:.3f} -> "
+                                  f"{heldout_nll_after:.3f}; {mnist_text}")
+    return GateDecision(False, f"rejected: not better on the held-out samples ({heldout_text}); {mnist_text}")
+
+
+def gate_metrics(metrics: dict[str, Any], tolerance: float = MNIST_TOLERANCE) -> GateDecision:
+    """``gate`` applied to a result's metrics dict (the keys ``finetune_user`` writes)."""
+    return gate(heldout_before=metrics["heldout_before"], heldout_after=metrics["heldout_after"],
+                mnist_base=metrics["mnist_base_accuracy"], mnist_candidate=metrics["mnist_accuracy"],
+                heldout_nll_before=metrics.get("heldout_nll_before"),
+                heldout_nll_after=metrics.get("heldout_nll_after"), tolerance=tolerance)
