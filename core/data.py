@@ -19,7 +19,8 @@ MNIST_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"
+# The development data sits beside the checkout (../shared/data); DIGITS_DATA_DIR moves it.
+DEFAULT_DATA_DIR = Path(os.environ.get("DIGITS_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))
 
 
 def default_mnist_dir() -> Path:
