@@ -1,0 +1,214 @@
+"""Grouping ink components into the digits of one row.
+
+Components are merged when they are pieces of one digit (stacked, or overlapping horizontally),
+specks, solid blobs, desk edges and pale solid shadow tips are dropped, touching neighbours are cut
+at their thinnest column, and the row is followed from its largest digits.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+MAX_COMPONENTS = 300
+MIN_DIGIT_HEIGHT = 7
+
+
+@dataclass
+class Group:
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    labels: list[int]
+    area: int
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+    @property
+    def cy(self) -> float:
+        return (self.y0 + self.y1) / 2
+
+    def absorb(self, other: Group) -> None:
+        self.x0, self.y0 = min(self.x0, other.x0), min(self.y0, other.y0)
+        self.x1, self.y1 = max(self.x1, other.x1), max(self.y1, other.y1)
+        self.labels += other.labels
+        self.area += other.area
+
+
+def belongs_together(a: Group, b: Group, max_height: float) -> bool:
+    overlap = min(a.x1, b.x1) - max(a.x0, b.x0)
+    vertical_gap = max(a.y0, b.y0) - min(a.y1, b.y1)
+    merged_height = max(a.y1, b.y1) - min(a.y0, b.y0)
+    if merged_height > max_height:
+        return False
+    taller = max(a.height, b.height)
+    # Pieces stacked one above the other (a broken slanted stroke) may barely overlap.
+    stacked = -0.1 * min(a.height, b.height) <= vertical_gap < 0.5 * taller and overlap > -0.1 * taller
+    return stacked or (overlap > 0.45 * min(a.width, b.width) and vertical_gap < 0.6 * taller)
+
+
+def merge_pieces(groups: list[Group]) -> list[Group]:
+    """Merge pieces of one digit; a merge may not make a group much taller than a typical one."""
+    if not groups:
+        return groups
+    largest = max(g.area for g in groups)
+    typical = float(np.median([g.height for g in groups if g.area >= 0.05 * largest]))
+    max_height = 2.2 * typical
+    merged = True
+    while merged:
+        merged = False
+        groups.sort(key=lambda g: g.x0)
+        for i in range(len(groups)):
+            for j in range(i + 1, len(groups)):
+                if groups[j].x0 >= groups[i].x1 + 0.1 * max_height:
+                    break
+                if belongs_together(groups[i], groups[j], max_height):
+                    groups[i].absorb(groups.pop(j))
+                    merged = True
+                    break
+            if merged:
+                break
+    return groups
+
+
+def follow_row(groups: list[Group], anchor: Group) -> list[Group]:
+    """The row through `anchor`: similar heights, each group near its neighbour's line."""
+    ref_h = anchor.height
+    candidates = sorted((g for g in groups if g.height >= 0.55 * ref_h and g.area >= 0.04 * anchor.area
+                         and g.height <= 1.8 * ref_h), key=lambda g: g.x0)
+    start = candidates.index(anchor)
+    row = [anchor]
+    for direction in (1, -1):
+        last, k = anchor, start + direction
+        while 0 <= k < len(candidates):
+            if abs(candidates[k].cy - last.cy) < 0.6 * ref_h:
+                last = candidates[k]
+                row.append(last)
+            k += direction
+    return sorted(row, key=lambda g: g.x0)
+
+
+def best_row(groups: list[Group]) -> list[Group]:
+    """Try the row through each of the largest groups; the row of most sizeable digits wins."""
+    anchors = sorted(groups, key=lambda g: g.area, reverse=True)[:4]
+
+    def score(row: list[Group], anchor: Group) -> tuple[int, int]:
+        sizeable = sum(g.height >= 0.5 * anchor.height and g.area >= 0.15 * anchor.area for g in row)
+        return sizeable, sum(g.area for g in row)
+
+    return max((follow_row(groups, a) for a in anchors), key=lambda r: score(r, max(r, key=lambda g: g.area)))
+
+
+def stroke_width(own: np.ndarray) -> float:
+    """Pen width of a binary shape: 2 * area / boundary length (exact for long thin strokes)."""
+    eroded = cv2.erode(own, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    area = int(cv2.countNonZero(own))
+    return 2 * area / max(area - int(cv2.countNonZero(eroded)), 1)
+
+
+def own_mask(labels: np.ndarray, group: Group) -> np.ndarray:
+    """uint8 0/1 mask of the group's pixels inside its box."""
+    window = labels[group.y0: group.y1, group.x0: group.x1]
+    return (np.isin(window, group.labels) if len(group.labels) > 1 else window == group.labels[0]).astype(np.uint8)
+
+
+def is_blob(group: Group, labels: np.ndarray) -> bool:
+    """Solid dark areas (shadow tips, the desk, a thumb) are far thicker than any pen stroke."""
+    if max(group.width, group.height) < 12:
+        return False
+    return stroke_width(own_mask(labels, group)) > 0.38 * max(group.width, group.height)
+
+
+def split_touching(groups: list[Group], labels: np.ndarray) -> list[Group]:
+    """Cut groups much wider than the row's digits (neighbours that touch) at their thinnest columns."""
+    if not groups:
+        return groups
+    heights = [g.height for g in groups if g.width <= 1.2 * g.height]
+    typical = float(np.median(heights)) if heights else float(np.median([g.height for g in groups]))
+    result = []
+    for group in groups:
+        if group.width <= 1.45 * max(group.height, typical) or group.height < 0.6 * typical:
+            result.append(group)
+            continue
+        parts = max(2, round(group.width / (0.85 * max(group.height, typical))))
+        profile = own_mask(labels, group).sum(axis=0).astype(np.float32)
+        cuts = [0]
+        for k in range(1, parts):
+            centre = round(group.width * k / parts)
+            reach = group.width // (2 * parts)
+            lo, hi = max(cuts[-1] + 2, centre - reach), min(group.width - 2, centre + reach)
+            cuts.append(lo + int(np.argmin(profile[lo:hi])) if hi > lo else centre)
+        cuts.append(group.width)
+        for left, right in itertools.pairwise(cuts):
+            piece = Group(group.x0 + left, group.y0, group.x0 + right, group.y1, group.labels,
+                           int(profile[left:right].sum()))
+            rows = np.flatnonzero(own_mask(labels, piece).any(axis=1))
+            if len(rows):
+                piece.y0, piece.y1 = group.y0 + int(rows[0]), group.y0 + int(rows[-1]) + 1
+                result.append(piece)
+    return result
+
+
+def digit_like(group: Group, labels: np.ndarray, ink: np.ndarray) -> bool:
+    """Not a speck, a blob, a streak of desk noise or a leftover piece of a faint paper line."""
+    if group.height < MIN_DIGIT_HEIGHT or group.width > 2.5 * group.height:
+        return False
+    own = own_mask(labels, group)
+    stroke = stroke_width(own)
+    if stroke > 0.38 * max(group.width, group.height):
+        return False  # solid: a shadow tip, the desk, a thumb
+    if max(group.width, group.height) > 25 * stroke:  # long and hair-thin: ink or a printed line?
+        window = ink[group.y0: group.y1, group.x0: group.x1]
+        return float(window[own > 0].mean()) > 0.6 * float(ink.max())
+    return True
+
+
+def drop_shadow_tips(groups: list[Group], labels: np.ndarray, ink: np.ndarray) -> list[Group]:
+    """Drop solid, convex, pale pieces: the narrow end of a shadow that the paper estimate missed.
+
+    Pen ink is darker than a shadow, and digits are neither convex nor solid (a bold "1" is
+    solid and convex, but as dark as the rest of the writing).
+    """
+    if len(groups) < 2:
+        return groups
+    levels = []
+    for group in groups:
+        own = own_mask(labels, group)
+        levels.append(float(np.percentile(ink[group.y0: group.y1, group.x0: group.x1][own > 0], 90)))
+    darkest = max(levels)
+    kept = []
+    for group, level in zip(groups, levels, strict=True):
+        if level < 0.65 * darkest:
+            own = own_mask(labels, group)
+            hull = cv2.convexHull(cv2.findNonZero(own))
+            solidity = float(own.sum()) / max(cv2.contourArea(hull), 1.0)
+            if solidity > 0.8 and stroke_width(own) > 0.2 * max(group.width, group.height):
+                continue
+        kept.append(group)
+    return kept
+
+
+def components(mask: np.ndarray) -> tuple[np.ndarray, list[Group]]:
+    height, width = mask.shape
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    keep = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= 4) + 1  # specks of noise go first, in bulk
+    if len(keep) > MAX_COMPONENTS:  # a very noisy photo: the largest pieces are enough
+        keep = keep[np.argsort(stats[keep, cv2.CC_STAT_AREA])[-MAX_COMPONENTS:]]
+    groups = []
+    for i in keep:
+        x, y, w, h, area = (int(v) for v in stats[i])
+        touches = x == 0 or y == 0 or x + w == width or y + h == height
+        if touches and (w > 0.4 * width or h > 0.4 * height):
+            continue  # paper edges, the desk, shadow borders
+        groups.append(Group(x, y, x + w, y + h, [int(i)], area))
+    return labels, groups
