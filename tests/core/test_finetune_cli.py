@@ -1,0 +1,53 @@
+"""`digitbot finetune --data DIR --out PATH` end to end (real base weights, MNIST probe)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from core.model import DEFAULT_WEIGHTS
+from core.personal_data import DEV_STYLES, styled_user
+from core.recognize import PersonalModel
+from digitbot.cli import main
+
+
+@pytest.mark.slow
+def test_finetune_command_writes_a_personal_model_and_reports_before_after(
+        tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if not DEFAULT_WEIGHTS.exists():
+        pytest.skip("weights/base.pt not trained yet")
+    user = styled_user("dev-back-flag1", DEV_STYLES["dev-back-flag1"], n=60)
+    data = tmp_path / "labelled"
+    for index, (image, label) in enumerate(zip(user.images, user.labels, strict=True)):
+        (data / str(label)).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(data / str(label) / f"{index}.png"), image)
+    (data / "3" / "junk.png").write_bytes(b"\x89PNG broken")
+    out = tmp_path / "me.pt"
+
+    assert main(["finetune", "--data", str(data), "--out", str(out), "--base", str(DEFAULT_WEIGHTS)]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped" in printed and "junk.png" in printed
+    assert "accuracy before" in printed and "after" in printed and "gate:" in printed
+    personal = PersonalModel.from_bytes(out.read_bytes())
+    assert personal.checkpoint.meta["kind"] == "personal"
+    assert not any(k.startswith(("conv1.", "conv2.")) for k in personal.checkpoint.state_dict)
+
+
+def test_finetune_command_with_too_few_images_writes_nothing(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    if not DEFAULT_WEIGHTS.exists():
+        pytest.skip("weights/base.pt not trained yet")
+    (tmp_path / "data" / "4").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "data" / "4" / "a.png"), _bar_digit())
+    out = tmp_path / "me.pt"
+    assert main(["finetune", "--data", str(tmp_path / "data"), "--out", str(out)]) == 1
+    assert "too few" in capsys.readouterr().out and not out.exists()
+
+
+def _bar_digit() -> np.ndarray:
+    image = np.zeros((28, 28), np.uint8)
+    image[4:24, 12:16] = 255
+    return image
