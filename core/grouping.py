@@ -17,6 +17,15 @@ MAX_COMPONENTS = 300
 MIN_DIGIT_HEIGHT = 7
 
 
+def quantile(values: np.ndarray, q: float) -> float:
+    """The q-quantile (nearest rank) by partial sort: several times faster than np.percentile."""
+    flat = values.ravel()
+    if flat.size == 0:
+        return 0.0
+    k = round(q * (flat.size - 1))
+    return float(np.partition(flat, k)[k])
+
+
 @dataclass
 class Group:
     x0: int
@@ -184,7 +193,7 @@ def drop_shadow_tips(groups: list[Group], labels: np.ndarray, ink: np.ndarray) -
     levels = []
     for group in groups:
         own = own_mask(labels, group)
-        levels.append(float(np.percentile(ink[group.y0: group.y1, group.x0: group.x1][own > 0], 90)))
+        levels.append(quantile(ink[group.y0: group.y1, group.x0: group.x1][own > 0], 0.9))
     darkest = max(levels)
     kept = []
     for group, level in zip(groups, levels, strict=True):

@@ -71,10 +71,14 @@ def _read_header(data: bytes) -> _Header | str:
             return "too_large"
         except Exception:
             return "not_an_image"
-        try:
-            orientation = int(image.getexif().get(0x0112, 1))
-        except Exception:
-            orientation = 1
+        orientation = 1
+        # Pillow decodes a whole PNG to look for EXIF stored after the pixels; only EXIF found
+        # while reading the header counts for PNG.
+        if image.format != "PNG" or "exif" in image.info:
+            try:
+                orientation = int(image.getexif().get(0x0112, 1))
+            except Exception:
+                orientation = 1
     if width < 1 or height < 1:
         return "not_an_image"
     if width * height > MAX_PIXELS:
@@ -159,7 +163,7 @@ def mnist_crop(ink: np.ndarray, region: DigitRegion) -> np.ndarray:
     soft = ink[y: y + h, x: x + w].astype(np.float32) * region.mask
     values = soft[region.mask > 0]
     peak = float(np.partition(values, int(0.9 * (len(values) - 1)))[int(0.9 * (len(values) - 1))]) if len(values) else 0
-    soft = np.clip(soft / max(peak, 1.0), 0, 1)
+    soft = np.minimum(soft * (1 / max(peak, 1.0)), 1)
     # Bring the stroke width to MNIST's: a fine pen on a large digit would otherwise shrink to a
     # faint hairline at 20 px, and a marker would fill the box.
     wanted = _MNIST_STROKE * max(w, h) / 20
@@ -173,14 +177,14 @@ def mnist_crop(ink: np.ndarray, region: DigitRegion) -> np.ndarray:
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     small = cv2.resize(soft, size, interpolation=interpolation)
-    small = np.clip(small * 255 / max(float(small.max()), 1e-3), 0, 255)
+    small = np.maximum(small, 0) * (255 / max(float(small.max()), 1e-3))
     total = float(small.sum())
     if total <= 0:
         return np.zeros((28, 28), np.uint8)
     ys, xs = np.mgrid[0: size[1], 0: size[0]]
     cy, cx = float((small * ys).sum()) / total, float((small * xs).sum()) / total
-    top = int(np.clip(round(14 - cy), 0, 28 - size[1]))
-    left = int(np.clip(round(14 - cx), 0, 28 - size[0]))
+    top = min(max(round(14 - cy), 0), 28 - size[1])
+    left = min(max(round(14 - cx), 0), 28 - size[0])
     canvas = np.zeros((28, 28), np.uint8)
     canvas[top: top + size[1], left: left + size[0]] = np.round(small).astype(np.uint8)
     return canvas

@@ -30,6 +30,7 @@ from core.grouping import (
     is_blob,
     merge_pieces,
     own_mask,
+    quantile,
     split_touching,
     stroke_width,
 )
@@ -72,9 +73,9 @@ def polarity_inverted(gray: np.ndarray) -> bool:
         small = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
                            interpolation=cv2.INTER_AREA)
     median = cv2.medianBlur(small, _odd(max(small.shape) * 0.25, 5))
-    diff = small.astype(np.int16) - median.astype(np.int16)
-    darker = int(np.clip(-diff - 12, 0, None).sum())
-    lighter = int(np.clip(diff - 12, 0, None).sum())
+    noise = np.full(small.shape, 12, np.uint8)
+    darker = int(cv2.subtract(cv2.subtract(median, small), noise).sum())
+    lighter = int(cv2.subtract(cv2.subtract(small, median), noise).sum())
     return lighter > darker
 
 
@@ -94,7 +95,7 @@ def ink_map(gray: np.ndarray, kernel: int) -> np.ndarray:
     background = cv2.blur(cv2.morphologyEx(small, cv2.MORPH_CLOSE, kernel_small), (3, 3))
     # Ink is the light missing relative to the local paper; the denominator has a floor so that
     # sensor noise on a very dark desk or in a deep shadow is not blown up into "ink".
-    floor = max(1, int(0.35 * float(np.percentile(background, 90))))
+    floor = max(1, int(0.35 * quantile(background, 0.9)))
     if background.shape != gray.shape:
         background = cv2.resize(background, (width, height), interpolation=cv2.INTER_LINEAR)
     missing = cv2.subtract(background, cv2.GaussianBlur(gray, (3, 3), 0))
@@ -111,7 +112,7 @@ def ink_mask(ink: np.ndarray) -> np.ndarray:
     peak = int(cv2.GaussianBlur(ink, (3, 3), 0).max())
     if peak < MIN_INK_CONTRAST * 255:
         return np.zeros(ink.shape, np.uint8)
-    noise = float(np.percentile(ink[::3, ::3], 40))  # most of a photo is paper
+    noise = quantile(ink[::3, ::3], 0.4)  # most of a photo is paper
     strong = (ink > max(40.0, 0.38 * peak, 10 * noise)).astype(np.uint8) * 255
     weak = (ink > max(22.0, 0.22 * peak, 6 * noise)).astype(np.uint8) * 255
     return cv2.bitwise_and(weak, cv2.dilate(strong, np.ones((5, 5), np.uint8)))
