@@ -150,7 +150,8 @@ def test_gate_promotes_only_a_better_candidate_within_the_mnist_bound() -> None:
     assert not forgetting.promote and "MNIST" in forgetting.reason and "0.40 points" in forgetting.reason
     tie = dict(heldout_before=0.8, heldout_after=0.8, mnist_base=0.99, mnist_candidate=0.99)
     assert not gate(**tie).promote
-    assert gate(**tie, heldout_nll_before=0.5, heldout_nll_after=0.3).promote
+    # a lower NLL alone does not break a tie: the candidate must be more accurate
+    assert not gate(**tie, heldout_nll_before=0.5, heldout_nll_after=0.3).promote
     assert not gate(**tie, heldout_nll_before=0.3, heldout_nll_after=0.5).promote
     edge = gate(heldout_before=0.5, heldout_after=0.6, mnist_base=0.990, mnist_candidate=0.987)
     assert edge.promote  # exactly 0.3 points down is still within the bound
