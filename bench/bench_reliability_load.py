@@ -26,6 +26,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,7 +64,7 @@ class Users:
     def __init__(self, server: EmulatorServer) -> None:
         self.state = server.state
         self._waiters: dict[tuple[int, int], asyncio.Future[dict[str, Any]]] = {}
-        self._next: dict[int, list[tuple[int, asyncio.Future[dict[str, Any]]]]] = {}
+        self._next: dict[int, list[tuple[int, str, asyncio.Future[dict[str, Any]]]]] = {}
         self.late_answers = 0
         original = self.state.add_message
         bot_id = self.state.bot_user["id"]
@@ -77,10 +78,14 @@ class Users:
                     waiter.set_result(message)
                 elif waiter is not None:  # the user gave up waiting and sent the photo again
                     self.late_answers += 1
-            if sender["id"] == bot_id:  # any bot message after a text correction acknowledges it
-                for after, future in self._next.pop(chat.id, []):
-                    if not future.done() and message["message_id"] > after:
-                        future.set_result(message)
+            if sender["id"] == bot_id:  # "Recorded: 4271" after a text correction acknowledges it
+                pending = self._next.get(chat.id, [])
+                for entry in list(pending):
+                    after, text, future = entry
+                    if message["message_id"] > after and text in message.get("text", ""):
+                        pending.remove(entry)
+                        if not future.done():
+                            future.set_result(message)
             return message
         self.state.add_message = add_message  # type: ignore[method-assign]
 
@@ -92,10 +97,10 @@ class Users:
         return int(message["message_id"]), waiter
 
     def send_text(self, user: int, text: str, reply_to: int) -> asyncio.Future[dict[str, Any]]:
-        """A text reply; the future is the bot's next message in the chat (its answer need not quote)."""
+        """A text reply; the future is the bot's next message that repeats the digits (it need not quote)."""
         message = self.state.user_message(user, user, {"text": text}, reply_to=reply_to)
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._next.setdefault(user, []).append((int(message["message_id"]), waiter))
+        self._next.setdefault(user, []).append((int(message["message_id"]), text, waiter))
         return waiter
 
     async def answer(self, user: int, message_id: int, data: str, timeout: float) -> bool:
@@ -270,8 +275,8 @@ async def scenario(name: str, args: Any, photos: list[Any], with_faults: bool, w
                "DIGITBOT_FINETUNE_INTERVAL_S": str(args.finetune_interval_s),
                "DIGITBOT_FINETUNE_MIN_LABELS": str(args.finetune_min_labels),
                "DIGITBOT_FINETUNE_LEASE_S": str(args.lease_s), "PYTHONUNBUFFERED": "1"}
-        bot = Process("bot", ["run", "--no-worker"], env, workdir)
-        worker = Process("worker", ["worker"], {**env, "OMP_NUM_THREADS": "1"}, workdir)
+        bot = Process(f"{name}-bot", ["run", "--no-worker"], env, workdir)
+        worker = Process(f"{name}-worker", ["worker"], {**env, "OMP_NUM_THREADS": "1"}, workdir)
         users = Users(server)
         bot.start()
         worker.start()
@@ -334,6 +339,7 @@ def main() -> None:
                         default=default_weights if default_weights.exists() else ROOT / "runs" / "dev_base.pt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep-logs", type=Path, help="copy the bot's and the worker's logs here")
     args = parser.parse_args()
 
     from bench.photos import photo_set
@@ -344,8 +350,14 @@ def main() -> None:
               photo_set(images.numpy(), labels.numpy(), args.pool, (1, 3), args.seed)]
     reports = []
     with tempfile.TemporaryDirectory(prefix="bench-reliability-") as tmp:
-        for name in args.scenarios.split(","):
-            reports.append(asyncio.run(scenario(name, args, photos, name == "faults", Path(tmp))))
+        try:
+            for name in args.scenarios.split(","):
+                reports.append(asyncio.run(scenario(name, args, photos, name == "faults", Path(tmp))))
+        finally:
+            if args.keep_logs is not None:  # the bot's and the worker's logs, for a post-mortem
+                args.keep_logs.mkdir(parents=True, exist_ok=True)
+                for log in Path(tmp).glob("*.log"):
+                    shutil.copy(log, args.keep_logs / log.name)
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "machine": f"{os.cpu_count()} CPUs, load average {os.getloadavg()}", "weights": str(args.weights),
               "command": " ".join([".venv/bin/python -m bench.bench_reliability_load", *sys.argv[1:]]),
