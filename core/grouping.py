@@ -15,6 +15,8 @@ import numpy as np
 
 MAX_COMPONENTS = 300
 MIN_DIGIT_HEIGHT = 7
+SHADOW_SHARE = 0.1
+DARK_SHADOW_SHARE = 0.2
 
 
 def quantile(values: np.ndarray, q: float) -> float:
@@ -182,8 +184,56 @@ def digit_like(group: Group, labels: np.ndarray, ink: np.ndarray) -> bool:
     return True
 
 
-def drop_shadow_tips(groups: list[Group], labels: np.ndarray, ink: np.ndarray) -> list[Group]:
-    """Drop solid, convex, pale pieces: the narrow end of a shadow that the paper estimate missed.
+def continues_into_shadow(group: Group, labels: np.ndarray, gray: np.ndarray, smooth: np.ndarray,
+                          paper: float) -> float:
+    """Share of the unmasked surroundings of a piece that are about as dark as the piece itself.
+
+    A pen stroke is surrounded by paper, or by a shadow that is much lighter than ink in that
+    shadow. The narrow end of a shadow is the only part of the shadow that the paper estimate
+    missed: just beyond it the shadow goes on, as dark as the piece, but not taken for ink.
+    """
+    own = own_mask(labels, group)
+    reach = max(3, round(1.5 * stroke_width(own)))
+    margin = 2 * reach
+    height, width = gray.shape
+    x0, y0 = max(0, group.x0 - margin), max(0, group.y0 - margin)
+    x1, y1 = min(width, group.x1 + margin), min(height, group.y1 + margin)
+    # Beyond the frame the picture is taken to go on as it is at the edge: a shadow cut by the
+    # frame goes on, whereas paper around a stroke stays paper.
+    top, left = y0 - (group.y0 - margin), x0 - (group.x0 - margin)
+    bottom, right = group.y1 + margin - y1, group.x1 + margin - x1
+    pads = (top, bottom, left, right)
+    # `smooth` is `gray` with sensor noise removed (a median), which would otherwise pass for
+    # darkness around faint ink.
+    raw = cv2.copyMakeBorder(gray[y0:y1, x0:x1], *pads, cv2.BORDER_REPLICATE)
+    window = cv2.copyMakeBorder(smooth[y0:y1, x0:x1], *pads, cv2.BORDER_REPLICATE)
+    inked = cv2.copyMakeBorder((labels[y0:y1, x0:x1] > 0).astype(np.uint8), *pads, cv2.BORDER_CONSTANT, value=0)
+    mine = np.zeros_like(inked)
+    mine[margin: margin + group.height, margin: margin + group.width] = own
+    level = quantile(raw[mine > 0], 0.3)  # thin strokes would not survive the median
+    paper = quantile(window[inked == 0], 0.9) if (inked == 0).any() else paper
+    dark = (window < level + 0.15 * max(paper - level, 0.0)).astype(np.uint8)
+    rim = np.concatenate([dark[0], dark[-1], dark[:, 0], dark[:, -1]])
+    if rim.mean() < 0.5 * min(SHADOW_SHARE, DARK_SHADOW_SHARE):
+        return 0.0  # the darkness does not reach out of the piece's neighbourhood: not a shadow
+    dark[cv2.dilate(inked - mine, np.ones((3, 3), np.uint8)) > 0] = 0
+    dark[mine > 0] = 1
+    # Only darkness joined to the piece counts (a shadow near a stroke, across paper, does not),
+    # and only from one reach away, past the halo that blur leaves around strokes.
+    _, joined_labels = cv2.connectedComponents(dark, connectivity=8)
+    joined = np.isin(joined_labels, np.unique(joined_labels[mine > 0]))
+    from_mine = cv2.distanceTransform(1 - mine, cv2.DIST_L2, 3)
+    from_ink = cv2.distanceTransform(1 - inked, cv2.DIST_L2, 3)
+    near = (from_mine <= 2 * reach) & (from_ink > reach)
+    if not near.any():
+        return 0.0
+    return float(joined[near].mean())
+
+
+def drop_shadow_tips(groups: list[Group], labels: np.ndarray, ink: np.ndarray,
+                     gray: np.ndarray | None = None) -> list[Group]:
+    """Drop pale pieces that are solid and convex or go on into a shadow: the narrow end of a
+    shadow that the paper estimate missed.
 
     Pen ink is darker than a shadow, and digits are neither convex nor solid (a bold "1" is
     solid and convex, but as dark as the rest of the writing).
@@ -195,14 +245,21 @@ def drop_shadow_tips(groups: list[Group], labels: np.ndarray, ink: np.ndarray) -
         own = own_mask(labels, group)
         levels.append(quantile(ink[group.y0: group.y1, group.x0: group.x1][own > 0], 0.9))
     darkest = max(levels)
+    paper = quantile(gray[::4, ::4], 0.95) if gray is not None else 255.0
+    smooth = cv2.medianBlur(gray, 5) if gray is not None else None
     kept = []
     for group, level in zip(groups, levels, strict=True):
-        if level < 0.65 * darkest:
-            own = own_mask(labels, group)
-            hull = cv2.convexHull(cv2.findNonZero(own))
-            solidity = float(own.sum()) / max(cv2.contourArea(hull), 1.0)
-            if solidity > 0.8 and stroke_width(own) > 0.2 * max(group.width, group.height):
-                continue
+        pale = level < 0.65 * darkest
+        own = own_mask(labels, group)
+        hull = cv2.convexHull(cv2.findNonZero(own))
+        solidity = float(own.sum()) / max(cv2.contourArea(hull), 1.0)
+        if pale and solidity > 0.8 and stroke_width(own) > 0.2 * max(group.width, group.height):
+            continue
+        # The end of a shadow is a wedge; only fairly convex pieces can be one (and the test
+        # costs a few windows' worth of filtering).
+        if gray is not None and smooth is not None and solidity > 0.5 and continues_into_shadow(
+                group, labels, gray, smooth, paper) > (SHADOW_SHARE if pale else DARK_SHADOW_SHARE):
+            continue
         kept.append(group)
     return kept
 

@@ -102,6 +102,22 @@ def ink_map(gray: np.ndarray, kernel: int) -> np.ndarray:
     return cv2.divide(missing, np.maximum(background, floor).astype(np.uint8), scale=255)
 
 
+def _frame_edges(strong: np.ndarray) -> np.ndarray | None:
+    """Pixels of long strong components that touch the frame (desk, paper edge), or None."""
+    height, width = strong.shape
+    if not (strong[0].any() or strong[-1].any() or strong[:, 0].any() or strong[:, -1].any()):
+        return None
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(strong, connectivity=8)
+    x, y, w, h = (stats[1:, k] for k in range(4))
+    touches = (x == 0) | (y == 0) | (x + w == width) | (y + h == height)
+    long_ones = np.flatnonzero(touches & ((w > 0.4 * width) | (h > 0.4 * height))) + 1
+    if not len(long_ones):
+        return None
+    chosen = np.zeros(count, bool)
+    chosen[long_ones] = True
+    return chosen[labels]
+
+
 def ink_mask(ink: np.ndarray) -> np.ndarray:
     """uint8 0/255 mask of ink strokes, or all zeros when nothing stands out from the paper.
 
@@ -109,11 +125,20 @@ def ink_mask(ink: np.ndarray) -> np.ndarray:
     anti-aliased edges are kept only right next to it, so faint paper lines and shadow borders
     far from any stroke disappear.
     """
-    peak = int(cv2.GaussianBlur(ink, (3, 3), 0).max())
+    smooth = cv2.GaussianBlur(ink, (3, 3), 0)
+    peak = int(smooth.max())
     if peak < MIN_INK_CONTRAST * 255:
         return np.zeros(ink.shape, np.uint8)
     noise = quantile(ink[::3, ::3], 0.4)  # most of a photo is paper
     strong = (ink > max(40.0, 0.38 * peak, 10 * noise)).astype(np.uint8) * 255
+    edges = _frame_edges(strong)
+    if edges is not None:
+        # The darkest "ink" is the desk or a shadow border at the frame: the writing's own
+        # darkness sets the threshold, or faint digits would fall below it.
+        inner = int(np.where(edges, 0, smooth).max())
+        if MIN_INK_CONTRAST * 255 <= inner < peak:
+            peak = inner
+            strong = (ink > max(40.0, 0.38 * peak, 10 * noise)).astype(np.uint8) * 255
     weak = (ink > max(22.0, 0.22 * peak, 6 * noise)).astype(np.uint8) * 255
     return cv2.bitwise_and(weak, cv2.dilate(strong, np.ones((5, 5), np.uint8)))
 
@@ -173,7 +198,7 @@ def _segment(gray: np.ndarray, kernel: int) -> tuple[np.ndarray, np.ndarray, lis
         mask = _remove_lines(mask, labels, [g.labels[0] for g in long_ones], stroke)
         labels, groups = components(mask)
     groups = split_touching(merge_pieces([g for g in groups if not is_blob(g, labels)]), labels)
-    groups = drop_shadow_tips([g for g in groups if digit_like(g, labels, ink)], labels, ink)
+    groups = drop_shadow_tips([g for g in groups if digit_like(g, labels, ink)], labels, ink, gray)
     regions = [_region(labels, g) for g in best_row(groups)] if groups else []
     return ink, mask, regions
 

@@ -141,6 +141,19 @@ def test_blank_paper_is_no_digit(lines: str) -> None:
     assert result.gray is not None
 
 
+@pytest.mark.parametrize("darkness", [0.5, 0.65])
+@pytest.mark.parametrize("wedge", [[[0, 140], [0, 420], [260, 250]], [[80, 479], [260, 479], [230, 240]],
+                                   [[0, 0], [0, 479], [230, 240]]], ids=["left", "bottom", "wide"])
+def test_narrow_end_of_a_hard_shadow_is_not_a_digit(digits, darkness: float, wedge: list[list[int]]) -> None:
+    plain = render([digits[0][3]])
+    shade = np.zeros(plain.shape[:2], np.uint8)
+    cv2.fillPoly(shade, [np.array(wedge, np.int32)], 1)  # a hard-edged shadow, its tip near the digit
+    shaded = np.clip(plain * (1 - darkness * shade)[..., None], 0, 255).astype(np.uint8)
+    result = preprocess(encode(shaded))
+    assert result.status == "ok" and len(result.digits) == 1
+    assert result.digits[0].box == preprocess(encode(plain)).digits[0].box
+
+
 def test_specks_are_ignored(digits) -> None:
     rgb = render([digits[0][3]])
     rng = np.random.default_rng(1)
