@@ -41,7 +41,7 @@ from core.finetune_prep import (
     split_holdout,
 )
 from core.gate import MNIST_TOLERANCE, GateDecision, gate, gate_metrics
-from core.model import FROZEN_PREFIXES, Checkpoint, DigitNet
+from core.model import FROZEN_PREFIXES, Checkpoint, DigitNet, head_state, merge_state
 
 __all__ = [  # the public API (see docs/INTERFACES.md), some of it defined in the helper modules
     "LIGHT_AUGMENT", "MNIST_TOLERANCE", "FinetuneConfig", "FinetuneResult", "GateDecision", "PreparedUser",
@@ -55,19 +55,6 @@ class FinetuneResult:
     checkpoint: Checkpoint  # personal checkpoint: head keys only; meta and metrics filled in
     decision: GateDecision
     metrics: dict[str, float] = field(default_factory=dict)  # same as checkpoint.metrics
-
-
-def head_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The trainable (non-frozen) entries of a full state dict: what a personal checkpoint stores."""
-    return {k: v for k, v in state_dict.items() if not k.startswith(FROZEN_PREFIXES)}
-
-
-def merge_state(base: Checkpoint, personal: Checkpoint | None) -> dict[str, torch.Tensor]:
-    """A full state dict: the base weights with the personal head (if any) laid over them."""
-    state = dict(base.state_dict)
-    if personal is not None:
-        state.update(head_state(personal.state_dict))
-    return state
 
 
 def mixed_loss(logits: torch.Tensor, user_labels: torch.Tensor, replay_base_logits: torch.Tensor,

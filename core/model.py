@@ -141,6 +141,23 @@ class Checkpoint:
         return model.eval()
 
 
+def head_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The trainable (non-frozen) entries of a full state dict: what a personal checkpoint stores."""
+    return {k: v for k, v in state_dict.items() if not k.startswith(FROZEN_PREFIXES)}
+
+
+def merge_state(base: Checkpoint, personal: Checkpoint | None) -> dict[str, torch.Tensor]:
+    """A full state dict: the base weights with the personal head (if any) laid over them.
+
+    Only head entries are taken from ``personal``: the trunk is always the base's, which is what
+    lets recognition run the trunk once for both models.
+    """
+    state = dict(base.state_dict)
+    if personal is not None:
+        state.update(head_state(personal.state_dict))
+    return state
+
+
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "base.pt"
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from core.model import Checkpoint, DigitNet, normalize
+from core.model import Checkpoint, DigitNet, merge_state, normalize
 
 if TYPE_CHECKING:
     from core.preprocess import DigitCrop, Preprocessed
@@ -67,10 +67,8 @@ class PersonalModel:
 
     def model(self, base: Checkpoint, device: torch.device) -> DigitNet:
         if self._model is None:
-            state = dict(base.state_dict)
-            state.update(self.checkpoint.state_dict)  # personal checkpoints hold only the head
             model = DigitNet(base.config)
-            model.load_state_dict(state)
+            model.load_state_dict(merge_state(base, self.checkpoint))
             self._model = model.to(device).eval()
         return self._model
 
