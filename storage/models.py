@@ -46,6 +46,7 @@ NAMING = {
 CANDIDATE, ACTIVE, REJECTED, RETIRED = "candidate", "active", "rejected", "retired"
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 CONFIRMED, CORRECTED = "confirmed", "corrected"
+INBOX_PENDING, INBOX_DONE, INBOX_FAILED = "pending", "done", "failed"
 BASE, PERSONAL = "base", "personal"
 
 
@@ -100,6 +101,33 @@ class ProcessedUpdate(Base):
 
     update_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     processed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class InboxUpdate(Base):
+    """A Telegram update written down before it is acknowledged (the durable inbox).
+
+    ``payload`` is the update as Telegram sent it (a JSON object); it is kept only while the update
+    is pending (and, for an operator to look at, when it was given up), and cleared once handled.
+    ``attempts`` counts the starts that found the update still pending and handled it again.
+    ``owner`` names the process host that took it (each replica replays only its own).
+    ``reading_id`` is the reading the update stored, so a replay can answer a stored photo."""
+
+    __tablename__ = "update_inbox"
+
+    update_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    state: Mapped[str] = mapped_column(String(16), default=INBOX_PENDING)
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    owner: Mapped[str] = mapped_column(String(255))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    reading_id: Mapped[int | None] = mapped_column(BigInteger)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        CheckConstraint("state IN ('pending', 'done', 'failed')", name="state_known"),
+        Index(None, "state", "owner", "update_id"),
+        Index(None, "finished_at"),
+    )
 
 
 class Reading(Base):

@@ -1,0 +1,118 @@
+"""The durable inbox: Telegram updates written down before they are acknowledged, marked done once
+handled, replayed when a process died while handling them, and purged after a while.
+
+An update is a plain JSON object here (no Telegram types). The caller decides who it is
+(``owner``: one name per bot host, so a replica replays only what it took itself)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, null, select, update
+from sqlalchemy.orm import Session
+
+from storage.models import INBOX_DONE, INBOX_FAILED, INBOX_PENDING, InboxUpdate, utcnow
+from storage.repository._common import insert_ignore
+
+NEW = "new"
+
+
+@dataclass(frozen=True)
+class PendingUpdate:
+    update_id: int
+    payload: dict[str, Any]
+    attempts: int  # starts that found it pending, this one included
+
+
+@dataclass(frozen=True)
+class Replay:
+    """What a start-up found in the inbox: updates to handle again, and those given up on."""
+
+    pending: list[PendingUpdate]
+    given_up: list[int]
+
+
+def inbox_receive(session: Session, *, update_id: int, payload: dict[str, Any], owner: str) -> str:
+    """Write an update down (idempotent by ``update_id``). Returns "new" when it was not there yet,
+    else the state it already has: "pending" (being handled, or left by a process that died),
+    "done" or "failed"."""
+    if insert_ignore(session, InboxUpdate.__table__, {  # type: ignore[arg-type]
+            "update_id": update_id, "state": INBOX_PENDING, "payload": payload, "owner": owner,
+            "attempts": 0, "received_at": utcnow()}):
+        return NEW
+    state = session.scalar(select(InboxUpdate.state).where(InboxUpdate.update_id == update_id))
+    return str(state) if state is not None else NEW
+
+
+def inbox_done(session: Session, *, update_ids: Iterable[int]) -> int:
+    """Mark handled updates done and drop their content; returns how many were pending."""
+    ids = list(update_ids)
+    if not ids:
+        return 0
+    result = session.execute(
+        update(InboxUpdate)
+        .where(InboxUpdate.update_id.in_(ids), InboxUpdate.state == INBOX_PENDING)
+        .values(state=INBOX_DONE, payload=null(), finished_at=utcnow())
+    )
+    return int(getattr(result, "rowcount", 0))
+
+
+def inbox_take_pending(session: Session, *, owner: str, max_attempts: int, limit: int = 10_000) -> Replay:
+    """At start-up: this owner's updates still pending (their process died before finishing them),
+    oldest first, each with ``attempts`` counted up. One already handled ``max_attempts`` times
+    without finishing is given up on (state "failed", content kept for an operator until purged)."""
+    rows = session.scalars(
+        select(InboxUpdate)
+        .where(InboxUpdate.state == INBOX_PENDING, InboxUpdate.owner == owner)
+        .order_by(InboxUpdate.update_id)
+        .limit(limit)
+        .with_for_update()
+    ).all()
+    now = utcnow()
+    pending: list[PendingUpdate] = []
+    given_up: list[int] = []
+    for row in rows:
+        if row.attempts >= max_attempts or row.payload is None:
+            row.state, row.finished_at = INBOX_FAILED, now
+            given_up.append(row.update_id)
+            continue
+        row.attempts += 1
+        pending.append(PendingUpdate(row.update_id, dict(row.payload), row.attempts))
+    session.flush()
+    return Replay(pending, given_up)
+
+
+def inbox_link_reading(session: Session, *, update_id: int, reading_id: int) -> None:
+    """Note the reading an update stored (in the same transaction), so that a replay of it after a
+    crash can answer the stored reading instead of staying silent."""
+    session.execute(update(InboxUpdate).where(InboxUpdate.update_id == update_id).values(reading_id=reading_id))
+
+
+def inbox_reading(session: Session, *, update_id: int) -> int | None:
+    """The reading this update stored, if any."""
+    return session.scalar(select(InboxUpdate.reading_id).where(InboxUpdate.update_id == update_id))
+
+
+def inbox_states(session: Session, *, update_ids: Sequence[int]) -> dict[int, str]:
+    """The state of each of these updates that the inbox holds (for tests and operators)."""
+    rows = session.execute(
+        select(InboxUpdate.update_id, InboxUpdate.state).where(InboxUpdate.update_id.in_(list(update_ids)))
+    ).all()
+    return {int(update_id): str(state) for update_id, state in rows}
+
+
+def inbox_purge(session: Session, *, finished_before: datetime) -> int:
+    """Delete done and failed updates finished before ``finished_before``; returns how many."""
+    result = session.execute(
+        delete(InboxUpdate).where(InboxUpdate.state != INBOX_PENDING, InboxUpdate.finished_at < finished_before)
+    )
+    return int(getattr(result, "rowcount", 0))
+
+
+def inbox_clear(session: Session) -> int:
+    """Forget the whole inbox (a fresh local emulator starts its update ids over)."""
+    result = session.execute(delete(InboxUpdate))
+    return int(getattr(result, "rowcount", 0))
