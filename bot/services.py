@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from typing import Any, Protocol
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.i18n import resolve_language
+from bot.personal_cache import PersonalModelCache
 from bot.views import DigitCard, ReadingCard, StatsCard
 from core.recognize import PersonalModel, PhotoReading, Recognizer
 from storage import repository as repo
@@ -76,8 +75,7 @@ class BotServices:
         self.finetune_interval_s = finetune_interval_s
         self.request_finetune_fn = request_finetune
         self._inference = ThreadPoolExecutor(max(1, inference_threads), thread_name_prefix="recognize")
-        self._personal: OrderedDict[int, PersonalModel] = OrderedDict()
-        self._personal_lock = threading.Lock()
+        self.personal_models: PersonalModelCache[PersonalModel] = PersonalModelCache(_PERSONAL_CACHE_SIZE)
         self._notify: Callable[[int, dict[str, Any]], None] | None = None
 
     def close(self) -> None:
@@ -144,26 +142,25 @@ class BotServices:
         return PhotoOutcome(status="ok", card=card)
 
     def _personal_model(self, telegram_id: int) -> tuple[int | None, PersonalModel | None]:
-        """(model version id, model) of the user's active personal model, cached by version id."""
+        """(model version id, model) of the user's active personal model, cached by its weights."""
+        generation = self.personal_models.generation()
         with self.sessions() as session:
             user = repo.get_user(session, telegram_id=telegram_id)
             active = repo.active_model_version(session, user_id=user.id) if user is not None else None
             if user is None or active is None:
+                self.personal_models.discard_user(telegram_id)
                 return None, None
-            with self._personal_lock:
-                if active.id in self._personal:
-                    self._personal.move_to_end(active.id)
-                    return active.id, self._personal[active.id]
+            key = (active.id, active.version, active.weights_sha256)
+            cached = self.personal_models.get(telegram_id, key)
+            if cached is not None:
+                return active.id, cached
             try:
                 blob = repo.load_weights(session, user_id=user.id, version_id=active.id)
                 model = PersonalModel.from_bytes(blob, version=active.version)
             except (CorruptWeights, ValueError, RuntimeError) as error:  # answer with the base model
                 log.error("personal model %s unusable, the base model answers: %s", active.id, error)
                 return None, None
-        with self._personal_lock:
-            self._personal[active.id] = model
-            while len(self._personal) > _PERSONAL_CACHE_SIZE:
-                self._personal.popitem(last=False)
+        self.personal_models.put(telegram_id, key, model, generation=generation)
         return active.id, model
 
     async def attach_message(self, reading_id: int, chat_id: int, message_id: int) -> None:
@@ -261,7 +258,10 @@ class BotServices:
         def work() -> int:
             with self.sessions.begin() as session:
                 return repo.forget_user(session, telegram_id=telegram_id)
-        return await asyncio.to_thread(work)
+        try:
+            return await asyncio.to_thread(work)
+        finally:  # their personal model leaves memory too (and is not reloaded by a photo in flight)
+            self.personal_models.drop_user(telegram_id)
 
     async def request_finetune(self, telegram_id: int) -> TrainOutcome:
         if self.request_finetune_fn is None:
