@@ -21,30 +21,40 @@ from bot.handlers.commands import register_commands
 from bot.handlers.common import SERVICES_KEY
 from bot.handlers.errors import install_redaction
 from bot.handlers.stats import promotion_notifier
+from bot.inbox import InboxApplication, UpdateInbox
 from bot.services import BotServices
 from digitbot.settings import Settings
 
 log = logging.getLogger(__name__)
 AnyApplication = Application[Any, Any, Any, Any, Any, Any]
+INBOX_KEY = "update_inbox"
 
 
 def build_application(settings: Settings, *, services: BotServices) -> AnyApplication:
     """The Application for any Bot API server given by the settings' token and base URLs."""
     if settings.telegram_token is None:
         raise ValueError("no Telegram token: set DIGITBOT_TELEGRAM_TOKEN (digitbot run starts the emulator)")
+    # Every update is written to the database before it can be acknowledged, and replayed at start-up
+    # if its handling did not finish (bot/inbox.py).
+    inbox = UpdateInbox(services, webhook=bool(settings.webhook_url))
     application = (
         ApplicationBuilder()
+        .application_class(InboxApplication)
         .token(settings.telegram_token.get_secret_value())
         .base_url(settings.telegram_base_url)
         .base_file_url(settings.telegram_base_file_url)
         .rate_limiter(AIORateLimiter(max_retries=3))
         # a reply whose photo was deleted meanwhile is still sent (not a "message not found" error)
         .defaults(Defaults(allow_sending_without_reply=True))
-        .concurrent_updates(True)
+        .update_queue(inbox.queue)
+        .concurrent_updates(inbox.processor)
         .post_init(_post_init)
         .build()
     )
     application.bot_data[SERVICES_KEY] = services
+    application.bot_data[INBOX_KEY] = inbox
+    if isinstance(application, InboxApplication):
+        application.inbox = inbox
     register(application)
     register_admin(application, settings.admin_ids)
     return application
@@ -53,6 +63,9 @@ def build_application(settings: Settings, *, services: BotServices) -> AnyApplic
 async def _post_init(application: AnyApplication) -> None:
     services: BotServices = application.bot_data[SERVICES_KEY]
     services.set_notifier(promotion_notifier(application, asyncio.get_running_loop()))
+    inbox: UpdateInbox | None = application.bot_data.get(INBOX_KEY)
+    if inbox is not None:  # before polling or the webhook starts: the replays are queued first
+        await inbox.replay(application.bot)
     try:
         await register_commands(application.bot)
     except TelegramError as error:  # a server without setMyCommands still gets a working bot

@@ -24,6 +24,7 @@ from core.recognize import PersonalModel, PhotoReading, Recognizer
 from storage import repository as repo
 from storage.errors import CorruptWeights, InvalidLabel, NotYourSample, QuotaExceeded, UnknownSample
 from storage.records import DigitRecord, ReadingView, UserStats
+from storage.repository import inbox as inbox_repo
 from storage.repository.readings import owned_reading
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class BotServices:
         self._inference = ThreadPoolExecutor(max(1, inference_threads), thread_name_prefix="recognize")
         self.personal_models: PersonalModelCache[PersonalModel] = PersonalModelCache(_PERSONAL_CACHE_SIZE)
         self._notify: Callable[[int, dict[str, Any]], None] | None = None
+        self._replayed: set[int] = set()  # update ids replayed from the inbox at start-up, until done
 
     def close(self) -> None:
         self._inference.shutdown(wait=True)
@@ -85,7 +87,37 @@ class BotServices:
         """Drop every processed-update marker: for a fresh local emulator, whose update ids start over
         and which cannot redeliver anything from before it started."""
         with self.sessions.begin() as session:
+            inbox_repo.inbox_clear(session)
             return repo.prune_processed_updates(session, older_than=datetime.now(UTC) + timedelta(days=1))
+
+    # --- the durable update inbox (bot/inbox.py); sync, called in threads -------------------------
+    def inbox_receive(self, update_id: int, payload: dict[str, Any], owner: str, max_attempts: int) -> str:
+        with self.sessions.begin() as session:
+            return inbox_repo.inbox_receive(session, update_id=update_id, payload=payload, owner=owner,
+                                            max_attempts=max_attempts)
+
+    def inbox_take_pending(self, owner: str | None, max_attempts: int) -> inbox_repo.Replay:
+        with self.sessions.begin() as session:
+            return inbox_repo.inbox_take_pending(session, owner=owner, max_attempts=max_attempts)
+
+    def inbox_done(self, update_id: int) -> int:
+        self._replayed.discard(update_id)
+        with self.sessions.begin() as session:
+            return inbox_repo.inbox_done(session, update_ids=[update_id])
+
+    def inbox_failed(self, update_id: int, max_attempts: int) -> bool:
+        self._replayed.discard(update_id)
+        with self.sessions.begin() as session:
+            return inbox_repo.inbox_failed(session, update_id=update_id, max_attempts=max_attempts)
+
+    def inbox_purge(self, retention: timedelta) -> int:
+        with self.sessions.begin() as session:
+            return inbox_repo.inbox_purge(session, finished_before=datetime.now(UTC) - retention)
+
+    def note_replayed(self, update_id: int) -> None:
+        """This update is handled again after a crash: a photo already stored but never answered is
+        answered from the stored reading (see :meth:`read_photo`)."""
+        self._replayed.add(update_id)
 
     # --- users and languages -------------------------------------------------------------------
     async def language(self, telegram_id: int, telegram_language: str | None) -> str:
@@ -127,9 +159,10 @@ class BotServices:
         try:
             with self.sessions.begin() as session:
                 if not repo.mark_update_processed(session, update_id=update_id):
-                    return PhotoOutcome(status="duplicate")
+                    return self._unanswered(session, update_id, telegram_id) or PhotoOutcome(status="duplicate")
                 stored = repo.record_reading(session, telegram_id=telegram_id, chat_id=chat_id, file_id=file_id,
                                              file_unique_id=file_unique_id, digits=records)
+                inbox_repo.inbox_link_reading(session, update_id=update_id, reading_id=stored.reading_id)
         except QuotaExceeded as exc:
             return PhotoOutcome(status="quota", quota=exc.limit)
         personal_used = any(p.source == "personal" for p in reading.predictions)
@@ -140,6 +173,20 @@ class BotServices:
             personal_version=personal.version if personal is not None and personal_used else None,
         )
         return PhotoOutcome(status="ok", card=card)
+
+    def _unanswered(self, session: Session, update_id: int, telegram_id: int) -> PhotoOutcome | None:
+        """A replayed photo whose reading was stored before the crash but never answered: that
+        reading, to be answered now (only for replays: a redelivery racing the first handling of the
+        same update must stay silent, that one will answer)."""
+        if update_id not in self._replayed:
+            return None
+        reading_id = inbox_repo.inbox_reading(session, update_id=update_id)
+        view = None if reading_id is None else repo.get_reading(session, telegram_id=telegram_id,
+                                                                 reading_id=reading_id)
+        if view is None or view.bot_message_id is not None:
+            return None
+        log.info("update %s: answering reading %s, stored before the bot stopped", update_id, reading_id)
+        return PhotoOutcome(status="ok", card=self._card(session, view, telegram_id))
 
     def _personal_model(self, telegram_id: int) -> tuple[int | None, PersonalModel | None]:
         """(model version id, model) of the user's active personal model, cached by its weights."""

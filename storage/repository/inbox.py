@@ -17,14 +17,14 @@ from sqlalchemy.orm import Session
 from storage.models import INBOX_DONE, INBOX_FAILED, INBOX_PENDING, InboxUpdate, utcnow
 from storage.repository._common import insert_ignore
 
-NEW = "new"
+NEW, RETRY, GIVEN_UP = "new", "retry", "given_up"
 
 
 @dataclass(frozen=True)
 class PendingUpdate:
     update_id: int
     payload: dict[str, Any]
-    attempts: int  # starts that found it pending, this one included
+    attempts: int  # handlings that did not finish (raised, or their process died), the last included
 
 
 @dataclass(frozen=True)
@@ -35,16 +35,47 @@ class Replay:
     given_up: list[int]
 
 
-def inbox_receive(session: Session, *, update_id: int, payload: dict[str, Any], owner: str) -> str:
-    """Write an update down (idempotent by ``update_id``). Returns "new" when it was not there yet,
-    else the state it already has: "pending" (being handled, or left by a process that died),
-    "done" or "failed"."""
+def inbox_receive(session: Session, *, update_id: int, payload: dict[str, Any], owner: str,
+                  max_attempts: int) -> str:
+    """Write an update down before it is acknowledged (idempotent by ``update_id``). Returns
+
+    * "new": it was not there; it is now pending, to be handled;
+    * "retry": its last handling raised (state "failed") fewer than ``max_attempts`` times, and it is
+      delivered again: pending again, to be handled;
+    * "pending": being handled already (or left by a process that died: replayed at start-up);
+    * "done": handled; "given_up": it failed ``max_attempts`` times.
+    """
     if insert_ignore(session, InboxUpdate.__table__, {  # type: ignore[arg-type]
             "update_id": update_id, "state": INBOX_PENDING, "payload": payload, "owner": owner,
             "attempts": 0, "received_at": utcnow()}):
         return NEW
-    state = session.scalar(select(InboxUpdate.state).where(InboxUpdate.update_id == update_id))
-    return str(state) if state is not None else NEW
+    row = session.scalars(
+        select(InboxUpdate).where(InboxUpdate.update_id == update_id).with_for_update()
+    ).one_or_none()
+    if row is None:  # purged in between: nothing says it was handled
+        return inbox_receive(session, update_id=update_id, payload=payload, owner=owner, max_attempts=max_attempts)
+    if row.state == INBOX_FAILED:
+        if row.attempts >= max_attempts:
+            return GIVEN_UP
+        row.state, row.owner, row.payload, row.finished_at = INBOX_PENDING, owner, payload, None
+        session.flush()
+        return RETRY
+    return str(row.state)
+
+
+def inbox_failed(session: Session, *, update_id: int, max_attempts: int) -> bool:
+    """Its handling raised (the user was asked to try again): count the attempt and park it as
+    "failed", to be handled again only if Telegram delivers it again. True when this was the
+    ``max_attempts``-th failure (given up: later deliveries are ignored)."""
+    row = session.scalars(
+        select(InboxUpdate).where(InboxUpdate.update_id == update_id).with_for_update()
+    ).one_or_none()
+    if row is None or row.state != INBOX_PENDING:
+        return False
+    row.attempts += 1
+    row.state, row.finished_at = INBOX_FAILED, utcnow()
+    session.flush()
+    return row.attempts >= max_attempts
 
 
 def inbox_done(session: Session, *, update_ids: Iterable[int]) -> int:
@@ -60,14 +91,17 @@ def inbox_done(session: Session, *, update_ids: Iterable[int]) -> int:
     return int(getattr(result, "rowcount", 0))
 
 
-def inbox_take_pending(session: Session, *, owner: str, max_attempts: int, limit: int = 10_000) -> Replay:
-    """At start-up: this owner's updates still pending (their process died before finishing them),
-    oldest first, each with ``attempts`` counted up. One already handled ``max_attempts`` times
-    without finishing is given up on (state "failed", content kept for an operator until purged)."""
+def inbox_take_pending(session: Session, *, owner: str | None, max_attempts: int,
+                       limit: int = 10_000) -> Replay:
+    """At start-up: the updates still pending (their process died before finishing them) of this
+    ``owner`` (None: of every owner), oldest first, each with ``attempts`` counted up. One whose
+    handling already did not finish ``max_attempts`` times is given up on (state "failed", content
+    kept for an operator until purged)."""
+    query = select(InboxUpdate).where(InboxUpdate.state == INBOX_PENDING)
+    if owner is not None:
+        query = query.where(InboxUpdate.owner == owner)
     rows = session.scalars(
-        select(InboxUpdate)
-        .where(InboxUpdate.state == INBOX_PENDING, InboxUpdate.owner == owner)
-        .order_by(InboxUpdate.update_id)
+        query.order_by(InboxUpdate.update_id)
         .limit(limit)
         .with_for_update()
     ).all()
@@ -75,11 +109,11 @@ def inbox_take_pending(session: Session, *, owner: str, max_attempts: int, limit
     pending: list[PendingUpdate] = []
     given_up: list[int] = []
     for row in rows:
+        row.attempts += 1
         if row.attempts >= max_attempts or row.payload is None:
             row.state, row.finished_at = INBOX_FAILED, now
             given_up.append(row.update_id)
             continue
-        row.attempts += 1
         pending.append(PendingUpdate(row.update_id, dict(row.payload), row.attempts))
     session.flush()
     return Replay(pending, given_up)

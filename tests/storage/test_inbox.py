@@ -9,9 +9,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage.models import InboxUpdate
 from storage.repository.inbox import (
+    GIVEN_UP,
     NEW,
+    RETRY,
+    Replay,
     inbox_clear,
     inbox_done,
+    inbox_failed,
     inbox_link_reading,
     inbox_purge,
     inbox_reading,
@@ -26,11 +30,15 @@ def payload(update_id: int, text: str = "hi") -> dict[str, object]:
                                                 "chat": {"id": 5, "type": "private"}}}
 
 
+def receive(s: Session, update_id: int, owner: str = "a", text: str = "hi") -> str:
+    return inbox_receive(s, update_id=update_id, payload=payload(update_id, text), owner=owner, max_attempts=3)
+
+
 def test_receive_is_idempotent_and_reports_the_state(factory: sessionmaker[Session]) -> None:
     with factory.begin() as s:
-        assert inbox_receive(s, update_id=1, payload=payload(1), owner="a") == NEW
+        assert receive(s, 1) == NEW
     with factory.begin() as s:
-        assert inbox_receive(s, update_id=1, payload=payload(1, "other"), owner="b") == "pending"
+        assert receive(s, 1, owner="b", text="other") == "pending"
         row = s.get(InboxUpdate, 1)
         assert row is not None and row.payload == payload(1) and row.owner == "a" and row.attempts == 0
     with factory.begin() as s:
@@ -38,42 +46,64 @@ def test_receive_is_idempotent_and_reports_the_state(factory: sessionmaker[Sessi
         assert inbox_done(s, update_ids=[1]) == 0  # already done
         assert inbox_done(s, update_ids=[]) == 0
     with factory.begin() as s:
-        assert inbox_receive(s, update_id=1, payload=payload(1), owner="a") == "done"
+        assert receive(s, 1) == "done"
         row = s.get(InboxUpdate, 1)
         assert row is not None and row.payload is None and row.finished_at is not None  # content dropped
         assert s.scalar(select(InboxUpdate.payload.is_(None)).where(InboxUpdate.update_id == 1))  # SQL NULL
+        assert inbox_failed(s, update_id=1, max_attempts=3) is False  # a done update stays done
 
 
-def test_take_pending_replays_own_unfinished_updates_in_order_and_gives_up_after_max(
+def test_a_failed_update_is_handled_again_when_redelivered_until_given_up(factory: sessionmaker[Session]) -> None:
+    with factory.begin() as s:
+        assert receive(s, 5) == NEW
+    for attempt in (1, 2):
+        with factory.begin() as s:
+            assert inbox_failed(s, update_id=5, max_attempts=3) is False
+            assert inbox_states(s, update_ids=[5]) == {5: "failed"}
+        with factory.begin() as s:
+            assert inbox_take_pending(s, owner=None, max_attempts=3).pending == []  # not replayed at start-up
+            assert receive(s, 5, owner="b") == RETRY  # Telegram delivers it again: handled again
+            row = s.get(InboxUpdate, 5)
+            assert row is not None and (row.state, row.owner, row.attempts) == ("pending", "b", attempt)
+    with factory.begin() as s:
+        assert inbox_failed(s, update_id=5, max_attempts=3) is True  # the third failure: given up
+    with factory.begin() as s:
+        assert receive(s, 5) == GIVEN_UP
+        assert inbox_states(s, update_ids=[5]) == {5: "failed"}
+
+
+def test_take_pending_replays_unfinished_updates_in_order_and_gives_up_after_max(
         factory: sessionmaker[Session]) -> None:
     with factory.begin() as s:
         for update_id in (12, 10, 11):
-            inbox_receive(s, update_id=update_id, payload=payload(update_id), owner="host-a")
-        inbox_receive(s, update_id=20, payload=payload(20), owner="host-b")
+            receive(s, update_id, owner="host-a")
+        receive(s, 20, owner="host-b")
         inbox_done(s, update_ids=[11])
-    for attempt in (1, 2, 3):
+    for attempt in (1, 2):
         with factory.begin() as s:
             replay = inbox_take_pending(s, owner="host-a", max_attempts=3)
         assert [(p.update_id, p.attempts) for p in replay.pending] == [(10, attempt), (12, attempt)]
         assert replay.pending[0].payload == payload(10) and replay.given_up == []
     with factory.begin() as s:
-        inbox_done(s, update_ids=[12])  # the third replay of 12 finished; 10 crashed the bot again
+        inbox_done(s, update_ids=[12])  # the second replay of 12 finished; 10 crashed the bot again
     with factory.begin() as s:
         replay = inbox_take_pending(s, owner="host-a", max_attempts=3)
-    assert replay.pending == [] and replay.given_up == [10]
+    assert replay.pending == [] and replay.given_up == [10]  # its third handling did not finish either
     with factory.begin() as s:
         assert inbox_states(s, update_ids=[10, 11, 12, 20, 99]) == {
             10: "failed", 11: "done", 12: "done", 20: "pending"}  # host-b's update is left to host-b
-        assert inbox_receive(s, update_id=10, payload=payload(10), owner="host-a") == "failed"
+        assert receive(s, 10, owner="host-a") == GIVEN_UP
         row = s.get(InboxUpdate, 10)
         assert row is not None and row.payload == payload(10)  # kept for an operator to look at
     with factory.begin() as s:
-        assert inbox_take_pending(s, owner="host-a", max_attempts=3) == type(replay)([], [])
+        assert inbox_take_pending(s, owner="host-a", max_attempts=3) == Replay([], [])
+    with factory.begin() as s:  # long polling: one bot process, whatever its host was called
+        assert [p.update_id for p in inbox_take_pending(s, owner=None, max_attempts=3).pending] == [20]
 
 
 def test_link_reading(factory: sessionmaker[Session]) -> None:
     with factory.begin() as s:
-        inbox_receive(s, update_id=7, payload=payload(7), owner="a")
+        receive(s, 7)
         assert inbox_reading(s, update_id=7) is None
         inbox_link_reading(s, update_id=7, reading_id=42)
         inbox_link_reading(s, update_id=8, reading_id=43)  # not in the inbox (e.g. no inbox in use): nothing
@@ -85,7 +115,7 @@ def test_link_reading(factory: sessionmaker[Session]) -> None:
 def test_purge_deletes_finished_rows_only_and_clear_everything(factory: sessionmaker[Session]) -> None:
     with factory.begin() as s:
         for update_id in range(1, 6):
-            inbox_receive(s, update_id=update_id, payload=payload(update_id), owner="a")
+            receive(s, update_id)
         inbox_done(s, update_ids=[1, 2])
         s.get(InboxUpdate, 3).attempts = 5  # type: ignore[union-attr]
     with factory.begin() as s:
