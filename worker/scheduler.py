@@ -9,7 +9,10 @@ overlap or pile up):
 3. hands every queued job to the dispatcher (the local worker, or Celery; when Redis is down the
    jobs simply stay queued and the next sweep tries again);
 4. delivers promotion notifications not yet sent (an outbox on the job row), so a job that ran
-   on a Celery worker elsewhere still reaches the user.
+   on a Celery worker elsewhere still reaches the user;
+5. at start-up and then every `ORPHAN_SWEEP_EVERY_S`, deletes weight files that no model row
+   refers to and that are older than `ORPHAN_GRACE_S` (left by a process killed between writing a
+   file and committing its row; `storage.repository.sweep_orphan_weights`).
 Every sweep is safe to run concurrently from several processes (bot replicas).
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,6 +44,8 @@ SWEEP_JOB_ID = "finetune-sweep"
 MIN_LABELS_ON_REQUEST = 5
 CREATE_CHUNK = 100  # jobs created per transaction (short row locks, few commits)
 NOTIFY_WITHIN_S = 24 * 3600  # an older unannounced promotion is not news any more
+ORPHAN_GRACE_S = 3600.0  # a weights file this old with no row is an orphan (no commit takes an hour)
+ORPHAN_SWEEP_EVERY_S = 600.0
 
 
 def default_session_factory(settings: Settings) -> SessionFactory:
@@ -55,6 +61,7 @@ class SweepReport:
     dispatched: list[int] = field(default_factory=list)
     waiting: list[int] = field(default_factory=list)  # queued but not handed over this time
     notified: list[int] = field(default_factory=list)
+    orphans_removed: list[str] = field(default_factory=list)  # weight files no model row referred to
 
 
 @dataclass(frozen=True)
@@ -68,12 +75,14 @@ class FinetuneRequest:
 
 class Sweeper:
     def __init__(self, settings: Settings, *, session_factory: SessionFactory, dispatch: Dispatch,
-                 notify: Notify | None = None) -> None:
+                 notify: Notify | None = None, orphan_grace_s: float = ORPHAN_GRACE_S) -> None:
         self.settings = settings
         self.session_factory = session_factory
         self.dispatch = dispatch
         self.notify = notify
+        self.orphan_grace_s = orphan_grace_s
         self._lock = threading.Lock()
+        self._orphans_swept_at: float | None = None  # time.monotonic() of the last orphan sweep
 
     def sweep(self) -> SweepReport:
         with self._lock:  # a wake-up sweep waits for the scheduled one instead of overlapping it
@@ -106,6 +115,7 @@ class Sweeper:
             handed = set(report.dispatched)
             report.waiting = [j for j in queued if j not in handed]
         report.notified = self.deliver_notifications()
+        report.orphans_removed = self.remove_orphan_weights()
         if report.created or report.requeued or report.dispatched or report.notified:
             log.info("fine-tune sweep: %d created, %d re-queued, %d dispatched, %d waiting, %d notified",
                      len(report.created), report.requeued, len(report.dispatched), len(report.waiting),
@@ -122,6 +132,24 @@ class Sweeper:
         except Exception:
             log.exception("fine-tune sweep failed; the next sweep retries")
         return None
+
+    def remove_orphan_weights(self, *, force: bool = False) -> list[str]:
+        """Housekeeping, at the first sweep and then every ORPHAN_SWEEP_EVERY_S (or when forced):
+        weight files with no model row, older than the grace period. Never fails the sweep."""
+        now = time.monotonic()
+        if not force and self._orphans_swept_at is not None and now - self._orphans_swept_at < ORPHAN_SWEEP_EVERY_S:
+            return []
+        self._orphans_swept_at = now
+        try:
+            with self.session_factory() as session:
+                removed = repo.sweep_orphan_weights(session, grace_s=self.orphan_grace_s)
+        except Exception:
+            log.exception("removing orphaned weight files failed; the next orphan sweep retries")
+            return []
+        if removed:
+            log.warning("removed %d weight file(s) that no model row referred to (a process stopped "
+                        "between writing and committing): %s", len(removed), ", ".join(removed[:10]))
+        return removed
 
     def deliver_notifications(self) -> list[int]:
         """Tell users about promotions not announced yet (each once, whichever process ran the job)."""

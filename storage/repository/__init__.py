@@ -44,6 +44,7 @@ from storage.repository.users import (
     prune_processed_updates,
     set_user_language,
 )
+from storage.repository.weight_files import sweep_orphan_weights
 
 __all__ = [
     "active_model_version",
@@ -76,6 +77,7 @@ __all__ = [
     "requeue_stale_jobs",
     "retire_active_model",
     "set_user_language",
+    "sweep_orphan_weights",
     "training_set",
     "undo_label",
     "user_stats",

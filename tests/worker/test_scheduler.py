@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from digitbot.settings import Settings
+from storage import repository as repo
 from storage.models import QUEUED
 from tests.worker.conftest import add_labelled, job_rows, random_digits
 from worker.scheduler import Sweeper, request_finetune
@@ -80,3 +84,30 @@ def test_request_finetune_explains_refusals(settings: Settings, factory: session
     again = request_finetune(401, settings=settings, session_factory=factory)
     assert (again.accepted, again.reason, again.job_id) == (True, "already_queued", queued.job_id)
     assert len(job_rows(factory, 401)) == 1
+
+
+def test_sweep_removes_orphaned_weight_files_at_start_up_then_periodically(
+        settings: Settings, factory: sessionmaker[Session], tmp_path: Path) -> None:
+    root = tmp_path / "orphans"
+    factory.kw["info"]["weights_dir"] = root
+    with factory.begin() as session:  # a referenced file, old
+        user = repo.get_or_create_user(session, telegram_id=301)
+        version = repo.add_model_version(session, user_id=user.id, parent_id=None, weights=b"k" * 64, metrics={})
+        assert version.weights_path is not None
+        kept = root / version.weights_path
+    orphan = root / "99" / "0123456789abcdef-0123456789ab.bin"  # its process died before the commit
+    orphan.parent.mkdir()
+    orphan.write_bytes(b"o" * 64)
+    then = time.time() - 7200
+    for path in (kept, orphan):
+        os.utime(path, (then, then))
+
+    sweeper = Sweeper(settings, session_factory=factory, dispatch=Recorder())
+    assert sweeper.sweep().orphans_removed == ["99/0123456789abcdef-0123456789ab.bin"]  # the first sweep
+    assert kept.exists() and not orphan.exists()
+
+    orphan.write_bytes(b"o" * 64)
+    os.utime(orphan, (then, then))
+    assert sweeper.sweep().orphans_removed == []  # not at every sweep...
+    assert sweeper.remove_orphan_weights(force=True) == ["99/0123456789abcdef-0123456789ab.bin"]  # ...periodically
+    assert kept.exists()
