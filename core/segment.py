@@ -28,6 +28,7 @@ from core.grouping import (
     digit_like,
     drop_shadow_tips,
     is_blob,
+    long_labels,
     merge_pieces,
     own_mask,
     quantile,
@@ -103,13 +104,18 @@ def ink_map(gray: np.ndarray, kernel: int) -> np.ndarray:
 
 
 def _frame_edges(strong: np.ndarray) -> np.ndarray | None:
-    """Pixels of long strong components that touch the frame (desk, paper edge), or None."""
+    """Pixels of long strong components at the frame (desk, paper edge), or None.
+
+    "At the frame" allows a narrow margin: a desk seen past the paper's edge may itself be
+    bordered by something light (another sheet, a lit table edge).
+    """
     height, width = strong.shape
-    if not (strong[0].any() or strong[-1].any() or strong[:, 0].any() or strong[:, -1].any()):
+    m = max(1, round(0.03 * max(height, width)))
+    if not (strong[:m].any() or strong[-m:].any() or strong[:, :m].any() or strong[:, -m:].any()):
         return None
     count, labels, stats, _ = cv2.connectedComponentsWithStats(strong, connectivity=8)
     x, y, w, h = (stats[1:, k] for k in range(4))
-    touches = (x == 0) | (y == 0) | (x + w == width) | (y + h == height)
+    touches = (x < m) | (y < m) | (x + w > width - m) | (y + h > height - m)
     long_ones = np.flatnonzero(touches & ((w > 0.4 * width) | (h > 0.4 * height))) + 1
     if not len(long_ones):
         return None
@@ -135,7 +141,9 @@ def ink_mask(ink: np.ndarray) -> np.ndarray:
     if edges is not None:
         # The darkest "ink" is the desk or a shadow border at the frame: the writing's own
         # darkness sets the threshold, or faint digits would fall below it.
-        inner = int(np.where(edges, 0, smooth).max())
+        # (the blurred rim of the desk, just outside the strong part, does not count either)
+        rim = cv2.dilate(edges.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+        inner = int(np.where(rim, 0, smooth).max())
         if MIN_INK_CONTRAST * 255 <= inner < peak:
             peak = inner
             strong = (ink > max(40.0, 0.38 * peak, 10 * noise)).astype(np.uint8) * 255
@@ -143,16 +151,58 @@ def ink_mask(ink: np.ndarray) -> np.ndarray:
     return cv2.bitwise_and(weak, cv2.dilate(strong, np.ones((5, 5), np.uint8)))
 
 
-def _remove_lines(mask: np.ndarray, labels: np.ndarray, long_ones: list[int], stroke: float) -> np.ndarray:
-    """Open away structures thinner than the pen inside components that span much of the image.
+def _separate_lines(mask: np.ndarray, labels: np.ndarray, long_ones: list[int], ink: np.ndarray,
+                    stroke: float) -> np.ndarray:
+    """Cut paper lines (and the frame's long edges) away from the digits that touch them.
 
-    Printed paper lines are several times thinner than pen strokes; a digit that touches a line
-    keeps its strokes and loses the line.
+    Inside components that span much of the image, a pixel stays when it belongs to a structure
+    at least as thick as the pen (printed lines are thinner than pen strokes) or when it is
+    clearly darker than the lines themselves (ink over a line, or pencil on bold lines). What
+    then still spans the image is a line as bold as the pen: only its darker-than-line pixels
+    stay. Digits written on a line would otherwise go with the line as one long component.
     """
     part = np.isin(labels, long_ones).astype(np.uint8) * 255
-    size = max(3, int(0.75 * stroke) | 1)
-    opened = cv2.morphologyEx(part, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
-    kept = cv2.bitwise_and(part, cv2.dilate(opened, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))))
+    # The lines' width: the typical ridge of the distance map (lines make up most of the part).
+    distance = cv2.distanceTransform(part, cv2.DIST_L2, 3)
+    ridge = (distance > 0) & (distance >= cv2.dilate(distance, np.ones((3, 3), np.uint8)))
+    line_width = 2 * float(np.median(distance[ridge])) if ridge.any() else stroke
+    size = max(3, _odd(1.5 * line_width + 1))
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    opened = cv2.morphologyEx(part, cv2.MORPH_OPEN, disc)
+    # Where lines cross, the disc fits too: a stroke leaves more than a few discs' worth.
+    count, opened_labels, stats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
+    small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < 3 * cv2.countNonZero(disc))
+    if len(small) and count > 1:
+        opened[np.isin(opened_labels, small[small > 0])] = 0
+    thick = cv2.bitwise_and(part, cv2.dilate(opened, disc))
+    thin = cv2.subtract(part, thick)
+    # The level of the lines: the core of what was opened away, or else the bulk of the component.
+    # Thin pixels far from thick ones: lines rather than a digit's thin strokes.
+    far = thin > 0
+    if cv2.countNonZero(thick):
+        far &= cv2.distanceTransform(cv2.bitwise_not(thick), cv2.DIST_L1, 3) > 3 * stroke
+    line_level = quantile(ink[far], 0.9) if np.count_nonzero(far) >= 20 else quantile(ink[part > 0], 0.5)
+    dark = ((ink > 1.4 * line_level + 10) & (part > 0)).astype(np.uint8) * 255
+    dark = cv2.bitwise_and(part, cv2.dilate(dark, np.ones((3, 3), np.uint8)))
+    kept = cv2.bitwise_or(thick, dark)
+    stats: list[np.ndarray] = []
+    kept_labels, _ = components(kept, stats)
+    still_long = long_labels(kept_labels, stats[0], at_frame=True)
+    if still_long:
+        bold = np.isin(kept_labels, still_long)
+        kept[bold] = dark[bold]
+    # Ends of lines cut at the frame are no digits, nor are pieces of line that are only darker
+    # than the rest (a shadow's edge across a line): a piece must hold a stroke thicker than a line.
+    count, kept_labels, stats, _ = cv2.connectedComponentsWithStats(kept, connectivity=8)
+    edge_labels = np.unique(np.concatenate([kept_labels[0], kept_labels[-1], kept_labels[:, 0], kept_labels[:, -1]]))
+    has_thick = np.zeros(count, bool)
+    has_thick[np.unique(kept_labels[opened > 0])] = True
+    for label in range(1, count):
+        if label in edge_labels or not has_thick[label]:
+            x, y, w, h = stats[label, :4]
+            window = kept_labels[y: y + h, x: x + w] == label
+            if label in edge_labels or stroke_width(window.astype(np.uint8)) < 1.3 * line_width:
+                kept[y: y + h, x: x + w][window] = 0
     return np.where(part > 0, kept, mask).astype(np.uint8)
 
 
@@ -187,15 +237,18 @@ def _keep_thick(mask: np.ndarray, stroke: float) -> np.ndarray:
 def _segment(gray: np.ndarray, kernel: int) -> tuple[np.ndarray, np.ndarray, list[DigitRegion]]:
     ink = ink_map(gray, kernel)
     mask = ink_mask(ink)
-    height, width = mask.shape
-    labels, groups = components(mask)
-    long_ones = [g for g in groups if g.width > 0.45 * width or g.height > 0.45 * height]
-    stroke = _pen_width(labels, [g for g in groups if g not in long_ones])
+    stats: list[np.ndarray] = []
+    labels, groups = components(mask, stats)
+    long_ones = long_labels(labels, stats[0])
+    # (digits that fill much of the photo count as long: their pen width still counts)
+    stroke = _pen_width(labels, [g for g in groups if g.labels[0] not in long_ones] or groups)
     if stroke >= 5:  # strokes clearly thicker than printed lines: open away all thinner things
         mask = _keep_thick(mask, stroke)
-        labels, groups = components(mask)
-    elif long_ones:
-        mask = _remove_lines(mask, labels, [g.labels[0] for g in long_ones], stroke)
+        stats = []
+        labels, groups = components(mask, stats)
+        long_ones = long_labels(labels, stats[0])
+    if long_ones:
+        mask = _separate_lines(mask, labels, long_ones, ink, stroke)
         labels, groups = components(mask)
     groups = split_touching(merge_pieces([g for g in groups if not is_blob(g, labels)]), labels)
     groups = drop_shadow_tips([g for g in groups if digit_like(g, labels, ink)], labels, ink, gray)

@@ -1,0 +1,54 @@
+"""Segmentation failure modes seen on simulated phone photos, each rendered here in a small photo:
+digits written on bold paper lines, and the other cases core.segment/core.grouping guard against."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from core.preprocess import preprocess
+from tests.core.test_preprocess import encode, render
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_dir) -> tuple[np.ndarray, np.ndarray]:
+    from core.data import load_mnist
+
+    images, labels = load_mnist(train=False, directory=mnist_dir)
+    return images[:200].numpy(), labels[:200].numpy()
+
+
+def _bold_lines(rgb: np.ndarray, spacing: int, colour: int, width: int, vertical: bool) -> np.ndarray:
+    """Draw printed lines (across the whole frame, slightly slanted) *under* the writing."""
+    height, frame = rgb.shape[:2]
+    paper = np.full_like(rgb, 255)
+    for y in range(spacing // 2, height, spacing):
+        cv2.line(paper, (0, y), (frame, y + frame // 40), (colour,) * 3, width, cv2.LINE_AA)
+    if vertical:
+        for x in range(spacing // 3, frame, spacing):
+            cv2.line(paper, (x, 0), (x - height // 40, height), (colour,) * 3, width, cv2.LINE_AA)
+    # Multiply: ink and lines both darken the paper, as on a real sheet.
+    return (rgb.astype(np.float32) * paper.astype(np.float32) / 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("vertical", [False, True], ids=["ruled", "squared"])
+@pytest.mark.parametrize(("ink", "line"), [((40, 40, 45), 140), ((110, 110, 115), 180)], ids=["pen", "pencil"])
+def test_digit_written_on_a_bold_line_is_found(digits, vertical: bool, ink: tuple[int, int, int], line: int) -> None:
+    # The line crosses the digit and runs to the frame: digit and lines are one component,
+    # which must not be dropped as a paper line or the paper's edge.
+    images, _ = digits
+    rgb = render([images[0]], size=(480, 360), digit_height=110, ink=ink)
+    lined = _bold_lines(rgb, spacing=180, colour=line, width=4, vertical=vertical)
+    result = preprocess(encode(lined))
+    assert result.status == "ok" and len(result.digits) == 1
+    height = result.digits[0].box[3]
+    assert height > 0.8 * 110 * max(result.gray.shape) / 480  # type: ignore[union-attr]
+
+
+def test_row_on_a_bold_ruled_line_keeps_every_digit(digits) -> None:
+    images, _ = digits
+    row = [images[i] for i in (1, 2, 3, 4)]
+    rgb = render(row, size=(640, 360), digit_height=80, ink=(100, 100, 110))
+    result = preprocess(encode(_bold_lines(rgb, spacing=180, colour=175, width=4, vertical=False)))
+    assert len(result.digits) == 4
