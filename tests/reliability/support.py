@@ -13,7 +13,9 @@ import io
 import itertools
 import os
 import struct
+import sys
 import threading
+import uuid
 import zlib
 from collections.abc import Coroutine
 from pathlib import Path
@@ -186,6 +188,53 @@ def press_twice(state: Any, user_id: int, chat_id: int, message_id: int, data: s
     return query.id
 
 
+# -- a bot process held mid-update, to be SIGKILLed there (tests/reliability/test_bot_restart.py) --------
+HOLD_ENV, HOLD_DIR_ENV = "DIGITBOT_TEST_HOLD", "DIGITBOT_TEST_HOLD_DIR"
+
+
+def _held(kind: str) -> None:
+    """Leave a marker file for the test, then block this thread until the process is killed."""
+    where = Path(os.environ[HOLD_DIR_ENV])
+    (where / f"{kind}-{uuid.uuid4().hex}").touch()
+    threading.Event().wait()
+
+
+def install_holds(holds: set[str]) -> None:
+    """Make the bot stop dead inside its handlers: "read" in photo recognition (nothing stored yet),
+    "label" inside a label's transaction (nothing stored yet), "stored" right after a photo's reading
+    was committed (before the answer is sent)."""
+    from bot.services import BotServices
+
+    if "read" in holds:
+        Recognizer.read = lambda self, *args, **kwargs: _held("read")  # type: ignore[assignment,method-assign,misc]
+    if "label" in holds:
+        run_labelling = BotServices._run_labelling
+
+        def held_labelling(self: BotServices, telegram_id: int, reading_id: int, change: Any,
+                           update_id: int | None) -> Any:
+            if change is not None:
+                _held("label")
+            return run_labelling(self, telegram_id, reading_id, change, update_id)
+        BotServices._run_labelling = held_labelling  # type: ignore[method-assign]
+    if "stored" in holds:
+        read_photo = BotServices.read_photo
+
+        async def held_read_photo(self: BotServices, **kwargs: Any) -> Any:
+            outcome = await read_photo(self, **kwargs)
+            await asyncio.to_thread(_held, "stored")
+            return outcome
+        BotServices.read_photo = held_read_photo  # type: ignore[method-assign]
+
+
+def held_bot_main(argv: list[str]) -> int:
+    """`python -m tests.reliability.support run ...`: `digitbot` with the holds named in
+    $DIGITBOT_TEST_HOLD (comma-separated) installed; markers go to $DIGITBOT_TEST_HOLD_DIR."""
+    from digitbot.cli import main
+
+    install_holds({hold for hold in os.environ.get(HOLD_ENV, "").split(",") if hold})
+    return main(argv)
+
+
 async def wait_answer(h: BotHarness, query_id: str, timeout: float = 20) -> dict[str, Any]:
     for _ in range(int(timeout / 0.05)):
         answer = await h.users.callback_answer(query_id)
@@ -193,3 +242,7 @@ async def wait_answer(h: BotHarness, query_id: str, timeout: float = 20) -> dict
             return answer
         await asyncio.sleep(0.05)
     raise TimeoutError("callback not answered")
+
+
+if __name__ == "__main__":
+    sys.exit(held_bot_main(sys.argv[1:]))
