@@ -83,11 +83,12 @@ async def on_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if isinstance(incoming, str):
         await message.reply_text(problem_text(incoming, _), do_quote=True)
         return
-    limiter = photo_limiter(context.bot_data)
+    limiter = photo_limiter(context.bot_data, slots=context.application.update_processor.max_concurrent_updates)
     admission = limiter.admit(user.id)
-    if admission.refused:
-        await message.reply_text(_("You have too many photos waiting. Please send this one again in a minute."),
-                                 do_quote=True)
+    if admission.refused:  # not read; told once in a while, not per photo (bot/ratelimit.py)
+        if admission.notify:
+            await message.reply_text(_("Too many photos are waiting, so I'm not reading the ones you send now. "
+                                       "Please send the photos I don't answer again in a minute."), do_quote=True)
         return
     waiting = context.user_data.setdefault("photos_waiting", 0) if context.user_data is not None else 0
     if context.user_data is not None:
