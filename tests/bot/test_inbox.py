@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -161,4 +162,36 @@ def test_a_poison_update_is_given_up_on(tmp_path: Path, recognizer: Recognizer,
             with h.sessions() as session:
                 assert inbox_states(session, update_ids=[poison["update_id"], fine["update_id"]]) == {
                     poison["update_id"]: "failed", fine["update_id"]: "done"}
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("webhook", [False, True], ids=["polling", "webhook"])
+def test_an_update_is_written_down_before_it_is_acknowledged(tmp_path: Path, recognizer: Recognizer,
+                                                             webhook: bool) -> None:
+    """Long polling: the next getUpdates (which confirms it) waits; webhook: the 200 waits."""
+    async def scenario() -> None:
+        async with running_bot(tmp_path, recognizer, webhook=webhook) as h:
+            inbox = _inbox(h)
+            # replicas (webhook) replay only what they took themselves; one poller replays everything
+            assert inbox.replay_owner == (inbox.owner if webhook else None)
+            await h.users.set_user(ANN, language_code="en")
+            release, entered = threading.Event(), threading.Event()
+            receive = h.services.inbox_receive
+
+            def slow_receive(*args: Any) -> str:
+                entered.set()
+                release.wait(30)
+                return receive(*args)
+            h.services.inbox_receive = slow_receive  # type: ignore[method-assign]
+            sent = await h.users.send_photo(ANN, ANN, digits_photo("6"))
+            assert await asyncio.to_thread(entered.wait, 20)
+            await asyncio.sleep(0.5)
+            assert (await h.users.info())["pending_updates"] == 1  # not acknowledged: Telegram would resend it
+            release.set()
+            await h.users.wait_for_reply(ANN, sent, timeout=20)
+            assert (await h.users.info())["pending_updates"] == 0
+            await asyncio.sleep(0.3)
+            with h.sessions() as session:
+                rows = session.query(InboxUpdate).all()
+                assert [(r.state, r.owner) for r in rows] == [("done", inbox.owner)] and rows[0].reading_id
     asyncio.run(scenario())
