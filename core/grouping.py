@@ -19,6 +19,13 @@ SHADOW_SHARE = 0.1
 DARK_SHADOW_SHARE = 0.2
 
 
+def label_stats(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """cv2.connectedComponentsWithStats (8-connected) with the block-based algorithm: the same
+    components, about twice as fast as the default one here."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(mask, 8, cv2.CV_32S, cv2.CCL_BBDT)
+    return count, labels, stats
+
+
 def quantile(values: np.ndarray, q: float) -> float:
     """The q-quantile (nearest rank) by partial sort: several times faster than np.percentile."""
     flat = values.ravel()
@@ -284,7 +291,7 @@ def components(mask: np.ndarray, stats_out: list[np.ndarray] | None = None) -> t
     `stats_out`, when given, receives OpenCV's component statistics (for long_labels).
     """
     height, width = mask.shape
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    _, labels, stats = label_stats(mask)
     if stats_out is not None:
         stats_out.append(stats)
     keep = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= 4) + 1  # specks of noise go first, in bulk

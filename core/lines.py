@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from core.grouping import components, long_labels, quantile, stroke_width
+from core.grouping import components, label_stats, long_labels, quantile, stroke_width
 
 
 def odd(value: float, minimum: int = 3) -> int:
@@ -36,7 +36,7 @@ def separate_lines(mask: np.ndarray, labels: np.ndarray, long_ones: list[int], i
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
     opened = cv2.morphologyEx(part, cv2.MORPH_OPEN, disc)
     # Where lines cross, the disc fits too: a stroke leaves more than a few discs' worth.
-    count, opened_labels, opened_stats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
+    count, opened_labels, opened_stats = label_stats(opened)
     small = np.flatnonzero(opened_stats[:, cv2.CC_STAT_AREA] < 3 * cv2.countNonZero(disc))
     if len(small) and count > 1:
         opened[np.isin(opened_labels, small[small > 0])] = 0
@@ -59,7 +59,7 @@ def separate_lines(mask: np.ndarray, labels: np.ndarray, long_ones: list[int], i
         kept[bold] = dark[bold]
     # Ends of lines cut at the frame are no digits, nor are pieces of line that are only darker
     # than the rest (a shadow's edge across a line): a piece must hold a stroke thicker than a line.
-    count, kept_labels, kept_stats, _ = cv2.connectedComponentsWithStats(kept, connectivity=8)
+    count, kept_labels, kept_stats = label_stats(kept)
     edge_labels = np.unique(np.concatenate([kept_labels[0], kept_labels[-1], kept_labels[:, 0], kept_labels[:, -1]]))
     has_thick = np.zeros(count, bool)
     has_thick[np.unique(kept_labels[opened > 0])] = True

@@ -28,6 +28,7 @@ from core.grouping import (
     digit_like,
     drop_shadow_tips,
     is_blob,
+    label_stats,
     long_labels,
     merge_pieces,
     own_mask,
@@ -114,7 +115,7 @@ def _frame_edges(strong: np.ndarray) -> np.ndarray | None:
     m = max(1, round(0.03 * max(height, width)))
     if not (strong[:m].any() or strong[-m:].any() or strong[:, :m].any() or strong[:, -m:].any()):
         return None
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(strong, connectivity=8)
+    count, labels, stats = label_stats(strong)
     x, y, w, h = (stats[1:, k] for k in range(4))
     touches = (x < m) | (y < m) | (x + w > width - m) | (y + h > height - m)
     long_ones = np.flatnonzero(touches & ((w > 0.4 * width) | (h > 0.4 * height))) + 1
