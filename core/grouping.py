@@ -191,8 +191,15 @@ def digit_like(group: Group, labels: np.ndarray, ink: np.ndarray) -> bool:
     return True
 
 
-def continues_into_shadow(group: Group, labels: np.ndarray, gray: np.ndarray, smooth: np.ndarray,
-                          paper: float) -> float:
+def _median5(gray: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """cv2.medianBlur(gray, 5)[y0:y1, x0:x1], computed on the window only."""
+    height, width = gray.shape
+    ex0, ey0, ex1, ey1 = max(0, x0 - 2), max(0, y0 - 2), min(width, x1 + 2), min(height, y1 + 2)
+    window = cv2.medianBlur(np.ascontiguousarray(gray[ey0:ey1, ex0:ex1]), 5)
+    return window[y0 - ey0: y0 - ey0 + (y1 - y0), x0 - ex0: x0 - ex0 + (x1 - x0)]
+
+
+def continues_into_shadow(group: Group, labels: np.ndarray, gray: np.ndarray, paper: float) -> float:
     """Share of the unmasked surroundings of a piece that are about as dark as the piece itself.
 
     A pen stroke is surrounded by paper, or by a shadow that is much lighter than ink in that
@@ -210,10 +217,10 @@ def continues_into_shadow(group: Group, labels: np.ndarray, gray: np.ndarray, sm
     top, left = y0 - (group.y0 - margin), x0 - (group.x0 - margin)
     bottom, right = group.y1 + margin - y1, group.x1 + margin - x1
     pads = (top, bottom, left, right)
-    # `smooth` is `gray` with sensor noise removed (a median), which would otherwise pass for
+    # `window` is `gray` with sensor noise removed (a median), which would otherwise pass for
     # darkness around faint ink.
     raw = cv2.copyMakeBorder(gray[y0:y1, x0:x1], *pads, cv2.BORDER_REPLICATE)
-    window = cv2.copyMakeBorder(smooth[y0:y1, x0:x1], *pads, cv2.BORDER_REPLICATE)
+    window = cv2.copyMakeBorder(_median5(gray, x0, y0, x1, y1), *pads, cv2.BORDER_REPLICATE)
     inked = cv2.copyMakeBorder((labels[y0:y1, x0:x1] > 0).astype(np.uint8), *pads, cv2.BORDER_CONSTANT, value=0)
     mine = np.zeros_like(inked)
     mine[margin: margin + group.height, margin: margin + group.width] = own
@@ -253,7 +260,6 @@ def drop_shadow_tips(groups: list[Group], labels: np.ndarray, ink: np.ndarray,
         levels.append(quantile(ink[group.y0: group.y1, group.x0: group.x1][own > 0], 0.9))
     darkest = max(levels)
     paper = quantile(gray[::4, ::4], 0.95) if gray is not None else 255.0
-    smooth = cv2.medianBlur(gray, 5) if gray is not None else None
     kept = []
     for group, level in zip(groups, levels, strict=True):
         pale = level < 0.65 * darkest
@@ -264,8 +270,8 @@ def drop_shadow_tips(groups: list[Group], labels: np.ndarray, ink: np.ndarray,
             continue
         # The end of a shadow is a wedge; only fairly convex pieces can be one (and the test
         # costs a few windows' worth of filtering).
-        if gray is not None and smooth is not None and solidity > 0.5 and continues_into_shadow(
-                group, labels, gray, smooth, paper) > (SHADOW_SHARE if pale else DARK_SHADOW_SHARE):
+        if gray is not None and solidity > 0.5 and continues_into_shadow(
+                group, labels, gray, paper) > (SHADOW_SHARE if pale else DARK_SHADOW_SHARE):
             continue
         kept.append(group)
     return kept
