@@ -15,7 +15,9 @@ minute for both. CUDA is used when available.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import statistics
 import time
 
@@ -33,7 +35,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--users", type=int, default=16, help="users for the batched vs loop part (0: skip)")
-    parser.add_argument("--chunk", type=int, default=256, help="users per batched chunk")
+    parser.add_argument("--loop-users", type=int, default=None,
+                        help="users for the sequential loop (default: --users); rates are per user")
+    parser.add_argument("--chunk", type=int, default=None, help="users per batched chunk (default: 256 CUDA, 32 CPU)")
+    parser.add_argument("--profile", action="store_true", help="cProfile the batched call, top 25 by cumulative time")
+    parser.add_argument("--phases", action="store_true", help="time the batched phases (synchronises the GPU)")
+    parser.add_argument("--kernels", action="store_true", help="CUDA kernel table for one batched chunk, then stop")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = pick_device()
@@ -63,20 +70,46 @@ def main() -> None:
     pool = simulated_users("dev", n=120)
     many = [UserSamples(pool[i % len(pool)].images[:100], pool[i % len(pool)].labels[:100])
             for i in range(args.users)]
+    loop_users = many[:args.loop_users] if args.loop_users else many
     started = time.perf_counter()
-    for u in many:
-        finetune_user(base, u.images, u.labels, config=config, device=device)
+    alone = [finetune_user(base, u.images, u.labels, config=config, device=device) for u in loop_users]
     loop_seconds = time.perf_counter() - started
     if device.type == "cuda":
         torch.cuda.synchronize()
+    # warm-up at the timed chunk size: torch.compile traces, kernels load, caches fill
+    warm_started = time.perf_counter()
+    finetune_users(base, many[:args.chunk or len(many)], config=config, device=device, chunk_size=args.chunk)
+    print(f"warm-up (compilation included): {time.perf_counter() - warm_started:.1f} s")
+    if args.kernels:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as kernels:
+            finetune_users(base, many[:args.chunk or len(many)], config=config, device=device, chunk_size=args.chunk)
+        print(kernels.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=70))
+        return
+    profiler = cProfile.Profile() if args.profile else None
     started = time.perf_counter()
-    finetune_users(base, many, config=config, device=device, chunk_size=args.chunk)
+    if profiler:
+        profiler.enable()
+    phases: dict[str, float] = {}
+    batched = finetune_users(base, many, config=config, device=device, chunk_size=args.chunk,
+                             timings=phases if args.phases else None)
     if device.type == "cuda":
         torch.cuda.synchronize()
     batched_seconds = time.perf_counter() - started
-    print(f"{args.users} users x 100 labels: sequential loop {loop_seconds:.1f} s "
-          f"({60 * args.users / loop_seconds:.1f} users/min), batched {batched_seconds:.1f} s "
-          f"({60 * args.users / batched_seconds:.1f} users/min), speed-up {loop_seconds / batched_seconds:.2f}x")
+    if profiler:
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+    if phases:
+        print("batched phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
+    loop_rate = 60 * len(loop_users) / loop_seconds
+    batched_rate = 60 * len(many) / batched_seconds
+    print(f"sequential loop: {len(loop_users)} users x 100 labels in {loop_seconds:.1f} s ({loop_rate:,.0f} users/min)")
+    agree = sum(a.decision.promote == b.decision.promote for a, b in zip(alone, batched, strict=False))
+    gaps = {k: max(abs(a.metrics[k] - b.metrics[k]) for a, b in zip(alone, batched, strict=False))
+            for k in ("heldout_before", "heldout_after", "mnist_accuracy", "mnist_combined_accuracy")}
+    print(f"batched vs one-user path on the first {len(alone)} users: same gate decision for {agree}; "
+          "largest differences " + ", ".join(f"{k} {v:.4f}" for k, v in gaps.items()))
+    print(f"batched: {len(many)} users x 100 labels in {batched_seconds:.1f} s ({batched_rate:,.0f} users/min), "
+          f"speed-up {batched_rate / loop_rate:.1f}x")
 
 
 if __name__ == "__main__":

@@ -4,12 +4,13 @@ batched paths, so both see exactly the same data in the same order)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from core.augment import AugmentConfig, augment
+from core.augment import AugmentConfig, AugmentDraw, apply_augment, draw_augment
 from core.calibrate import fingerprint, head_logits, trunk_features
 from core.data import load_mnist
 from core.model import Checkpoint, normalize
@@ -19,6 +20,7 @@ LIGHT_AUGMENT = AugmentConfig(rotate_deg=6.0, shift=0.06, scale=(0.93, 1.07), sh
                               elastic_alpha=0.3, elastic_p=0.3, thickness_p=0.0)
 REPLAY_POOL = 50_000  # replay draws from MNIST train[:50000]; simulated users from the rest
 REPLAY_SEED = 2024
+REPLAY_SCHEDULE_SEED_OFFSET = 7919  # the replay schedule's generator is seeded apart from the users'
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,10 @@ def split_holdout(labels: np.ndarray, config: FinetuneConfig) -> tuple[np.ndarra
     for digit in np.unique(labels):
         members = order[labels[order] == digit]
         key[members] = (np.arange(len(members)) + 0.5) / len(members)
-    ranked = sorted(range(n), key=lambda i: (key[i], int(np.where(order == i)[0][0])))
-    held = np.sort(np.array(ranked[:n_hold], dtype=np.int64))
+    position = np.empty(n, dtype=np.int64)
+    position[order] = np.arange(n)
+    ranked = np.lexsort((position, key))  # by key, ties by position in the shuffle
+    held = np.sort(ranked[:n_hold].astype(np.int64))
     train = np.setdiff1d(np.arange(n), held)
     return train, held
 
@@ -76,22 +80,38 @@ class PreparedUser:
     n_labels: int
 
 
-def prepare_user(images: np.ndarray, labels: np.ndarray, config: FinetuneConfig) -> PreparedUser:
+@functools.lru_cache(maxsize=256)
+def user_draws(n_train: int, config: FinetuneConfig) -> tuple[tuple[AugmentDraw, ...], torch.Tensor]:
+    """The augmentation draws and the user-sample schedule for a user with ``n_train`` training
+    samples: they depend only on the count and the seed, so users with equal counts share them."""
     generator = torch.Generator().manual_seed(config.seed)
+    draws = tuple(draw_augment(n_train, config.augment, generator) for _ in range(config.augment_copies)
+                  ) if config.augment is not None else ()
+    user_schedule = torch.randint(n_train * (1 + len(draws)), (config.steps, config.user_batch),
+                                  generator=generator)
+    return draws, user_schedule
+
+
+@functools.lru_cache(maxsize=16)
+def replay_schedule(config: FinetuneConfig) -> torch.Tensor:
+    """(steps, replay_batch) indices into the replay bank: the same for every user, so a batch of
+    users can run the replayed half of each step as one shared matrix product."""
+    generator = torch.Generator().manual_seed(config.seed + REPLAY_SCHEDULE_SEED_OFFSET)
+    return torch.randint(config.replay_size, (config.steps, config.replay_batch), generator=generator)
+
+
+def prepare_user(images: np.ndarray, labels: np.ndarray, config: FinetuneConfig) -> PreparedUser:
     train_idx, held_idx = split_holdout(labels, config)
     x = torch.as_tensor(np.ascontiguousarray(images), dtype=torch.uint8).float().unsqueeze(1) / 255.0
     y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
     train_x, train_y = x[train_idx], y[train_idx]
-    copies = [train_x]
-    if config.augment is not None:
-        copies += [augment(train_x, config.augment, generator) for _ in range(config.augment_copies)]
+    draws, user_schedule = user_draws(len(train_idx), config)
+    copies = [train_x] + [apply_augment(train_x, draw, config.augment) for draw in draws
+                          if config.augment is not None]
     all_x = torch.cat(copies)
     all_y = train_y.repeat(len(copies))
-    user_schedule = torch.randint(len(all_x), (config.steps, config.user_batch), generator=generator)
-    replay_schedule = torch.randint(config.replay_size, (config.steps, config.replay_batch),
-                                    generator=generator)
     return PreparedUser(normalize(all_x), all_y, normalize(x[held_idx]), y[held_idx],
-                        user_schedule, replay_schedule, len(labels))
+                        user_schedule, replay_schedule(config), len(labels))
 
 
 class ReplayBank:
