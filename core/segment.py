@@ -213,8 +213,11 @@ def _estimate_pen_width(gray: np.ndarray) -> float:
     mask = ink_mask(ink_map(small, _odd(max(small.shape) * 0.14, 7)))
     height, width = mask.shape
     labels, groups = components(mask)
-    groups = [g for g in groups if g.width <= 0.45 * width and g.height <= 0.45 * height
-              and g.height >= MIN_DIGIT_HEIGHT * scale]
+    # Paper lines are long and narrow (those running to the frame are gone already); a digit
+    # written large may span most of the photo and still counts.
+    groups = [g for g in groups if g.height >= MIN_DIGIT_HEIGHT * scale
+              and (max(g.width, g.height) <= 6 * min(g.width, g.height)
+                   or (g.width <= 0.45 * width and g.height <= 0.45 * height))]
     return _pen_width(labels, groups) / scale
 
 

@@ -52,3 +52,31 @@ def test_row_on_a_bold_ruled_line_keeps_every_digit(digits) -> None:
     rgb = render(row, size=(640, 360), digit_height=80, ink=(100, 100, 110))
     result = preprocess(encode(_bold_lines(rgb, spacing=180, colour=175, width=4, vertical=False)))
     assert len(result.digits) == 4
+
+
+def _bold(rgb_size: tuple[int, int], digit: np.ndarray, height: int, pen: int) -> np.ndarray:
+    """A marker-written digit: the MNIST strokes thickened to `pen` pixels, dark grey on paper."""
+    width, frame_h = rgb_size
+    alpha = np.zeros((frame_h, width), np.float32)
+    ys, xs = np.nonzero(digit > 30)
+    crop = digit[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1].astype(np.float32) / 255
+    scaled = cv2.resize(crop, (max(2, round(crop.shape[1] * height / crop.shape[0])), height))
+    strokes = cv2.dilate((scaled > 0.5).astype(np.float32), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (pen, pen)))
+    y, x = (frame_h - strokes.shape[0]) // 2, (width - strokes.shape[1]) // 2
+    alpha[y: y + strokes.shape[0], x: x + strokes.shape[1]] = cv2.GaussianBlur(strokes, (0, 0), 1.5)
+    paper = np.full((frame_h, width, 3), 235, np.float32) * (1 - 0.3 * np.linspace(0, 1, width))[None, :, None]
+    image = paper * (1 - alpha[..., None]) + 60 * alpha[..., None]
+    rng = np.random.default_rng(0)
+    for _ in range(40):  # fibres and dirt of recycled paper
+        cv2.circle(image, (int(rng.integers(0, width)), int(rng.integers(0, frame_h))), 2, (150, 150, 150), -1)
+    return np.clip(image + rng.normal(0, 2, image.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_bold_digit_filling_the_photo_is_found_whole(digits, index: int) -> None:
+    # Strokes a fifth of the digit's height, the digit 70% of the photo's: the paper estimate
+    # must be wider than the strokes, or their middles pass for paper and only outlines remain.
+    images, _ = digits
+    result = preprocess(encode(_bold((400, 300), images[index], 210, 32)))
+    assert result.status == "ok" and len(result.digits) == 1
+    assert result.digits[0].box[3] >= 0.9 * 210 * max(result.gray.shape) / 400  # type: ignore[union-attr]
