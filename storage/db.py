@@ -29,6 +29,14 @@ from digitbot.settings import PROJECT_ROOT, Settings
 
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# PostgreSQL over a network that can fail (libpq parameters; the URL's query wins): a new connection
+# gives up after 5 s, and a peer that went silent is noticed by TCP keepalives / tcp_user_timeout,
+# so a request fails (the user is asked to try again) instead of hanging for the OS's ~2 h default.
+# A connection dropped while pooled is replaced at checkout (pool_pre_ping).
+POSTGRES_CONNECT_ARGS: dict[str, int] = {
+    "connect_timeout": 5, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+    "keepalives_count": 3, "tcp_user_timeout": 60_000,
+}
 
 
 def _is_memory_sqlite(url: URL) -> bool:
@@ -39,7 +47,11 @@ def create_db_engine(url: str | URL, *, echo: bool = False) -> Engine:
     """An engine with this project's connection settings for SQLite or PostgreSQL."""
     url = make_url(url)
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, echo=echo, pool_size=5, max_overflow=10, pool_pre_ping=True)
+        connect_args: dict[str, Any] = {}
+        if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("psycopg", "psycopg2"):
+            connect_args = {k: v for k, v in POSTGRES_CONNECT_ARGS.items() if k not in url.query}
+        return create_engine(url, echo=echo, pool_size=5, max_overflow=10, pool_pre_ping=True,
+                             connect_args=connect_args)
 
     kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
     if _is_memory_sqlite(url):

@@ -156,7 +156,12 @@ async def _download_read_reply(update: Update, context: ContextTypes.DEFAULT_TYP
     sent = await message.reply_text(
         reading_text(card, _), do_quote=True,
         reply_markup=reading_keyboard(card.reading_id, card.predicted, card.labels, _))
-    await services.attach_message(card.reading_id, sent.chat_id, sent.message_id)
+    try:
+        await services.attach_message(card.reading_id, sent.chat_id, sent.message_id)
+    except Exception as error:  # the answer is out and its buttons work: no "try again" (that would store
+        # the photo twice); only a text reply to this answer will not be taken as a correction
+        log.warning("reading %s was answered but not linked to its message (%s)", card.reading_id,
+                    error.__class__.__name__)
 
 
 def _caption_digits(caption: str | None) -> str | None:

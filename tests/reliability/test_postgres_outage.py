@@ -44,7 +44,9 @@ SORRY = "Sorry, something went wrong. Please try again."
 
 
 class FlakyProxy:
-    """A TCP relay 127.0.0.1:port -> target that can drop every connection and refuse new ones."""
+    """A TCP relay 127.0.0.1:port -> target that can drop every connection and refuse new ones
+    (``down``), or drop them and leave new ones hanging without a word (``blackhole``, a server that
+    stopped answering)."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
@@ -52,6 +54,8 @@ class FlakyProxy:
         self.port = int(self._listener.getsockname()[1])
         self._up = threading.Event()
         self._up.set()
+        self._blackhole = False
+        self._held: list[socket.socket] = []
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self.refused = 0
@@ -65,7 +69,10 @@ class FlakyProxy:
                 return  # closed
             if not self._up.is_set():
                 self.refused += 1
-                _abort(client)
+                if self._blackhole:
+                    self._held.append(client)  # accepted, never answered
+                else:
+                    _abort(client)
                 continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
@@ -103,8 +110,16 @@ class FlakyProxy:
         for sock in open_sockets:
             self._forget(sock)
 
+    def blackhole(self) -> None:
+        self._blackhole = True
+        self.down()
+
     def up(self) -> None:
+        self._blackhole = False
         self._up.set()
+        for sock in self._held:
+            _abort(sock)
+        self._held.clear()
 
     def close(self) -> None:
         self._listener.close()
@@ -154,6 +169,19 @@ def _rows(direct: Engine, telegram_id: int) -> dict[str, int]:
         }
 
 
+async def _settled(direct: Engine, telegram_id: int, *, unlinked: int = 0) -> None:
+    """Wait until the bot has finished with the user's photos (each reading linked to its answer but
+    ``unlinked``), so that an outage started next hits only what the test means it to."""
+    for _ in range(200):
+        with Session(direct) as session:
+            found = session.scalar(select(func.count()).select_from(Reading).join(User).where(
+                User.telegram_id == telegram_id, Reading.bot_message_id.is_(None)))
+        if found == unlinked:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("readings not linked to their answers")
+
+
 def _healthy(rows: dict[str, int], *, readings: int, labels: int) -> None:
     assert rows["readings"] == readings and rows["samples"] == readings and rows["predictions"] == readings, rows
     assert rows["label_rows"] == labels, rows
@@ -170,6 +198,11 @@ def test_postgres_goes_away_mid_use_and_comes_back(
     via_proxy = target.set(host="127.0.0.1", port=proxy.port).update_query_dict({"application_name": app_name})
     sessions = session_factory(via_proxy)
     real_record, real_label = repository_module.record_reading, repository_module.label_sample
+    real_attach = repository_module.attach_bot_message
+
+    def attach_during_outage(session: Session, **kwargs: Any) -> Any:
+        proxy.down()
+        return real_attach(session, **kwargs)
 
     def record_then_outage(session: Session, **kwargs: Any) -> Any:
         stored = real_record(session, **kwargs)
@@ -191,6 +224,7 @@ def test_postgres_goes_away_mid_use_and_comes_back(
             assert sorry != SORRY  # a real translation
             first = await h.photo_reply(user, user, digits_photo("7"))
             rid = reading_id_of(first)
+            await _settled(direct, user)
             _healthy(_rows(direct, user), readings=1, labels=0)
 
             # 1. The photo's transaction is open (rows flushed) when the database goes away.
@@ -211,10 +245,17 @@ def test_postgres_goes_away_mid_use_and_comes_back(
             assert proxy.refused > 0  # the bot really tried to reconnect and was refused
             _healthy(_rows(direct, user), readings=1, labels=0)
 
-            # 3. Back up: the same process answers a photo and a correction, no restart.
+            # 3. Back up: the same process answers a photo, no restart. The database goes away again
+            # just after the answer was sent, as the answer is being linked to its reading: the user
+            # has the answer (its buttons work) and is not told to try again (that would store it twice).
             proxy.up()
+            monkeypatch.setattr(repository_module, "attach_bot_message", attach_during_outage)
             again = await h.photo_reply(user, user, digits_photo("3"))
             assert buttons(again)
+            await asyncio.sleep(1.0)
+            monkeypatch.setattr(repository_module, "attach_bot_message", real_attach)
+            assert not [m for m in await h.users.messages(user) if m["message_id"] > again["message_id"]]
+            proxy.up()
             _healthy(_rows(direct, user), readings=2, labels=0)
 
             # 4. The label's transaction is open when the database goes away again.
@@ -238,10 +279,45 @@ def test_postgres_goes_away_mid_use_and_comes_back(
             refused_before = proxy.refused
             third = await h.photo_reply(user, user, digits_photo("5"))
             assert buttons(third)
+            await _settled(direct, user, unlinked=1)  # the answer whose link was cut in step 3
             reply = await h.text_reply(user, user, "6", reply_to=third["message_id"])
             assert reply["text"] != sorry and "6" in reply["text"]
             assert proxy.refused == refused_before
             _healthy(_rows(direct, user), readings=3, labels=2)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sessions.kw["bind"].dispose()
+        proxy.close()
+
+
+def test_postgres_that_stops_answering_gets_a_timely_try_again(
+        postgres: tuple[str, Engine], tmp_path: Path, recognizer: Recognizer) -> None:
+    """The server stops answering new connections (they hang, no refusal): the engine's
+    connect_timeout (storage.db.POSTGRES_CONNECT_ARGS) turns that into "try again" within seconds.
+    (With ``connect_timeout=0`` in the URL the same photo had no answer after 60 s.)"""
+    url, direct = postgres
+    target = make_url(url)
+    proxy = FlakyProxy(target.host or "127.0.0.1", target.port or 5432)
+    sessions = session_factory(target.set(host="127.0.0.1", port=proxy.port))
+
+    async def scenario() -> None:
+        async with running_bot(tmp_path, recognizer, sessions=sessions) as h:
+            user = new_user_id()
+            await h.users.set_user(user, language_code="en")
+            assert buttons(await h.photo_reply(user, user, digits_photo("7")))
+            await _settled(direct, user)
+            proxy.blackhole()
+            started = asyncio.get_running_loop().time()
+            sent = await h.users.send_photo(user, user, digits_photo("3"))
+            answer = await h.users.wait_for_bot_message(user, after=sent, timeout=60)
+            assert answer["text"] == SORRY
+            assert asyncio.get_running_loop().time() - started < 30  # a few 5 s connection attempts
+            proxy.up()
+            assert buttons(await h.photo_reply(user, user, digits_photo("3")))
+            await _settled(direct, user)
+            _healthy(_rows(direct, user), readings=2, labels=0)
 
     try:
         asyncio.run(scenario())
