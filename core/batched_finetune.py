@@ -11,9 +11,9 @@ CPU it runs in float32 and matches the one-user path within float rounding (test
 
 from __future__ import annotations
 
-import os
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -76,10 +76,16 @@ def finetune_users(base: Checkpoint, users: Sequence[UserSamples], *,
     if valid:
         trainer.replay = replay or cached_replay(base, config.replay_size, torch_device)
         trainer.probe = probe or cached_probe(base, config.mnist_subset, torch_device)
-        for start in range(0, len(valid), chunk_size):
-            chunk = valid[start:start + chunk_size]
-            for index, result in zip(chunk, trainer.run([users[i] for i in chunk]), strict=True):
-                results[index] = result
+        # a chunk's results are unpacked into per-user checkpoints on a CPU thread while the GPU
+        # trains the next chunk
+        with ThreadPoolExecutor(max_workers=1) as packer:
+            pending = []
+            for start in range(0, len(valid), chunk_size):
+                chunk = valid[start:start + chunk_size]
+                pending.append((chunk, packer.submit(trainer.run([users[i] for i in chunk]))))
+            for chunk, future in pending:
+                for index, result in zip(chunk, future.result(), strict=True):
+                    results[index] = result
     return [r for r in results if r is not None]
 
 
@@ -127,7 +133,8 @@ class _ChunkTrainer:
         with torch.no_grad(), self._autocast():
             return self.head.logits(params, own, shared).float()
 
-    def run(self, users: Sequence[UserSamples]) -> list[FinetuneResult]:
+    def run(self, users: Sequence[UserSamples]) -> Callable[[], list[FinetuneResult]]:
+        """Train and evaluate a chunk on the device; returns the CPU work that packages the results."""
         assert self.replay is not None
         started = time.perf_counter()
         self._phase("other")
@@ -182,7 +189,7 @@ class _ChunkTrainer:
                           for i in range(0, users, step)])
 
     def _evaluate(self, users: Sequence[UserSamples], material: BatchMaterial, best: dict[str, torch.Tensor],
-                  best_step: torch.Tensor, seconds: float) -> list[FinetuneResult]:
+                  best_step: torch.Tensor, seconds: float) -> Callable[[], list[FinetuneResult]]:
         """Calibrate every user's candidate, measure it against what they are served now, gate it."""
         assert self.probe is not None
         probe, mask, labels = self.probe, material.holdout_mask, material.holdout_labels
@@ -225,27 +232,35 @@ class _ChunkTrainer:
             "best_step": best_step.float(), "temperature": temperature, "threshold": threshold,
         }
         table = dict(zip(columns, torch.stack(list(columns.values())).cpu().tolist(), strict=True))
-        self._phase("evaluate")
-        weights_cpu = _to_host(best)
-        config_dict = _config_dict(self.config)
+        host = _to_host(torch.cat([best[n].detach().float().flatten(1) for n in self.names], dim=1))
         shared = {"mnist_base_accuracy": probe.accuracy(), "mnist_subset": float(n_probe), "train_seconds": seconds}
+        self._phase("evaluate")
+        return functools.partial(self._package, material.n_labels, material.holdout_sizes, table, host, shared,
+                                 base_t)
+
+    def _package(self, n_labels_list: list[int], holdout_sizes: list[int], table: dict[str, list[float]],
+                 host: torch.Tensor, shared: dict[str, float], base_t: float) -> list[FinetuneResult]:
+        started = time.perf_counter()
+        shapes = [self.anchor[n].shape for n in self.names]
+        sizes = [int(np.prod(s)) for s in shapes]
+        config_dict = _config_dict(self.config)
         results = []
-        # each user's weights get their own storage (a view would save the whole chunk with it);
-        # the copies release the GIL, so threads overlap them
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            states = list(pool.map(lambda i: {n: weights_cpu[n][i].clone() for n in self.names},
-                                   range(len(users))))
-        for i, n_labels in enumerate(material.n_labels):
-            n_hold = material.holdout_sizes[i]
+        for i, n_labels in enumerate(n_labels_list):
+            # one storage per user (a view of ``host`` would save the whole chunk with the checkpoint)
+            own = host[i].clone()
+            state = {n: part.view(shape) for n, part, shape in zip(self.names, own.split(sizes), shapes, strict=True)}
+            state |= {n: b.clone() for n, b in self.buffers.items()}
+            n_hold = holdout_sizes[i]
             metrics = {"n_labels": float(n_labels), "n_train": float(n_labels - n_hold), "n_holdout": float(n_hold),
-                       **{k: table[k][i] for k in columns if k not in ("temperature", "threshold")}, **shared}
+                       **{k: v[i] for k, v in table.items() if k not in ("temperature", "threshold")}, **shared}
             meta = {"kind": "personal", "temperature": table["temperature"][i], "threshold": table["threshold"][i],
                     "base_temperature": base_t, "base_data_sha256": self.base.meta.get("data_sha256"),
                     "seed": self.config.seed, "config": dict(config_dict)}
-            state = states[i] | {n: b.clone() for n, b in self.buffers.items()}
             checkpoint = Checkpoint(state_dict=state, config=self.base.config, metrics=metrics, meta=meta)
             results.append(FinetuneResult(checkpoint, gate_metrics(metrics), metrics))
-        self._phase("package")
+        if self.timings is not None:
+            key = "package (CPU thread, overlapped)"
+            self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - started
         return results
 
     def _served_probs(self, users: Sequence[UserSamples], held: torch.Tensor,
@@ -268,16 +283,11 @@ class _ChunkTrainer:
         return probs
 
 
-def _to_host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """float32 CPU copies; from CUDA through pinned memory (several times faster than pageable)."""
-    host = {}
-    for name, value in tensors.items():
-        value = value.detach().float()
-        if value.device.type != "cuda":
-            host[name] = value.cpu()
-            continue
-        host[name] = torch.empty(value.shape, dtype=torch.float32, pin_memory=True)
-        host[name].copy_(value, non_blocking=True)
-    if any(v.device.type == "cuda" for v in tensors.values()):
-        torch.cuda.synchronize()
+def _to_host(value: torch.Tensor) -> torch.Tensor:
+    """A CPU copy; from CUDA through pinned memory (several times faster than pageable)."""
+    if value.device.type != "cuda":
+        return value.cpu()
+    host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+    host.copy_(value, non_blocking=True)
+    torch.cuda.synchronize(value.device)
     return host
