@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from core.grouping import components, label_stats, long_labels, quantile, stroke_width
+from core.grouping import Group, components, label_stats, long_labels, own_mask, quantile, stroke_width
 
 
 def odd(value: float, minimum: int = 3) -> int:
@@ -70,3 +70,34 @@ def separate_lines(mask: np.ndarray, labels: np.ndarray, long_ones: list[int], i
             if label in edge_labels or stroke_width(window.astype(np.uint8)) < 1.3 * line_width:
                 kept[y: y + h, x: x + w][window] = 0
     return np.where(part > 0, kept, mask).astype(np.uint8)
+
+
+def line_fragment(group: Group, labels: np.ndarray, ink: np.ndarray) -> bool:
+    """Whether a narrow piece is a stretch of a paper line that came out darker than the rest
+    (across a shadow's edge, say): faint ink goes on along its axis beyond both of its ends,
+    whereas beyond the ends of a written "1" there is paper.
+    """
+    if group.width > 0.5 * group.height or group.height < 8:
+        return False
+    own = own_mask(labels, group)
+    rows = np.flatnonzero(own.any(axis=1))
+    band = max(1, len(rows) // 8)
+    top_xs, bottom_xs = np.nonzero(own[rows[:band]])[1], np.nonzero(own[rows[-band:]])[1]
+    top = np.array([group.x0 + top_xs.mean(), group.y0 + rows[0]])
+    bottom = np.array([group.x0 + bottom_xs.mean(), group.y0 + rows[-1]])
+    axis = (bottom - top) / max(float(np.hypot(*(bottom - top))), 1.0)
+    level = quantile(ink[group.y0: group.y1, group.x0: group.x1][own > 0], 0.9)
+    reach = 2 * stroke_width(own) + 2
+    height, width = ink.shape
+    sides = []
+    for end, direction in ((bottom, axis), (top, -axis)):
+        steps = np.arange(reach, reach + 0.8 * group.height)
+        points = np.round(end + steps[:, None] * direction).astype(int)
+        inside = (points[:, 0] >= 1) & (points[:, 0] < width - 1) & (points[:, 1] >= 0) & (points[:, 1] < height)
+        if inside.sum() < 0.5 * len(steps):
+            continue
+        xs, ys = points[inside, 0], points[inside, 1]
+        # The widest of three neighbouring columns: the axis is only roughly known.
+        along = np.maximum(np.maximum(ink[ys, xs - 1], ink[ys, xs]), ink[ys, xs + 1])
+        sides.append(float(np.median(along)))
+    return bool(sides) and min(sides) > max(15.0, 0.25 * level)

@@ -36,7 +36,7 @@ from core.grouping import (
     split_touching,
     stroke_width,
 )
-from core.lines import separate_lines
+from core.lines import line_fragment, separate_lines
 
 BG_LONG_SIDE = 128
 MIN_INK_CONTRAST = 0.15
@@ -199,6 +199,7 @@ def _segment(gray: np.ndarray, kernel: int) -> tuple[np.ndarray, np.ndarray, lis
         labels, groups = components(mask)
     groups = split_touching(merge_pieces([g for g in groups if not is_blob(g, labels)]), labels)
     groups = drop_shadow_tips([g for g in groups if digit_like(g, labels, ink)], labels, ink, gray)
+    groups = [g for g in groups if not line_fragment(g, labels, ink)]
     regions = [_region(labels, g) for g in best_row(groups)] if groups else []
     return ink, mask, regions
 

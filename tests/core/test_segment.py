@@ -7,6 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
+from core.grouping import Group
+from core.lines import line_fragment
 from core.preprocess import preprocess
 from tests.core.test_preprocess import encode, render
 
@@ -80,3 +82,20 @@ def test_bold_digit_filling_the_photo_is_found_whole(digits, index: int) -> None
     result = preprocess(encode(_bold((400, 300), images[index], 210, 32)))
     assert result.status == "ok" and len(result.digits) == 1
     assert result.digits[0].box[3] >= 0.9 * 210 * max(result.gray.shape) / 400  # type: ignore[union-attr]
+
+
+def test_darker_stretch_of_a_paper_line_is_not_a_one() -> None:
+    # A printed line about as dark as the writing, broken by the ink threshold into stretches:
+    # each is a thin upright piece like a "1", but faint ink goes on along it beyond both ends;
+    # beyond the ends of a written "1" there is paper.
+    ink = np.zeros((200, 200), np.uint8)
+    ink[:, 40:44] = 55  # the line, top to bottom
+    ink[60:140, 40:44] = 70  # the stretch that passed the threshold
+    ink[60:140, 120:125] = 150  # a written "1"
+    labels = np.zeros((200, 200), np.int32)
+    labels[60:140, 40:44], labels[60:140, 120:125] = 1, 2
+    stretch, one = Group(40, 60, 44, 140, [1], 320), Group(120, 60, 125, 140, [2], 400)
+    assert line_fragment(stretch, labels, ink)
+    assert not line_fragment(one, labels, ink)
+    ink[150:190, 150:154] = 150  # another digit below and beside it, off its axis: still a "1"
+    assert not line_fragment(one, labels, ink)
