@@ -17,7 +17,9 @@ same transaction as a reading or a label), and a photo whose reading was stored 
 never answered is answered from the stored reading (``BotServices`` notes which updates are replays).
 
 If the database cannot take the update, it is handled anyway, without the guarantee (the handlers
-then answer "try again" as before), and a warning is logged.
+then answer "try again" as before), and a warning is logged; for the next 10 s updates are handled
+without trying the inbox, so that an unreachable database (connections hanging until their
+timeout) does not hold every update back.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 RETENTION = timedelta(days=1)
 _PURGE_EVERY_S = 3600.0
+_DATABASE_DOWN_S = 10.0  # after a failed write, updates are handled unrecorded for this long
 _HANDLE = frozenset({"new", "retry", "pending"})
 
 
@@ -107,7 +110,9 @@ class UpdateInbox:
         self.processor = InboxProcessor(self)
         self._claimed: set[int] = set()  # in this process's hands: queued or being handled
         self._raised: set[int] = set()  # claimed updates whose handling raised
+        self._unrecorded: set[int] = set()  # claimed but not written down (the database failed)
         self._last_purge = 0.0
+        self._skip_until = 0.0  # the database just failed: do not make every update wait for it
 
     # -- in ---------------------------------------------------------------------------------------
     async def admit(self, update: Update) -> bool:
@@ -117,12 +122,17 @@ class UpdateInbox:
             log.info("update %s is already being handled here; ignoring the redelivery", update_id)
             return False
         self._claimed.add(update_id)  # before the database call: a concurrent redelivery is dropped
+        if time.monotonic() < self._skip_until:
+            self._unrecorded.add(update_id)
+            return True
         try:
             state = await asyncio.to_thread(self.services.inbox_receive, update_id, update.to_dict(),
                                             self.owner, self.max_attempts)
         except Exception as error:  # never lose it for want of a database: handle it unrecorded
-            log.warning("update %s not written to the inbox (%s); handling it without replay on a crash",
-                        update_id, error.__class__.__name__)
+            log.warning("update %s not written to the inbox (%s); handling it, and those of the next %.0f s, "
+                        "without replay on a crash", update_id, error.__class__.__name__, _DATABASE_DOWN_S)
+            self._skip_until = time.monotonic() + _DATABASE_DOWN_S
+            self._unrecorded.add(update_id)
             return True
         # "pending" here: taken by a process that died, or by another replica (a webhook retry)
         if state in _HANDLE:
@@ -173,6 +183,11 @@ class UpdateInbox:
     async def finished(self, update_id: int) -> None:
         if update_id not in self._claimed:
             return  # not admitted by this inbox (e.g. put straight into the queue by a test)
+        if update_id in self._unrecorded:  # nothing in the database to update
+            self._unrecorded.discard(update_id)
+            self._raised.discard(update_id)
+            self._claimed.discard(update_id)
+            return
         if update_id in self._raised:
             self._raised.discard(update_id)
             if await self._record(self.services.inbox_failed, update_id, self.max_attempts):

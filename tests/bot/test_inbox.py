@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from telegram import Update
 
 from bot.app import INBOX_KEY
 from bot.inbox import UpdateInbox
@@ -194,4 +195,29 @@ def test_an_update_is_written_down_before_it_is_acknowledged(tmp_path: Path, rec
             with h.sessions() as session:
                 rows = session.query(InboxUpdate).all()
                 assert [(r.state, r.owner) for r in rows] == [("done", inbox.owner)] and rows[0].reading_id
+    asyncio.run(scenario())
+
+
+def test_without_a_database_updates_are_handled_unrecorded_and_not_held_back() -> None:
+    class DownServices:
+        calls = 0
+
+        def inbox_receive(self, *args: Any) -> str:
+            self.calls += 1
+            raise ConnectionError("database unreachable")
+
+        inbox_done = inbox_failed = inbox_purge = inbox_receive
+
+    services = DownServices()
+    inbox = UpdateInbox(services)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        first, second = Update(update_id=1), Update(update_id=2)
+        await inbox.queue.put(first)
+        await inbox.queue.put(second)
+        await inbox.queue.put(Update(update_id=2))  # a redelivery while it is in hand: dropped
+        assert inbox.queue.qsize() == 2
+        assert services.calls == 1  # the second did not wait for the database again
+        await inbox.finished(1)  # nothing in the database to mark: no call
+        assert services.calls == 1
     asyncio.run(scenario())
