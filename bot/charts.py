@@ -45,10 +45,24 @@ class ChartData:
     confusion: Sequence[Sequence[int]]  # 10x10 counts: [what the user wrote][what was answered]
 
 
+# File names of CJK fonts installed after matplotlib built its font cache (e.g. by scripts/services.sh).
+_CJK_FILES = ("wqy-microhei", "wqy-zenhei", "notosanscjk", "sourcehansans")
+
+
 @lru_cache(maxsize=1)
 def _cjk_font() -> str | None:
-    available = {font.name for font in font_manager.fontManager.ttflist}
-    return next((name for name in _CJK_FONTS if name in available), None)
+    """The first Chinese-capable font found; also looks for font files newer than matplotlib's cache."""
+    def known() -> str | None:
+        available = {font.name for font in font_manager.fontManager.ttflist}
+        return next((name for name in _CJK_FONTS if name in available), None)
+
+    if (found := known()) is not None:
+        return found
+    for path in font_manager.findSystemFonts():
+        if any(part in path.lower().replace("-", "").replace("_", "") for part in
+               (name.replace("-", "") for name in _CJK_FILES)):
+            font_manager.fontManager.addfont(path)
+    return known()
 
 
 def render_stats_chart(data: ChartData, _: Translator) -> bytes:

@@ -7,6 +7,8 @@ need=()
 command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# Chinese labels on the /stats chart (bot/charts.py falls back to English without a CJK font)
+[[ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]] || need+=(fonts-wqy-microhei)
 if ((${#need[@]})); then
     { apt-get update -qq && apt-get install -y -qq "${need[@]}"; } >&2
 fi

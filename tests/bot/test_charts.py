@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import io
+import warnings
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from bot.charts import AccuracyPoint, ChartData, render_stats_chart
+from bot.charts import AccuracyPoint, ChartData, _cjk_font, render_stats_chart
 from bot.i18n import translator
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -45,6 +47,17 @@ def test_chart_marks_the_promotion() -> None:
     difference = np.abs(with_promotion - without).sum(axis=2) > 0
     assert difference[:, :600].sum() > 100  # the marker line and its label, in the accuracy panel
     assert difference[:, 700:].sum() == 0  # the confusion panel is unchanged
+
+
+def test_chinese_labels_use_a_cjk_font_when_one_is_installed() -> None:
+    """CI installs fonts-wqy-microhei (scripts/services.sh): no glyph may be missing from the chart."""
+    if _cjk_font() is None:
+        pytest.skip("no CJK font installed here (scripts/services.sh installs fonts-wqy-microhei)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chinese = render_stats_chart(_data(), translator("zh_CN"))
+    assert not [w for w in caught if "missing from font" in str(w.message)]
+    assert chinese != render_stats_chart(_data(), translator("en"))  # the labels really are Chinese
 
 
 def test_chart_renders_for_chinese_and_for_no_data() -> None:
