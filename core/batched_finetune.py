@@ -57,7 +57,8 @@ def finetune_users(base: Checkpoint, users: Sequence[UserSamples], *,
 
     device None picks CUDA when available; ``chunk_size`` users are trained together (None: 2048
     on CUDA, 32 on CPU). bf16 / compile_step None: on for CUDA, off for the CPU. ``timings``: a
-    dict to add seconds per phase to (prepare, train, evaluate, package; synchronises the device).
+    dict to add seconds per phase to (train, evaluate, and the overlapped prepare and package
+    threads; synchronises the device).
     """
     config = config or FinetuneConfig()
     torch_device = pick_device(device)
@@ -76,13 +77,18 @@ def finetune_users(base: Checkpoint, users: Sequence[UserSamples], *,
     if valid:
         trainer.replay = replay or cached_replay(base, config.replay_size, torch_device)
         trainer.probe = probe or cached_probe(base, config.mnist_subset, torch_device)
-        # a chunk's results are unpacked into per-user checkpoints on a CPU thread while the GPU
-        # trains the next chunk
-        with ThreadPoolExecutor(max_workers=1) as packer:
+        chunks = [valid[start:start + chunk_size] for start in range(0, len(valid), chunk_size)]
+        # Three stages overlap: the next chunk is prepared on one thread and the last chunk's results
+        # are unpacked into per-user checkpoints on another while the GPU trains this chunk (all
+        # device work goes to one stream, so its order is the order it was issued in).
+        with ThreadPoolExecutor(max_workers=1) as preparer, ThreadPoolExecutor(max_workers=1) as packer:
             pending = []
-            for start in range(0, len(valid), chunk_size):
-                chunk = valid[start:start + chunk_size]
-                pending.append((chunk, packer.submit(trainer.run([users[i] for i in chunk]))))
+            upcoming = preparer.submit(trainer.prepare, [users[i] for i in chunks[0]])
+            for number, chunk in enumerate(chunks):
+                material = upcoming.result()
+                if number + 1 < len(chunks):
+                    upcoming = preparer.submit(trainer.prepare, [users[i] for i in chunks[number + 1]])
+                pending.append((chunk, packer.submit(trainer.run([users[i] for i in chunk], material))))
             for chunk, future in pending:
                 for index, result in zip(chunk, future.result(), strict=True):
                     results[index] = result
@@ -133,15 +139,22 @@ class _ChunkTrainer:
         with torch.no_grad(), self._autocast():
             return self.head.logits(params, own, shared).float()
 
-    def run(self, users: Sequence[UserSamples]) -> Callable[[], list[FinetuneResult]]:
+    def prepare(self, users: Sequence[UserSamples]) -> BatchMaterial:
+        started = time.perf_counter()
+        with self._autocast():  # the frozen trunk too
+            material = prepare_batch(self.net, [(u.images, u.labels) for u in users], self.config, self.device,
+                                     self.dtype)
+        if self.timings is not None:
+            key = "prepare (thread, overlapped)"
+            self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - started
+        return material
+
+    def run(self, users: Sequence[UserSamples], material: BatchMaterial) -> Callable[[], list[FinetuneResult]]:
         """Train and evaluate a chunk on the device; returns the CPU work that packages the results."""
         assert self.replay is not None
         started = time.perf_counter()
-        self._phase("other")
+        self._phase("waiting for preparation")
         config = self.config
-        with self._autocast():  # the frozen trunk too
-            material = prepare_batch(self.net, [(u.images, u.labels) for u in users], config, self.device,
-                                     self.dtype)
         starts = [{**self.anchor, **(head_state(u.current.state_dict) if u.current is not None else {})}
                   for u in users]
         params = {n: p.requires_grad_(True) for n, p in stack_states(starts, self.names, self.device).items()}
@@ -156,7 +169,6 @@ class _ChunkTrainer:
         # fused: one kernel for every stacked tensor's update (CUDA); the same arithmetic as Adam
         optimizer = torch.optim.Adam(params.values(), lr=config.lr, eps=config.adam_eps,
                                      fused=self.device.type == "cuda")
-        self._phase("prepare")
         best_loss = holdout_losses()
         best_step = torch.zeros(len(users), dtype=torch.long, device=self.device)
         best = {n: p.detach().clone() for n, p in params.items()}
