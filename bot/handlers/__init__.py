@@ -19,6 +19,7 @@ _OTHER_MEDIA = (
 
 
 def register(application: Application[Any, Any, Any, Any, Any, Any]) -> None:
+    """Add every handler to the application, in the order they must be tried."""
     application.add_handlers([
         CommandHandler("start", commands.on_start),
         CommandHandler("help", commands.on_help),

@@ -25,16 +25,19 @@ ADMIN_GROUP = -1
 
 
 def register_admin(application: Application[Any, Any, Any, Any, Any, Any], admin_ids: Iterable[int]) -> None:
+    """Add the admin-only commands (the allow-list is read from the settings)."""
     application.bot_data[ADMIN_IDS_KEY] = frozenset(int(i) for i in admin_ids)
     application.add_handler(CommandHandler("admin", on_admin), group=ADMIN_GROUP)
 
 
 def is_admin(context: ContextTypes.DEFAULT_TYPE, telegram_id: int) -> bool:
+    """True when the sender's Telegram id is on the admin allow-list."""
     admins: frozenset[int] = context.bot_data.get(ADMIN_IDS_KEY, frozenset())
     return telegram_id in admins
 
 
 async def on_admin(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/admin status: service health for allow-listed admins; others get the unknown-command answer."""
     message, user = update.effective_message, update.effective_user
     if message is None or user is None or not is_private(update) or not is_admin(context, user.id):
         if user is not None and context.args:

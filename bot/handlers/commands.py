@@ -49,6 +49,7 @@ async def register_commands(bot: Bot) -> None:
 
 
 async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/start: greet the user and say how to send a photo."""
     if update.effective_message is None:
         return
     _ = await user_translator(update, context)
@@ -66,6 +67,7 @@ async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def on_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/help: what the bot does and its commands, in the user's language."""
     if update.effective_message is None:
         return
     _ = await user_translator(update, context)
@@ -78,6 +80,7 @@ async def on_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def on_lang(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/lang [language]: switch to it directly, or offer the languages as buttons."""
     message, user = update.effective_message, update.effective_user
     if message is None or user is None:
         return
@@ -96,6 +99,7 @@ async def on_lang(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def on_language_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A language button: store the choice and answer in that language."""
     query = update.callback_query
     if query is None:
         return
@@ -112,6 +116,7 @@ async def on_language_button(update: Update, context: ContextTypes.DEFAULT_TYPE)
 
 
 async def on_forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/forget: ask for confirmation before deleting everything about the user."""
     message, user = update.effective_message, update.effective_user
     if message is None or user is None:
         return
@@ -124,6 +129,7 @@ async def on_forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def on_forget_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """The /forget confirmation buttons: delete everything, or keep it."""
     query = update.callback_query
     if query is None:
         return
@@ -152,6 +158,7 @@ async def on_forget_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -
 
 
 async def on_train(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/train: queue a personal fine-tune now if the user has enough new labels."""
     message, user = update.effective_message, update.effective_user
     if message is None or user is None:
         return
@@ -174,6 +181,7 @@ async def on_train(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def on_unknown_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Any other command: say so and point to /help."""
     message = update.effective_message
     if message is None or message.text is None:
         return

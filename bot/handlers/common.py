@@ -21,6 +21,7 @@ _reading_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakVal
 
 
 def services_of(context: ContextTypes.DEFAULT_TYPE) -> BotServices:
+    """The BotServices the application was wired with."""
     services: BotServices = context.application.bot_data[SERVICES_KEY]
     return services
 
@@ -36,6 +37,7 @@ async def user_translator(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
 
 
 def is_private(update: Update) -> bool:
+    """True in a one-to-one chat with the bot."""
     return update.effective_chat is not None and update.effective_chat.type == "private"
 
 

@@ -34,6 +34,7 @@ def _dead_button(_: Translator) -> str:
 
 
 async def on_reading_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A reading's buttons: confirm, pick a digit to correct, set it, or undo."""
     query = update.callback_query
     if query is None or query.from_user is None:
         return

@@ -58,6 +58,7 @@ def install_redaction(token: str | None) -> RedactTokenFilter:
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """The one global error handler: log with the token redacted, tell the user to try again."""
     error = context.error
     if isinstance(error, Forbidden):
         log.info("the user blocked the bot or left the chat: %s", error)

@@ -57,6 +57,7 @@ def _pick_file(message: Message) -> _Incoming | str:
 
 
 def problem_text(status: str, _: Translator, **values: int) -> str:
+    """The friendly answer for a photo that could not be read, in the user's language."""
     texts = {
         "not_an_image": _("That doesn't look like an image I can read. Please send a photo "
                           "(JPEG or PNG) of handwritten digits."),
@@ -74,6 +75,7 @@ def problem_text(status: str, _: Translator, **values: int) -> str:
 
 
 async def on_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A photo or image document: read the digits and answer with confirm/correct buttons."""
     message = update.effective_message
     user = update.effective_user
     if message is None or user is None:

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 
 async def on_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/stats: the user's accuracy before and after personalisation, with a chart."""
     message, user = update.effective_message, update.effective_user
     if message is None or user is None:
         return
