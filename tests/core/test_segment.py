@@ -99,3 +99,11 @@ def test_darker_stretch_of_a_paper_line_is_not_a_one() -> None:
     assert not line_fragment(one, labels, ink)
     ink[150:190, 150:154] = 150  # another digit below and beside it, off its axis: still a "1"
     assert not line_fragment(one, labels, ink)
+
+
+
+@pytest.mark.parametrize("noise", [12.0, 18.0, 25.0])
+def test_grainy_blank_paper_is_still_no_digit(noise: float) -> None:
+    for seed in range(3):
+        result = preprocess(encode(render([], size=(200, 110), noise=noise, shadow=True, seed=seed)))
+        assert result.status == "no_digit"
