@@ -174,11 +174,24 @@ def _pen_width(labels: np.ndarray, groups: list[Group]) -> float:
 
 
 def _keep_thick(mask: np.ndarray, stroke: float) -> np.ndarray:
-    """Remove structures much thinner than the pen (paper lines), keeping the strokes' edges."""
+    """Remove structures much thinner than the pen (paper lines), keeping the strokes' edges.
+
+    Compact pieces of a digit's size stay whole: a digit written thinner than its neighbours
+    (less pressure, a finer pen) is no paper line.
+    """
     size = max(3, int(0.55 * stroke) | 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
     opened = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
-    return cv2.bitwise_and(mask, cv2.dilate(opened, kernel))
+    kept = cv2.bitwise_and(mask, cv2.dilate(opened, kernel))
+    _, labels, stats = label_stats(mask)
+    x, y, w, h = (stats[:, k] for k in range(4))
+    inside = (x > 0) & (y > 0) & (x + w < mask.shape[1]) & (y + h < mask.shape[0])
+    tall = max(MIN_DIGIT_HEIGHT, 2 * stroke)
+    compact = inside & (np.maximum(w, h) <= 3 * np.minimum(w, h)) & (h >= tall) & (h < 0.4 * mask.shape[0])
+    compact[0] = False
+    if compact.any():
+        kept[compact[labels]] = 255
+    return kept
 
 
 def _segment(gray: np.ndarray, kernel: int) -> tuple[np.ndarray, np.ndarray, list[DigitRegion]]:

@@ -107,3 +107,32 @@ def test_grainy_blank_paper_is_still_no_digit(noise: float) -> None:
     for seed in range(3):
         result = preprocess(encode(render([], size=(200, 110), noise=noise, shadow=True, seed=seed)))
         assert result.status == "no_digit"
+
+
+def _pen_row(digit_images: list[np.ndarray], pens: list[int], height: int = 60) -> np.ndarray:
+    """A row of digits each written with its own pen width (1 = a hairline), dark on paper."""
+    alpha = np.zeros((200, 480), np.float32)
+    x = 60
+    for digit, pen in zip(digit_images, pens, strict=True):
+        ys, xs = np.nonzero(digit > 30)
+        crop = digit[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1].astype(np.float32) / 255
+        scaled = cv2.resize(crop, (max(2, round(crop.shape[1] * height / crop.shape[0])), height))
+        strokes = cv2.erode((scaled > 0.5).astype(np.float32), np.ones((3, 3)))
+        if pen > 1:
+            strokes = cv2.dilate(strokes, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (pen, pen)))
+        top = (200 - height) // 2
+        alpha[top: top + height, x: x + strokes.shape[1]] = strokes
+        x += strokes.shape[1] + 25
+    alpha = cv2.GaussianBlur(alpha, (0, 0), 0.8)
+    image = np.full((200, 480, 3), 235, np.float32) * (1 - alpha[..., None]) + 50 * alpha[..., None]
+    return np.clip(image + np.random.default_rng(0).normal(0, 2, image.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("pens", [[9, 1, 9], [11, 1, 11], [9, 3, 9]])
+def test_digit_written_thinner_than_its_neighbours_is_kept(digits, pens: list[int]) -> None:
+    # Opening away what is thinner than the pen removes leftovers of paper lines, not a digit
+    # written with less pressure than the others.
+    images, _ = digits
+    for first in (0, 3, 6):
+        result = preprocess(encode(_pen_row([images[first + k] for k in range(3)], pens)))
+        assert len(result.digits) == 3
