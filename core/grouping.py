@@ -277,20 +277,6 @@ def drop_shadow_tips(groups: list[Group], labels: np.ndarray, ink: np.ndarray,
     return kept
 
 
-def long_labels(labels: np.ndarray, stats: np.ndarray, *, at_frame: bool = False) -> list[int]:
-    """Labels of components spanning much of the image that reach the frame (paper lines, edges,
-    and what touches them) or, unless `at_frame`, are long and narrow (a line broken off).
-
-    A digit written large spans much of the photo too, but it is neither.
-    """
-    height, width = labels.shape
-    x, y, w, h = (stats[1:, k] for k in range(4))
-    chosen = (w > 0.4 * width) | (h > 0.4 * height)
-    touches = (x == 0) | (y == 0) | (x + w == width) | (y + h == height)
-    chosen &= touches if at_frame else touches | (np.maximum(w, h) > 6 * np.minimum(w, h))
-    return [int(i) + 1 for i in np.flatnonzero(chosen)]
-
-
 def components(mask: np.ndarray, stats_out: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[Group]]:
     """Labels and the groups of the pieces that could be (parts of) digits.
 

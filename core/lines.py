@@ -9,12 +9,26 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from core.grouping import Group, components, label_stats, long_labels, own_mask, quantile, stroke_width
+from core.grouping import Group, components, label_stats, own_mask, quantile, stroke_width
 
 
 def odd(value: float, minimum: int = 3) -> int:
     size = max(minimum, round(value))
     return size if size % 2 else size + 1
+
+
+def long_labels(labels: np.ndarray, stats: np.ndarray, *, at_frame: bool = False) -> list[int]:
+    """Labels of components spanning much of the image that reach the frame (paper lines, edges,
+    and what touches them) or, unless `at_frame`, are long and narrow (a line broken off).
+
+    A digit written large spans much of the photo too, but it is neither.
+    """
+    height, width = labels.shape
+    x, y, w, h = (stats[1:, k] for k in range(4))
+    chosen = (w > 0.4 * width) | (h > 0.4 * height)
+    touches = (x == 0) | (y == 0) | (x + w == width) | (y + h == height)
+    chosen &= touches if at_frame else touches | (np.maximum(w, h) > 6 * np.minimum(w, h))
+    return [int(i) + 1 for i in np.flatnonzero(chosen)]
 
 
 def separate_lines(mask: np.ndarray, labels: np.ndarray, long_ones: list[int], ink: np.ndarray,

@@ -29,14 +29,14 @@ from core.grouping import (
     drop_shadow_tips,
     is_blob,
     label_stats,
-    long_labels,
     merge_pieces,
     own_mask,
     quantile,
     split_touching,
     stroke_width,
 )
-from core.lines import line_fragment, separate_lines
+from core.lines import line_fragment, long_labels, separate_lines
+from core.row_fill import faint_digits
 
 BG_LONG_SIDE = 128
 MIN_INK_CONTRAST = 0.15
@@ -258,6 +258,12 @@ def find_digits(gray: np.ndarray) -> Segmentation:
         ink_w, mask_w, regions_w = _segment(gray, wider)
         if regions_w:
             ink, mask, regions = ink_w, mask_w, regions_w
+    if regions:
+        pen = float(np.median([r.stroke_width for r in regions]))
+        labels, faint = faint_digits(gray, ink, [r.box for r in regions], pen)
+        if faint:
+            regions = sorted(regions + [_region(labels, g) for g in faint], key=lambda r: r.box[0])
+            mask = np.maximum(mask, (labels > 0).astype(np.uint8) * 255)
     kept = np.zeros_like(mask)
     for region in regions:
         x, y, w, h = region.box

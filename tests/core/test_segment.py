@@ -136,3 +136,31 @@ def test_digit_written_thinner_than_its_neighbours_is_kept(digits, pens: list[in
     for first in (0, 3, 6):
         result = preprocess(encode(_pen_row([images[first + k] for k in range(3)], pens)))
         assert len(result.digits) == 3
+
+
+def _faint_row(digit_images: list[np.ndarray], strengths: list[float], height: int = 60) -> np.ndarray:
+    """Blue ink digits in a row, each as dark as its `strength` (1 = full pressure), blurred."""
+    from tests.core.test_preprocess import _ink
+
+    width, frame_h = 520, 220
+    image = np.full((frame_h, width, 3), (240, 236, 225), np.float32)
+    x = 50
+    for digit, strength in zip(digit_images, strengths, strict=True):
+        alpha = _ink(digit, height)[..., None] * strength
+        top = (frame_h - height) // 2
+        region = image[top: top + height, x: x + alpha.shape[1]]
+        region[:] = region * (1 - alpha) + np.array((40, 45, 120), np.float32) * alpha
+        x += alpha.shape[1] + 22
+    image = cv2.GaussianBlur(image, (0, 0), 1.2)
+    image *= (1 - 0.3 * np.linspace(0, 1, width, dtype=np.float32))[None, :, None]
+    return np.clip(image + np.random.default_rng(0).normal(0, 3, image.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("strengths", [[1, 1, 0.3, 1, 1], [1, 0.35, 1, 1, 1], [1, 1, 1, 1, 0.3]])
+def test_faint_digit_in_a_row_is_kept(digits, strengths: list[float]) -> None:
+    # The ink threshold follows the darkest writing; a digit written with little pressure fell
+    # below it and went missing from the row.
+    images, _ = digits
+    for first in (0, 5, 10):
+        result = preprocess(encode(_faint_row([images[first + k] for k in range(5)], strengths)))
+        assert len(result.digits) == 5

@@ -1,0 +1,75 @@
+"""Faint digits in a row: a second, more sensitive look along the row that was found.
+
+The ink threshold follows the darkest writing in the photo, so a digit written with less
+pressure, a thinner stroke or more blur than its neighbours can fall below it and go missing
+from the row. Along the row (and only there: the photo elsewhere has paper lines, shadow edges
+and texture that a low threshold would take for ink), pieces of a digit's size that stand out
+from the paper at a lower threshold are added, when they pass the same tests as the others.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from core.grouping import (
+    SHADOW_SHARE,
+    Group,
+    components,
+    continues_into_shadow,
+    digit_like,
+    is_blob,
+    merge_pieces,
+    own_mask,
+    quantile,
+    stroke_width,
+)
+from core.lines import line_fragment
+
+
+def faint_digits(gray: np.ndarray, ink: np.ndarray, boxes: list[tuple[int, int, int, int]], pen: float
+                 ) -> tuple[np.ndarray, list[Group]]:
+    """Labels (full size) and the groups of faint digit-sized pieces along the row of `boxes`,
+    outside those boxes; `pen` is the typical stroke width of the digits found."""
+    height, width = ink.shape
+    typical = float(np.median([b[3] for b in boxes]))
+    top = max(0, round(min(b[1] for b in boxes) - 0.3 * typical))
+    bottom = min(height, round(max(b[1] + b[3] for b in boxes) + 0.3 * typical))
+    band = ink[top:bottom]
+    levels = [quantile(ink[y: y + h, x: x + w], 0.98) for x, y, w, h in boxes]
+    noise = quantile(ink[::3, ::3], 0.4)
+    # Thresholds against the faintest digit found, the paper's noise and absolute floors that
+    # keep them above JPEG ringing and paper texture.
+    faintest = min(levels)
+    strong = (band > max(30.0, 0.25 * faintest, 10 * noise)).astype(np.uint8) * 255
+    weak = (band > max(18.0, 0.15 * faintest, 6 * noise)).astype(np.uint8) * 255
+    found = cv2.bitwise_and(weak, cv2.dilate(strong, np.ones((5, 5), np.uint8)))
+    margin = max(2, round(0.05 * typical))
+    for x, y, w, h in boxes:
+        found[max(0, y - top - margin): y - top + h + margin, max(0, x - margin): x + w + margin] = 0
+    mask = np.zeros_like(ink)
+    mask[top:bottom] = found
+    labels, groups = components(mask)
+    groups = merge_pieces([g for g in groups if not is_blob(g, labels)])
+    paper = quantile(gray[::4, ::4], 0.95)
+    centre = float(np.median([b[1] + b[3] / 2 for b in boxes]))
+    kept = []
+    for group in groups:
+        if not (0.6 * typical <= group.height <= 1.5 * typical and group.width <= 1.5 * typical):
+            continue
+        if abs(group.cy - centre) > 0.35 * typical:
+            continue
+        # Cut by the frame: unreadable, and mostly where paper lines or the desk run out.
+        if group.x0 == 0 or group.y0 == 0 or group.x1 == width or group.y1 == height:
+            continue
+        # Printed lines (and where they cross) are much thinner than the pen.
+        if stroke_width(own_mask(labels, group)) < 0.4 * pen:
+            continue
+        if any(min(group.x1, x + w) - max(group.x0, x) > 0.3 * group.width for x, _, w, _ in boxes):
+            continue
+        if not digit_like(group, labels, ink) or line_fragment(group, labels, ink):
+            continue
+        if continues_into_shadow(group, labels, gray, paper) > SHADOW_SHARE:
+            continue
+        kept.append(group)
+    return labels, kept
