@@ -115,3 +115,4 @@ def line_fragment(group: Group, labels: np.ndarray, ink: np.ndarray) -> bool:
         along = np.maximum(np.maximum(ink[ys, xs - 1], ink[ys, xs]), ink[ys, xs + 1])
         sides.append(float(np.median(along)))
     return bool(sides) and min(sides) > max(15.0, 0.25 * level)
+

@@ -41,8 +41,9 @@ def faint_digits(gray: np.ndarray, ink: np.ndarray, boxes: list[tuple[int, int, 
     # Thresholds against the faintest digit found, the paper's noise and absolute floors that
     # keep them above JPEG ringing and paper texture.
     faintest = min(levels)
-    strong = (band > max(30.0, 0.25 * faintest, 10 * noise)).astype(np.uint8) * 255
-    weak = (band > max(18.0, 0.15 * faintest, 6 * noise)).astype(np.uint8) * 255
+    # The noise term is half the whole photo's: only digit-sized, aligned pieces count here.
+    strong = (band > max(30.0, 0.25 * faintest, 5 * noise)).astype(np.uint8) * 255
+    weak = (band > max(18.0, 0.15 * faintest, 3 * noise)).astype(np.uint8) * 255
     found = cv2.bitwise_and(weak, cv2.dilate(strong, np.ones((5, 5), np.uint8)))
     margin = max(2, round(0.05 * typical))
     for x, y, w, h in boxes:
@@ -69,7 +70,10 @@ def faint_digits(gray: np.ndarray, ink: np.ndarray, boxes: list[tuple[int, int, 
             continue
         if not digit_like(group, labels, ink) or line_fragment(group, labels, ink):
             continue
-        if continues_into_shadow(group, labels, gray, paper) > SHADOW_SHARE:
+        # The end of a shadow is a wedge: only fairly solid pieces can be one.
+        own = own_mask(labels, group)
+        solidity = float(own.sum()) / max(cv2.contourArea(cv2.convexHull(cv2.findNonZero(own))), 1.0)
+        if solidity > 0.5 and continues_into_shadow(group, labels, gray, paper) > SHADOW_SHARE:
             continue
         kept.append(group)
     return labels, kept
