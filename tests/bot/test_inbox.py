@@ -183,7 +183,7 @@ def test_an_update_is_written_down_before_it_is_acknowledged(tmp_path: Path, rec
                 entered.set()
                 release.wait(30)
                 return receive(*args)
-            h.services.inbox_receive = slow_receive  # type: ignore[method-assign]
+            h.services.inbox_receive = slow_receive  # type: ignore[method-assign, assignment]
             sent = await h.users.send_photo(ANN, ANN, digits_photo("6"))
             assert await asyncio.to_thread(entered.wait, 20)
             await asyncio.sleep(0.5)

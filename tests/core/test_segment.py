@@ -111,7 +111,7 @@ def test_grainy_blank_paper_is_still_no_digit(noise: float) -> None:
 
 def _pen_row(digit_images: list[np.ndarray], pens: list[int], height: int = 60) -> np.ndarray:
     """A row of digits each written with its own pen width (1 = a hairline), dark on paper."""
-    alpha = np.zeros((200, 480), np.float32)
+    alpha: np.ndarray = np.zeros((200, 480), np.float32)
     x = 60
     for digit, pen in zip(digit_images, pens, strict=True):
         ys, xs = np.nonzero(digit > 30)
@@ -151,8 +151,8 @@ def _faint_row(digit_images: list[np.ndarray], strengths: list[float], height: i
         region = image[top: top + height, x: x + alpha.shape[1]]
         region[:] = region * (1 - alpha) + np.array((40, 45, 120), np.float32) * alpha
         x += alpha.shape[1] + 22
-    image = cv2.GaussianBlur(image, (0, 0), 1.2)
-    image *= (1 - 0.3 * np.linspace(0, 1, width, dtype=np.float32))[None, :, None]
+    blurred = cv2.GaussianBlur(image, (0, 0), 1.2)
+    image = blurred * (1 - 0.3 * np.linspace(0, 1, width, dtype=np.float32))[None, :, None]
     return np.clip(image + np.random.default_rng(0).normal(0, 3, image.shape), 0, 255).astype(np.uint8)
 
 
@@ -170,7 +170,7 @@ def _small_grainy_row(digit_images: list[np.ndarray], strengths: list[float], no
     """A 150x72 photo of a row of dark digits, each as dark as its strength, with sensor noise."""
     from tests.core.test_preprocess import _ink
 
-    image = np.full((72, 150, 3), (236, 232, 222), np.float32)
+    image: np.ndarray = np.full((72, 150, 3), (236, 232, 222), np.float32)
     x = 10
     for digit, strength in zip(digit_images, strengths, strict=True):
         alpha = _ink(digit, 32)[..., None] * strength
