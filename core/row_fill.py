@@ -48,9 +48,11 @@ def faint_digits(gray: np.ndarray, ink: np.ndarray, boxes: list[tuple[int, int, 
     margin = max(2, round(0.05 * typical))
     for x, y, w, h in boxes:
         found[max(0, y - top - margin): y - top + h + margin, max(0, x - margin): x + w + margin] = 0
-    mask = np.zeros_like(ink)
-    mask[top:bottom] = found
-    labels, groups = components(mask)
+    band_labels, groups = components(found)
+    labels = np.zeros(ink.shape, band_labels.dtype)
+    labels[top:bottom] = band_labels
+    for group in groups:
+        group.y0, group.y1 = group.y0 + top, group.y1 + top
     groups = merge_pieces([g for g in groups if not is_blob(g, labels)])
     paper = quantile(gray[::4, ::4], 0.95)
     centre = float(np.median([b[1] + b[3] / 2 for b in boxes]))

@@ -173,7 +173,7 @@ def _pen_width(labels: np.ndarray, groups: list[Group]) -> float:
     return float(np.median(strokes)) if strokes else 3.0
 
 
-def _keep_thick(mask: np.ndarray, stroke: float) -> np.ndarray:
+def _keep_thick(mask: np.ndarray, stroke: float, labels: np.ndarray, stats: np.ndarray) -> np.ndarray:
     """Remove structures much thinner than the pen (paper lines), keeping the strokes' edges.
 
     Compact pieces of a digit's size stay whole: a digit written thinner than its neighbours
@@ -183,7 +183,6 @@ def _keep_thick(mask: np.ndarray, stroke: float) -> np.ndarray:
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
     opened = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
     kept = cv2.bitwise_and(mask, cv2.dilate(opened, kernel))
-    _, labels, stats = label_stats(mask)
     x, y, w, h = (stats[:, k] for k in range(4))
     inside = (x > 0) & (y > 0) & (x + w < mask.shape[1]) & (y + h < mask.shape[0])
     tall = max(MIN_DIGIT_HEIGHT, 2 * stroke)
@@ -203,7 +202,7 @@ def _segment(gray: np.ndarray, kernel: int) -> tuple[np.ndarray, np.ndarray, lis
     # (digits that fill much of the photo count as long: their pen width still counts)
     stroke = _pen_width(labels, [g for g in groups if g.labels[0] not in long_ones] or groups)
     if stroke >= 5:  # strokes clearly thicker than printed lines: open away all thinner things
-        mask = _keep_thick(mask, stroke)
+        mask = _keep_thick(mask, stroke, labels, stats[0])
         stats = []
         labels, groups = components(mask, stats)
         long_ones = long_labels(labels, stats[0])
