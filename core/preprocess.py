@@ -138,7 +138,14 @@ def decode_gray(data: bytes) -> tuple[np.ndarray | None, str]:
     if long_side > WORK_LONG_SIDE:
         scale = WORK_LONG_SIDE / long_side
         size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
-        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        if scale >= 0.5:
+            # Less than halving (most JPEGs after the libjpeg reduction): a light blur and
+            # bilinear sampling read the same as INTER_AREA, which costs 0.5 ms more at such
+            # fractional scales.
+            sigma = 0.6 * (1 / scale - 1) + 0.3
+            gray = cv2.resize(cv2.GaussianBlur(gray, (3, 3), sigma), size, interpolation=cv2.INTER_LINEAR)
+        else:
+            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
     return gray, "ok"
 
 
