@@ -268,9 +268,10 @@ def drop_shadow_tips(groups: list[Group], labels: np.ndarray, ink: np.ndarray,
         solidity = float(own.sum()) / max(cv2.contourArea(hull), 1.0)
         if pale and solidity > 0.8 and stroke_width(own) > 0.2 * max(group.width, group.height):
             continue
-        # The end of a shadow is a wedge; only fairly convex pieces can be one (and the test
-        # costs a few windows' worth of filtering).
-        if gray is not None and solidity > 0.5 and continues_into_shadow(
+        # The end of a shadow is a wedge; only quite solid pieces can be one (a bold digit
+        # across a shadow's edge, solidity 0.5-0.7, was taken for one; and the test costs a few
+        # windows' worth of filtering).
+        if gray is not None and solidity > 0.7 and continues_into_shadow(
                 group, labels, gray, paper) > (SHADOW_SHARE if pale else DARK_SHADOW_SHARE):
             continue
         kept.append(group)

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from core.grouping import Group
+from core.grouping import Group, drop_shadow_tips
 from core.lines import line_fragment
 from core.preprocess import preprocess
 from tests.core.test_preprocess import encode, render
@@ -191,3 +191,19 @@ def test_faint_digit_in_a_small_grainy_row_is_kept(digits, noise: float, strengt
         result = preprocess(encode(_small_grainy_row([images[first + k] for k in range(3)], strengths, noise),
                                    quality=80))
         assert len(result.digits) == 3
+
+
+def test_bold_digit_across_a_deep_shadow_edge_is_not_a_shadow_tip() -> None:
+    # A bold "0" written across the edge of a deep shadow: the shadow goes on beyond it, nearly
+    # as dark as its ink, as beyond the narrow end of a shadow, but a ring is no wedge (its
+    # solidity, about 0.65, is well below a shadow tip's).
+    gray = np.full((200, 300), 220, np.uint8)
+    gray[:, :150] = 112
+    ring, bar = np.zeros((200, 300), np.uint8), np.zeros((200, 300), np.uint8)
+    cv2.circle(ring, (150, 100), 22, 1, 10)
+    cv2.line(bar, (240, 70), (240, 130), 1, 10)  # a darker "1" beside it
+    gray[ring > 0], gray[bar > 0] = 100, 60
+    labels = (ring + 2 * bar).astype(np.int32)
+    ink = np.where(labels > 0, (220 - gray.astype(np.int32)) * 255 // 220, 0).astype(np.uint8)
+    zero, one = Group(122, 72, 179, 129, [1], int(ring.sum())), Group(235, 65, 246, 136, [2], int(bar.sum()))
+    assert [g.labels for g in drop_shadow_tips([zero, one], labels, ink, gray)] == [[1], [2]]
