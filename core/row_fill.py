@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from core.grouping import (
+    MIN_DIGIT_HEIGHT,
     SHADOW_SHARE,
     Group,
     components,
@@ -43,9 +44,13 @@ def faint_digits(gray: np.ndarray, ink: np.ndarray, boxes: list[tuple[int, int, 
     faintest = min(levels)
     # The noise term is half the whole photo's: only digit-sized, aligned pieces count here.
     strong = (band > max(30.0, 0.25 * faintest, 5 * noise)).astype(np.uint8) * 255
+    margin = max(2, round(0.05 * typical))
+    for x, y, w, h in boxes:
+        strong[max(0, y - top - margin): y - top + h + margin, max(0, x - margin): x + w + margin] = 0
+    if cv2.countNonZero(strong) < MIN_DIGIT_HEIGHT:  # nothing more along the row (the usual case)
+        return np.zeros(ink.shape, np.int32), []
     weak = (band > max(18.0, 0.15 * faintest, 3 * noise)).astype(np.uint8) * 255
     found = cv2.bitwise_and(weak, cv2.dilate(strong, np.ones((5, 5), np.uint8)))
-    margin = max(2, round(0.05 * typical))
     for x, y, w, h in boxes:
         found[max(0, y - top - margin): y - top + h + margin, max(0, x - margin): x + w + margin] = 0
     band_labels, groups = components(found)
