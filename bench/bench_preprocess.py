@@ -28,7 +28,7 @@ import torch
 from bench.photos import Photo, photo_set
 from bench.seed_pipeline import seed_preprocess
 from core.data import load_mnist
-from core.model import load_base, normalize
+from core.model import for_inference, load_base, normalize
 from core.preprocess import preprocess
 
 
@@ -43,7 +43,7 @@ def classify(model: torch.nn.Module, crops: list[np.ndarray]) -> str:
     if not crops:
         return ""
     with torch.inference_mode():
-        logits = model(normalize(torch.from_numpy(np.stack(crops))))
+        logits = model(normalize(torch.from_numpy(np.stack(crops))).contiguous(memory_format=torch.channels_last))
     return "".join(str(int(d)) for d in logits.argmax(1))
 
 
@@ -123,7 +123,7 @@ def main() -> None:
     rows = photo_set(images.numpy(), labels.numpy(), args.rows, (2, 8), args.seed + 1)
     print(f"rendered {len(singles)} single-digit and {len(rows)} row photos in {time.perf_counter() - start:.0f}s")
     ckpt = load_base()
-    model = ckpt.build()
+    model = for_inference(ckpt.build())  # as core.recognize serves it (BN folded, channels-last)
     weights = os.environ.get("DIGITBOT_BASE_WEIGHTS", "weights/base.pt")
     print(f"model: {weights} (MNIST test accuracy {ckpt.metrics.get('mnist_test_accuracy', 'n/a')})")
     print(f"load average before the run: {os.getloadavg()[0]:.1f}")

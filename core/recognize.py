@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from core.model import Checkpoint, DigitNet, merge_state, normalize
+from core.model import Checkpoint, DigitNet, for_inference, merge_state, normalize
 
 if TYPE_CHECKING:
     from core.preprocess import DigitCrop, Preprocessed
@@ -69,7 +69,7 @@ class PersonalModel:
         if self._model is None:
             model = DigitNet(base.config)
             model.load_state_dict(merge_state(base, self.checkpoint))
-            self._model = model.to(device).eval()
+            self._model = for_inference(model).to(device)
         return self._model
 
 
@@ -83,7 +83,7 @@ class Recognizer:
             torch.set_num_threads(torch_threads)
         self.base = base
         self.device = torch.device(device)
-        self.model = base.build().to(self.device)
+        self.model = for_inference(base.build()).to(self.device)
         self.base_temperature = float(
             base_temperature if base_temperature is not None else base.meta.get("temperature", 1.0))
 
@@ -92,6 +92,7 @@ class Recognizer:
                       ) -> tuple[np.ndarray, np.ndarray | None]:
         """Calibrated class probabilities (N,10) of the base and (if given) the personal model."""
         x = normalize(torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))).to(self.device)
+        x = x.contiguous(memory_format=torch.channels_last)
         trunk = self.model.trunk(x)
         base = F.softmax(self.model.head(trunk) / self.base_temperature, dim=1).cpu().numpy()
         if personal is None:

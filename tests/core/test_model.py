@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from core.model import FROZEN_PREFIXES, Checkpoint, DigitNet, ModelConfig
+from core.model import FROZEN_PREFIXES, Checkpoint, DigitNet, ModelConfig, for_inference
 
 
 def _checkpoint() -> Checkpoint:
@@ -60,3 +60,24 @@ def test_rejects_foreign_dicts() -> None:
     torch.save({"weights": torch.zeros(1)}, buffer)
     with pytest.raises(ValueError, match="not a digitbot checkpoint"):
         Checkpoint.from_bytes(buffer.getvalue())
+
+
+def test_inference_copy_folds_batchnorm_and_gives_the_same_outputs() -> None:
+    torch.manual_seed(0)
+    model = DigitNet()
+    for bn in (model.bn1, model.bn2, model.bn3):  # non-trivial statistics and affine parameters
+        assert bn.running_mean is not None and bn.running_var is not None
+        with torch.no_grad():
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.normal_()
+    model.eval()
+    fast = for_inference(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    x = torch.randn(7, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), model(x),
+                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(fast.head(fast.trunk(x)), model.head(model.trunk(x)), atol=1e-4, rtol=1e-4)
+    assert isinstance(model.bn1, torch.nn.BatchNorm2d)  # the original is untouched
