@@ -150,3 +150,33 @@ def inbox_clear(session: Session) -> int:
     """Forget the whole inbox (a fresh local emulator starts its update ids over)."""
     result = session.execute(delete(InboxUpdate))
     return int(getattr(result, "rowcount", 0))
+
+
+def _sent_by(payload: Any, telegram_id: int) -> bool:
+    """True when a sender or chat anywhere in the update is this Telegram id."""
+    if isinstance(payload, dict):
+        for key, value in payload.items():
+            if (key in ("from", "chat", "user", "sender_chat") and isinstance(value, dict)
+                    and value.get("id") == telegram_id):
+                return True
+            if _sent_by(value, telegram_id):
+                return True
+    elif isinstance(payload, list):
+        return any(_sent_by(item, telegram_id) for item in payload)
+    return False
+
+
+def inbox_forget_sender(session: Session, *, telegram_id: int) -> int:
+    """Drop the content of finished updates (kept when given up on) that came from this user, for
+    /forget. Pending ones are being handled right now (the /forget itself among them) and lose their
+    content when done. Returns how many were cleared."""
+    rows = session.scalars(
+        select(InboxUpdate).where(InboxUpdate.state != INBOX_PENDING, InboxUpdate.payload.is_not(None))
+    ).all()
+    cleared = 0
+    for row in rows:
+        if _sent_by(row.payload, telegram_id):
+            row.payload = None
+            cleared += 1
+    session.flush()
+    return cleared

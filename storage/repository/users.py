@@ -20,6 +20,7 @@ from storage.models import (
     utcnow,
 )
 from storage.repository._common import insert_ignore
+from storage.repository.inbox import inbox_forget_sender
 
 
 def get_user(session: Session, *, telegram_id: int) -> User | None:
@@ -106,6 +107,7 @@ def forget_user(session: Session, *, telegram_id: int) -> int:
         result = session.execute(statement)
         deleted += int(getattr(result, "rowcount", 0))
     weights.delete_after_commit(session, [p for p in paths if p])
+    inbox_forget_sender(session, telegram_id=telegram_id)  # not rows of the user: not counted
     return deleted
 
 

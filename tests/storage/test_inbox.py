@@ -16,6 +16,7 @@ from storage.repository.inbox import (
     inbox_clear,
     inbox_done,
     inbox_failed,
+    inbox_forget_sender,
     inbox_link_reading,
     inbox_purge,
     inbox_reading,
@@ -147,3 +148,22 @@ def test_migration_0003_down_and_up_again(db_url: str) -> None:
         assert "update_inbox" in inspect(engine).get_table_names()
     finally:
         engine.dispose()
+
+
+def test_forget_clears_the_content_of_that_users_finished_updates(factory: sessionmaker[Session]) -> None:
+    def press(update_id: int, sender: int) -> dict[str, object]:
+        return {"update_id": update_id, "callback_query": {"id": "q", "data": "c:1", "chat_instance": "x",
+                                                           "from": {"id": sender, "is_bot": False, "first_name": "A"}}}
+    with factory.begin() as s:
+        for update_id, sender in ((1, 77), (2, 88), (3, 77)):
+            inbox_receive(s, update_id=update_id, payload=press(update_id, sender), owner="a", max_attempts=1)
+        assert inbox_failed(s, update_id=1, max_attempts=1)  # given up on: its content is kept
+        assert inbox_failed(s, update_id=2, max_attempts=1)
+        # update 3 is still pending (being handled): left alone
+    with factory.begin() as s:
+        assert inbox_forget_sender(s, telegram_id=77) == 1
+    with factory() as s:
+        payloads = {row.update_id: row.payload for row in s.scalars(select(InboxUpdate))}
+        assert payloads[1] is None
+        assert payloads[2] == press(2, 88)
+        assert payloads[3] == press(3, 77)
