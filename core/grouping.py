@@ -191,11 +191,12 @@ def digit_like(group: Group, labels: np.ndarray, ink: np.ndarray) -> bool:
     return True
 
 
-def _median5(gray: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-    """cv2.medianBlur(gray, 5)[y0:y1, x0:x1], computed on the window only."""
+def _median3(gray: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """cv2.medianBlur(gray, 3)[y0:y1, x0:x1], computed on the window only (3, not 5: as good
+    against sensor noise here, and several times faster)."""
     height, width = gray.shape
-    ex0, ey0, ex1, ey1 = max(0, x0 - 2), max(0, y0 - 2), min(width, x1 + 2), min(height, y1 + 2)
-    window = cv2.medianBlur(np.ascontiguousarray(gray[ey0:ey1, ex0:ex1]), 5)
+    ex0, ey0, ex1, ey1 = max(0, x0 - 1), max(0, y0 - 1), min(width, x1 + 1), min(height, y1 + 1)
+    window = cv2.medianBlur(np.ascontiguousarray(gray[ey0:ey1, ex0:ex1]), 3)
     return window[y0 - ey0: y0 - ey0 + (y1 - y0), x0 - ex0: x0 - ex0 + (x1 - x0)]
 
 
@@ -220,7 +221,7 @@ def continues_into_shadow(group: Group, labels: np.ndarray, gray: np.ndarray, pa
     # `window` is `gray` with sensor noise removed (a median), which would otherwise pass for
     # darkness around faint ink.
     raw = cv2.copyMakeBorder(gray[y0:y1, x0:x1], *pads, cv2.BORDER_REPLICATE)
-    window = cv2.copyMakeBorder(_median5(gray, x0, y0, x1, y1), *pads, cv2.BORDER_REPLICATE)
+    window = cv2.copyMakeBorder(_median3(gray, x0, y0, x1, y1), *pads, cv2.BORDER_REPLICATE)
     inked = cv2.copyMakeBorder((labels[y0:y1, x0:x1] > 0).astype(np.uint8), *pads, cv2.BORDER_CONSTANT, value=0)
     mine = np.zeros_like(inked)
     mine[margin: margin + group.height, margin: margin + group.width] = own
