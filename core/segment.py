@@ -116,18 +116,13 @@ def ink_map(gray: np.ndarray, kernel: int) -> np.ndarray:
 
 
 def _frame_edges(strong: np.ndarray) -> np.ndarray | None:
-    """Pixels of long strong components at the frame (desk, paper edge), or None.
-
-    "At the frame" allows a narrow margin: a desk seen past the paper's edge may itself be
-    bordered by something light (another sheet, a lit table edge).
-    """
+    """Pixels of long strong components that touch the frame (desk, paper edge), or None."""
     height, width = strong.shape
-    m = max(1, round(0.03 * max(height, width)))
-    if not (strong[:m].any() or strong[-m:].any() or strong[:, :m].any() or strong[:, -m:].any()):
+    if not (strong[0].any() or strong[-1].any() or strong[:, 0].any() or strong[:, -1].any()):
         return None
     count, labels, stats = label_stats(strong)
     x, y, w, h = (stats[1:, k] for k in range(4))
-    touches = (x < m) | (y < m) | (x + w > width - m) | (y + h > height - m)
+    touches = (x == 0) | (y == 0) | (x + w == width) | (y + h == height)
     long_ones = np.flatnonzero(touches & ((w > 0.4 * width) | (h > 0.4 * height))) + 1
     if not len(long_ones):
         return None
