@@ -100,7 +100,10 @@ _REDUCED_FLAGS = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
 
 def _jpeg_truncated(data: bytes) -> bool:
     # The last scan (SOS, FFDA) must be followed by the end-of-image marker (FFD9); an embedded
-    # EXIF thumbnail's EOI sits before the main image's scans and does not count.
+    # EXIF thumbnail's EOI sits before the main image's scans and does not count. Inside scan
+    # data FF is never followed by D9, so an EOI at the very end settles it without a search.
+    if data.endswith(b"\xff\xd9"):
+        return False
     return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
 
 
@@ -188,8 +191,8 @@ def mnist_crop(ink: np.ndarray, region: DigitRegion) -> np.ndarray:
     total = float(small.sum())
     if total <= 0:
         return np.zeros((28, 28), np.uint8)
-    ys, xs = np.mgrid[0: size[1], 0: size[0]]
-    cy, cx = float((small * ys).sum()) / total, float((small * xs).sum()) / total
+    moments = cv2.moments(small)
+    cy, cx = moments["m01"] / moments["m00"], moments["m10"] / moments["m00"]
     top = min(max(round(14 - cy), 0), 28 - size[1])
     left = min(max(round(14 - cx), 0), 28 - size[0])
     canvas = np.zeros((28, 28), np.uint8)
