@@ -16,7 +16,7 @@ import torch
 
 from core.augment import AugmentDraw, apply_augment
 from core.calibrate import trunk_features
-from core.finetune_prep import FinetuneConfig, replay_schedule, split_holdout, user_draws
+from core.finetune_prep import FinetuneConfig, replay_schedule, split_holdout_many, user_draws
 from core.model import DigitNet, normalize
 from core.stacked_head import channels_last
 
@@ -40,7 +40,7 @@ def prepare_batch(net: DigitNet, users: Sequence[tuple[np.ndarray, np.ndarray]],
                   device: torch.device, dtype: torch.dtype = torch.float32) -> BatchMaterial:
     """users: (uint8 images (N,28,28), labels (N,)) pairs that passed ``check_samples``."""
     # per-user work stays in numpy; each tensor crosses to the device once
-    splits = [split_holdout(np.asarray(labels), config) for _, labels in users]
+    splits = _splits([np.asarray(labels) for _, labels in users], config)
     images = torch.from_numpy(np.concatenate([np.asarray(i, dtype=np.uint8) for i, _ in users])).to(device)
     labels = torch.from_numpy(np.concatenate([np.asarray(lb, dtype=np.int64) for _, lb in users])).to(device)
     starts = np.concatenate([[0], np.cumsum([len(lb) for _, lb in users])[:-1]])
@@ -85,3 +85,16 @@ def prepare_batch(net: DigitNet, users: Sequence[tuple[np.ndarray, np.ndarray]],
         holdout_features=held_features.view(len(users), longest, *held_features.shape[1:]),
         holdout_labels=labels[padded_index] * mask.long(), holdout_mask=mask, holdout_sizes=sizes,
         n_labels=[len(lb) for _, lb in users])
+
+
+def _splits(labels: list[np.ndarray], config: FinetuneConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each user's (train, held-out) indices, computed together for users with equal counts."""
+    by_count: dict[int, list[int]] = {}
+    for position, user_labels in enumerate(labels):
+        by_count.setdefault(len(user_labels), []).append(position)
+    splits: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0, np.int64), np.empty(0, np.int64))] * len(labels)
+    for members in by_count.values():
+        train, held = split_holdout_many(np.stack([labels[i] for i in members]), config)
+        for row, position in enumerate(members):
+            splits[position] = (train[row], held[row])
+    return splits

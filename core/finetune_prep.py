@@ -80,6 +80,26 @@ class PreparedUser:
     n_labels: int
 
 
+def split_holdout_many(labels: np.ndarray, config: FinetuneConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``split_holdout`` for U users with the same number of labels at once: labels (U, n) ->
+    (train (U, n - H), held (U, H)) index arrays, row for row equal to ``split_holdout``'s."""
+    users, n = labels.shape
+    n_hold = min(max(config.min_holdout, round(config.holdout_fraction * n)), n - 1)
+    order = np.random.default_rng(config.seed).permutation(n)
+    shuffled = labels[:, order]
+    key = np.empty((users, n))  # key of the sample at each shuffled position
+    for digit in range(10):
+        members = shuffled == digit
+        count = np.maximum(members.sum(axis=1, keepdims=True), 1)
+        key = np.where(members, (np.cumsum(members, axis=1) - 1 + 0.5) / count, key)
+    ranked = order[np.argsort(key, axis=1, kind="stable")]  # by key, ties by shuffled position
+    held = np.sort(ranked[:, :n_hold], axis=1)
+    in_held = np.zeros((users, n), dtype=bool)
+    np.put_along_axis(in_held, held, True, axis=1)
+    train = np.nonzero(~in_held)[1].reshape(users, n - n_hold)
+    return train.astype(np.int64), held.astype(np.int64)
+
+
 @functools.lru_cache(maxsize=256)
 def user_draws(n_train: int, config: FinetuneConfig) -> tuple[tuple[AugmentDraw, ...], torch.Tensor]:
     """The augmentation draws and the user-sample schedule for a user with ``n_train`` training

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from core.batched_finetune import UserSamples, finetune_users
 from core.finetune import FinetuneConfig, finetune_user
+from core.finetune_prep import split_holdout, split_holdout_many
 from tests.core.test_finetune import TINY, pattern_digits, random_base, tiny_bank_and_probe
 
 
@@ -39,3 +41,16 @@ def test_three_users_batched_match_the_one_user_path() -> None:
     # the users really trained differently (stacked, not shared, parameters)
     assert not torch.equal(batched[0].checkpoint.state_dict["fc2.weight"],
                            batched[2].checkpoint.state_dict["fc2.weight"])
+
+
+def test_hold_out_split_for_many_users_equals_the_one_user_split() -> None:
+    rng = np.random.default_rng(1)
+    config = FinetuneConfig()
+    for n in (5, 12, 37, 100):
+        labels = rng.integers(0, 10, (20, n))
+        labels[:4] = rng.integers(0, 3, (4, n))  # few distinct digits, too
+        train, held = split_holdout_many(labels, config)
+        for user in range(len(labels)):
+            alone_train, alone_held = split_holdout(labels[user], config)
+            np.testing.assert_array_equal(train[user], alone_train)
+            np.testing.assert_array_equal(held[user], alone_held)
