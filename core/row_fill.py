@@ -1,4 +1,4 @@
-"""Faint digits in a row: a second, more sensitive look along the row that was found.
+"""Completing the row: faint digits that fell below the ink threshold, broken rings rejoined.
 
 The ink threshold follows the darkest writing in the photo, so a digit written with less
 pressure, a thinner stroke or more blur than its neighbours can fall below it and go missing
@@ -84,3 +84,42 @@ def faint_digits(gray: np.ndarray, ink: np.ndarray, boxes: list[tuple[int, int, 
             continue
         kept.append(group)
     return labels, kept
+
+
+def _bulge(own: np.ndarray) -> float:
+    """How far the middle of a piece lies left (< 0) or right (> 0) of its two ends, in pixels."""
+    rows = np.flatnonzero(own.any(axis=1))
+    if len(rows) < 6:
+        return 0.0
+    band = max(1, len(rows) // 6)
+    columns = np.arange(own.shape[1])
+
+    def centre(selected: np.ndarray) -> float:
+        weights = own[selected].sum(axis=0)
+        return float((weights * columns).sum() / max(weights.sum(), 1))
+
+    middle = rows[len(rows) // 3: 2 * len(rows) // 3]
+    ends = (centre(rows[:band]) + centre(rows[-band:])) / 2
+    return centre(middle) - ends
+
+
+def join_broken_rings(groups: list[Group], labels: np.ndarray, pen: float) -> list[Group]:
+    """Join a "(" and the ")" right after it, of about the same height and side by side: a "0"
+    (or the loop of a 6, 8, 9) written with a pen that skipped at its top and bottom."""
+    groups = sorted(groups, key=lambda g: g.x0)
+    joined: list[Group] = []
+    for group in groups:
+        if joined:
+            left = joined[-1]
+            short, tall = sorted((left.height, group.height))
+            overlap = min(left.y1, group.y1) - max(left.y0, group.y0)
+            gap = group.x0 - left.x1
+            if (short >= 0.7 * tall and overlap >= 0.7 * short and -0.2 * short <= gap <= 0.2 * short
+                    and max(left.width, group.width) <= 1.0 * short
+                    and max(left.x1, group.x1) - left.x0 <= 1.6 * tall
+                    and _bulge(own_mask(labels, left)) < -max(1.0, 0.5 * pen)
+                    and _bulge(own_mask(labels, group)) > max(1.0, 0.5 * pen)):
+                left.absorb(group)
+                continue
+        joined.append(group)
+    return joined

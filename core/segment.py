@@ -36,7 +36,7 @@ from core.grouping import (
     stroke_width,
 )
 from core.lines import line_fragment, long_labels, separate_lines
-from core.row_fill import faint_digits
+from core.row_fill import faint_digits, join_broken_rings
 
 BG_LONG_SIDE = 128
 MIN_INK_CONTRAST = 0.15
@@ -221,6 +221,7 @@ def _segment(gray: np.ndarray, kernel: int) -> tuple[np.ndarray, np.ndarray, lis
         mask = separate_lines(mask, labels, long_ones, ink, stroke)
         labels, groups = components(mask)
     groups = split_touching(merge_pieces([g for g in groups if not is_blob(g, labels)]), labels)
+    groups = join_broken_rings(groups, labels, stroke)
     groups = drop_shadow_tips([g for g in groups if digit_like(g, labels, ink)], labels, ink, gray)
     groups = [g for g in groups if not line_fragment(g, labels, ink)]
     regions = [_region(labels, g) for g in best_row(groups)] if groups else []

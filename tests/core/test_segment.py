@@ -207,3 +207,15 @@ def test_bold_digit_across_a_deep_shadow_edge_is_not_a_shadow_tip() -> None:
     ink = np.where(labels > 0, (220 - gray.astype(np.int32)) * 255 // 220, 0).astype(np.uint8)
     zero, one = Group(122, 72, 179, 129, [1], int(ring.sum())), Group(235, 65, 246, 136, [2], int(bar.sum()))
     assert [g.labels for g in drop_shadow_tips([zero, one], labels, ink, gray)] == [[1], [2]]
+
+
+@pytest.mark.parametrize("gap", [12, 16])
+@pytest.mark.parametrize("width", [50, 75])
+def test_zero_broken_at_top_and_bottom_stays_one_digit(gap: int, width: int) -> None:
+    # The pen skipped at the top and bottom of a "0": two arcs side by side, "(" and ")".
+    image = np.full((240, 320, 3), 235, np.uint8)
+    for start, end in ((90 + gap, 270 - gap), (-90 + gap, 90 - gap)):
+        cv2.ellipse(image, (160, 120), (width // 2, 45), 0, start, end, (40, 40, 45), 7, cv2.LINE_AA)
+    result = preprocess(encode(image))
+    assert result.status == "ok" and len(result.digits) == 1
+    assert result.digits[0].box[2] >= width * max(result.gray.shape) / 320  # type: ignore[union-attr]
