@@ -130,6 +130,11 @@ def decode_gray(data: bytes) -> tuple[np.ndarray | None, str]:
             return None, "not_an_image"
         factor = reduction_factor(header.width, header.height)
         gray = cv2.imdecode(buffer, _REDUCED_FLAGS[factor] | cv2.IMREAD_IGNORE_ORIENTATION)
+    elif header.fmt == "PNG":
+        # For PNG the reduced flags take effect on the size but not on the decoding time (the
+        # whole image must be inflated); they save the later resize of a large image.
+        factor = reduction_factor(header.width, header.height)
+        gray = cv2.imdecode(buffer, _REDUCED_FLAGS[factor] | cv2.IMREAD_IGNORE_ORIENTATION)
     else:
         gray = cv2.imdecode(buffer, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION)
     if gray is None:  # a format OpenCV was built without (GIF, some TIFFs): let Pillow decode it

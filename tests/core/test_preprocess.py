@@ -185,6 +185,17 @@ def test_huge_photo_is_decoded_reduced_and_fast(digits) -> None:
     assert elapsed < 1.0  # a full-size decode alone would take longer on a busy CI core
 
 
+def test_huge_png_is_decoded_reduced(digits) -> None:
+    images, _ = digits
+    small = render([images[i] for i in (1, 2, 3)], size=(800, 600), digit_height=120, noise=1)
+    data = encode(cv2.resize(small, (3200, 2400), interpolation=cv2.INTER_LINEAR), fmt="PNG")
+    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_4)
+    assert raw is not None and raw.shape == (600, 800)  # the flag takes effect for PNG too (size only)
+    result = preprocess(data)
+    assert result.status == "ok" and len(result.digits) == 3
+    assert result.gray is not None and max(result.gray.shape) <= WORK_LONG_SIDE
+
+
 def test_reduction_keeps_enough_pixels() -> None:
     assert reduction_factor(300, 200) == 1
     for width, height in [(1000, 800), (2000, 1500), (4032, 3024), (12000, 4000)]:
