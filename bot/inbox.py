@@ -44,6 +44,7 @@ RETENTION = timedelta(days=1)
 _PURGE_EVERY_S = 3600.0
 _DATABASE_DOWN_S = 10.0  # after a failed write, updates are handled unrecorded for this long
 _HANDLE = frozenset({"new", "retry", "pending"})
+_WRAP_UP_POLLS = 200  # x 50 ms: how long a redelivery waits for a failed handling to be recorded
 
 
 class InboxQueue(asyncio.Queue[object]):
@@ -118,6 +119,13 @@ class UpdateInbox:
     async def admit(self, update: Update) -> bool:
         """Write the update down; whether this process should handle it."""
         update_id = update.update_id
+        if update_id in self._raised:
+            # its handling raised and is being wrapped up: once the inbox has it as failed, this
+            # redelivery is a retry like any other
+            for _ in range(_WRAP_UP_POLLS):
+                await asyncio.sleep(0.05)
+                if update_id not in self._claimed:
+                    break
         if update_id in self._claimed:
             log.info("update %s is already being handled here; ignoring the redelivery", update_id)
             return False
@@ -189,12 +197,14 @@ class UpdateInbox:
             self._claimed.discard(update_id)
             return
         if update_id in self._raised:
-            self._raised.discard(update_id)
             if await self._record(self.services.inbox_failed, update_id, self.max_attempts):
                 log.error("giving up on update %s: its handling failed %d times", update_id, self.max_attempts)
         else:
             await self._record(self.services.inbox_done, update_id)
-        self._claimed.discard(update_id)  # after the database knows: a redelivery meanwhile is dropped
+        # after the database knows (no await between the two): a redelivery meanwhile waits (failed)
+        # or is dropped (done)
+        self._raised.discard(update_id)
+        self._claimed.discard(update_id)
         if time.monotonic() - self._last_purge > _PURGE_EVERY_S:
             await self._purge()
 
