@@ -278,15 +278,15 @@ class _ChunkTrainer:
     def _served_probs(self, users: Sequence[UserSamples], held: torch.Tensor,
                       base_probs: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities of what each user is served now (base, or current personal + fallback)."""
-        returning = [i for i, u in enumerate(users) if u.current is not None]
-        if not returning:
+        current = {i: u.current for i, u in enumerate(users) if u.current is not None}
+        if not current:
             return base_probs
-        currents = [users[i].current for i in returning]
-        states = [{**self.anchor, **head_state(c.state_dict)} for c in currents if c is not None]
+        returning = list(current)
+        states = [{**self.anchor, **head_state(c.state_dict)} for c in current.values()]
         logits = self._logits(stack_states(states, self.names, self.device), held[returning])
-        temperature = torch.tensor([float(c.meta.get("temperature", 1.0)) for c in currents if c is not None],
+        temperature = torch.tensor([float(c.meta.get("temperature", 1.0)) for c in current.values()],
                                    device=self.device)
-        threshold = torch.tensor([float(c.meta.get("threshold", NEVER_PERSONAL)) for c in currents if c is not None],
+        threshold = torch.tensor([float(c.meta.get("threshold", NEVER_PERSONAL)) for c in current.values()],
                                  device=self.device)
         probs = base_probs.clone()
         index = torch.tensor(returning, device=self.device)

@@ -51,20 +51,8 @@ def split_holdout(labels: np.ndarray, config: FinetuneConfig) -> tuple[np.ndarra
     Each sample's key is (its rank among its digit's samples in a seeded shuffle + 0.5) / that
     digit's count; the lowest keys are held out, so every digit contributes in proportion.
     """
-    n = len(labels)
-    n_hold = min(max(config.min_holdout, round(config.holdout_fraction * n)), n - 1)
-    rng = np.random.default_rng(config.seed)
-    order = rng.permutation(n)
-    key = np.empty(n)
-    for digit in np.unique(labels):
-        members = order[labels[order] == digit]
-        key[members] = (np.arange(len(members)) + 0.5) / len(members)
-    position = np.empty(n, dtype=np.int64)
-    position[order] = np.arange(n)
-    ranked = np.lexsort((position, key))  # by key, ties by position in the shuffle
-    held = np.sort(ranked[:n_hold].astype(np.int64))
-    train = np.setdiff1d(np.arange(n), held)
-    return train, held
+    train, held = split_holdout_many(np.asarray(labels)[None, :], config)
+    return train[0], held[0]
 
 
 @dataclass
@@ -82,7 +70,7 @@ class PreparedUser:
 
 def split_holdout_many(labels: np.ndarray, config: FinetuneConfig) -> tuple[np.ndarray, np.ndarray]:
     """``split_holdout`` for U users with the same number of labels at once: labels (U, n) ->
-    (train (U, n - H), held (U, H)) index arrays, row for row equal to ``split_holdout``'s."""
+    (train (U, n - H), held (U, H)) index arrays, one row per user."""
     users, n = labels.shape
     n_hold = min(max(config.min_holdout, round(config.holdout_fraction * n)), n - 1)
     order = np.random.default_rng(config.seed).permutation(n)

@@ -7,7 +7,7 @@ import torch
 
 from core.batched_finetune import UserSamples, finetune_users
 from core.finetune import FinetuneConfig, finetune_user
-from core.finetune_prep import split_holdout, split_holdout_many
+from core.finetune_prep import split_holdout_many
 from tests.core.test_finetune import TINY, pattern_digits, random_base, tiny_bank_and_probe
 
 
@@ -43,14 +43,22 @@ def test_three_users_batched_match_the_one_user_path() -> None:
                            batched[2].checkpoint.state_dict["fc2.weight"])
 
 
-def test_hold_out_split_for_many_users_equals_the_one_user_split() -> None:
+def test_hold_out_split_for_many_users_is_per_user_stratified_and_independent_of_the_batch() -> None:
     rng = np.random.default_rng(1)
     config = FinetuneConfig()
     for n in (5, 12, 37, 100):
         labels = rng.integers(0, 10, (20, n))
         labels[:4] = rng.integers(0, 3, (4, n))  # few distinct digits, too
         train, held = split_holdout_many(labels, config)
+        n_hold = min(max(config.min_holdout, round(config.holdout_fraction * n)), n - 1)
         for user in range(len(labels)):
-            alone_train, alone_held = split_holdout(labels[user], config)
-            np.testing.assert_array_equal(train[user], alone_train)
-            np.testing.assert_array_equal(held[user], alone_held)
+            assert len(held[user]) == n_hold and np.all(np.diff(held[user]) > 0)
+            assert sorted(set(train[user]) | set(held[user])) == list(range(n))
+            if n >= 37:  # enough samples per digit: each digit held out in proportion (+-1)
+                counts = np.bincount(labels[user], minlength=10)
+                held_counts = np.bincount(labels[user][held[user]], minlength=10)
+                assert np.all(np.abs(held_counts - counts * n_hold / n) <= 1)
+            # the same split whoever else is in the batch
+            alone_train, alone_held = split_holdout_many(labels[user:user + 1], config)
+            np.testing.assert_array_equal(train[user], alone_train[0])
+            np.testing.assert_array_equal(held[user], alone_held[0])
