@@ -70,8 +70,8 @@ def percentiles(latencies: list[float]) -> tuple[float, float, float, float]:
 
 
 def make_photos(count: int, digits: tuple[int, int], seed: int) -> list[bytes]:
-    from bench.photos import photo_set
     from core.data import load_mnist
+    from core.photo_sim import photo_set
 
     images, labels = load_mnist(train=False)
     return [photo.data for photo in photo_set(images.numpy(), labels.numpy(), count, digits, seed)]

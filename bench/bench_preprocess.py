@@ -1,6 +1,6 @@
 """Preprocessing benchmark: our core.preprocess against the seed's pipeline, same photos, same run.
 
-Photos are rendered by bench.photos from MNIST *test* digits (single digits, and rows of 2-8),
+Photos are rendered by core.photo_sim from MNIST *test* digits (single digits, and rows of 2-8),
 both pipelines feed the same base model, and a photo counts as read only when the whole string
 is right. Latency is per photo (decode + preprocessing + classification) with one thread for
 OpenCV and torch; throughput is digits/s for the whole set with preprocessing spread over two
@@ -25,10 +25,10 @@ import cv2
 import numpy as np
 import torch
 
-from bench.photos import Photo, photo_set
 from bench.seed_pipeline import seed_preprocess
 from core.data import load_mnist
 from core.model import for_inference, load_base, normalize
+from core.photo_sim import Photo, photo_set
 from core.preprocess import preprocess
 
 

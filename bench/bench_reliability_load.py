@@ -342,8 +342,8 @@ def main() -> None:
     parser.add_argument("--keep-logs", type=Path, help="copy the bot's and the worker's logs here")
     args = parser.parse_args()
 
-    from bench.photos import photo_set
     from core.data import load_mnist
+    from core.photo_sim import photo_set
 
     images, labels = load_mnist(train=False)
     photos = [_telegram_size(photo, args.max_side) for photo in

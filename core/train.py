@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn import functional as F
@@ -17,8 +18,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from core.augment import AugmentConfig, augment
+from core.calibrate import fit_temperature
 from core.data import load_mnist, mnist_checksum
 from core.model import Checkpoint, DigitNet, ModelConfig, normalize
+
+if TYPE_CHECKING:
+    from core.photo_crops import PhotoCrops
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,13 @@ class TrainConfig:
     polish_lr: float = 3e-4
     polish_augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(
         rotate_deg=8.0, shift=0.08, scale=(0.92, 1.08), shear=0.1, elastic_p=0.2, thickness_p=0.1))
+    # A third stage on MNIST plus crops of synthetic phone photos (core.photo_crops), with the
+    # polish augmentation: the model then knows what the pipeline's crops look like (blur,
+    # resampling, line and shadow remnants), not only clean scans. The crops are repeated so that
+    # they are a sizeable share of each epoch without crowding out MNIST.
+    photo_epochs: int = 0
+    photo_lr: float = 2e-3
+    photo_repeats: int = 3
 
 
 def pick_device() -> torch.device:
@@ -60,6 +72,12 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
         x = normalize(images[start:start + batch_size].to(device))
         correct += int((model(x).argmax(1).cpu() == labels[start:start + batch_size]).sum())
     return correct / max(len(images), 1)
+
+
+@torch.no_grad()
+def _logits(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(normalize(images[i:i + 1000].to(device))) for i in range(0, len(images), 1000)])
 
 
 def train_epoch(model: DigitNet, ema: AveragedModel, optimizer: torch.optim.Optimizer,
@@ -115,11 +133,15 @@ def _stage(model: DigitNet, *, epochs: int, lr: float, augment_config: AugmentCo
 
 
 def train_base(config: TrainConfig, data_dir: str | Path | None = None, log: Callable[[str], None] = print,
-               resume: Checkpoint | None = None) -> tuple[Checkpoint, dict[str, list[float]]]:
+               resume: Checkpoint | None = None,
+               photo_crops: PhotoCrops | None = None) -> tuple[Checkpoint, dict[str, list[float]]]:
     """Train the base model; returns the checkpoint (EMA weights) and the training curves.
 
-    With ``resume`` (a stage-1 checkpoint of the same recipe) only the polish stage runs.
+    With ``resume`` (a checkpoint of an earlier stage of the same recipe) stage 1 is skipped and
+    the later stages asked for run from it. The photo stage needs ``photo_crops``.
     """
+    if config.photo_epochs and photo_crops is None:
+        raise ValueError("the photo stage needs photo crops (python -m core.photo_crops)")
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device()
@@ -149,13 +171,30 @@ def train_base(config: TrainConfig, data_dir: str | Path | None = None, log: Cal
                      seed=config.seed + 1000, pct_start=0.1, data=data, config=config, device=device,
                      curves=curves, log=log, name="polish")
         model = ema.module  # type: ignore[assignment]
+    if config.photo_epochs and photo_crops is not None:
+        crops_x = photo_crops.images.to(train_x.device)
+        crops_y = photo_crops.labels.to(train_y.device)
+        mixed = (torch.cat([train_x] + [crops_x] * config.photo_repeats),
+                 torch.cat([train_y] + [crops_y] * config.photo_repeats), test_x, test_y)
+        ema = _stage(model, epochs=config.photo_epochs, lr=config.photo_lr, augment_config=config.polish_augment,
+                     seed=config.seed + 2000, pct_start=0.1, data=mixed, config=config, device=device,
+                     curves=curves, log=log, name="photo")
+        model = ema.module  # type: ignore[assignment]
 
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     metrics = {"mnist_test_accuracy": evaluate(model, test_x, test_y, device),
                "mnist_test_size": float(len(test_x)),
                "train_seconds": time.time() - started}
-    meta = {"recipe": dataclasses.asdict(config), "data_sha256": mnist_checksum(data_dir),
-            "device": str(device), "torch": str(torch.__version__)}
+    meta: dict[str, object] = {
+        "recipe": dataclasses.asdict(config), "data_sha256": mnist_checksum(data_dir),
+        "device": str(device), "torch": str(torch.__version__),
+        # Every component scales the base logits by this (core.calibrate.fit_base_temperature).
+        "temperature": fit_temperature(_logits(model, test_x, device), test_y.to(device))}
+    if resume is not None:
+        meta["resumed_from"] = {"metrics": resume.metrics, "recipe": resume.meta.get("recipe")}
+    if config.photo_epochs and photo_crops is not None:
+        meta["photo_crops"] = {"crops": len(photo_crops.labels), "photos": photo_crops.photos,
+                               "kept_photos": photo_crops.kept_photos, "seed": photo_crops.seed}
     return Checkpoint(state_dict=state, config=config.model, metrics=metrics, meta=meta), curves
 
 

@@ -11,15 +11,19 @@ def _cmd_train_base(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from core.model import Checkpoint
+    from core.photo_crops import PhotoCrops
     from core.train import TrainConfig, plot_curves, train_base
 
+    photo_epochs = args.photo_epochs if args.photo_crops else 0
     if args.dry_run:
-        config = TrainConfig(epochs=1, train_subset=1024, test_subset=500, seed=args.seed)
+        config = TrainConfig(epochs=1, train_subset=1024, test_subset=500, seed=args.seed,
+                             photo_epochs=min(photo_epochs, 1))
     else:
         config = TrainConfig(epochs=args.epochs, seed=args.seed, threads=args.threads, bf16=args.bf16,
-                             polish_epochs=args.polish_epochs)
+                             polish_epochs=args.polish_epochs, photo_epochs=photo_epochs, photo_lr=args.photo_lr)
     resume = Checkpoint.load(args.resume) if args.resume else None
-    checkpoint, curves = train_base(config, data_dir=args.data, resume=resume)
+    crops = PhotoCrops.load(args.photo_crops) if args.photo_crops else None
+    checkpoint, curves = train_base(config, data_dir=args.data, resume=resume, photo_crops=crops)
     out = Path(args.out)
     checkpoint.save(out)
     plot_curves(curves, out.with_suffix(".curves.png"))
@@ -157,7 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=1)
     train.add_argument("--threads", type=int, default=0)
     train.add_argument("--polish-epochs", type=int, default=4, help="low-LR, mild-augmentation second stage")
-    train.add_argument("--resume", default=None, help="a stage-1 checkpoint: run only the polish stage")
+    train.add_argument("--resume", default=None,
+                       help="a checkpoint of an earlier stage: skip stage 1 and run the later stages asked for")
+    train.add_argument("--photo-crops", default=None, metavar="CROPS.pt",
+                       help="crops of synthetic phone photos (python -m core.photo_crops): adds the photo stage")
+    train.add_argument("--photo-epochs", type=int, default=6, help="epochs of the photo stage (with --photo-crops)")
+    train.add_argument("--photo-lr", type=float, default=2e-3, help="peak learning rate of the photo stage")
     train.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on CPUs with BF16)")
     train.add_argument("--dry-run", action="store_true", help="one short epoch on a subset")
     train.set_defaults(func=_cmd_train_base)

@@ -1,12 +1,13 @@
-"""Synthetic phone photos of handwritten digits, for benchmarks and tests.
+"""Synthetic phone photos of handwritten digits: for benchmarks, tests and the base recipe's photo stage.
 
-MNIST *test* digits are drawn as ink onto simulated paper photographed with a phone: paper tint
+MNIST digits (the benchmarks draw the *test* set, training the *training* set) are drawn as ink
+onto simulated paper photographed with a phone: paper tint
 and texture, plain/ruled/squared paper, the paper edge and the desk, blue/black/red ink or
 pencil, chalk-like light ink on dark boards, light gradients, vignetting and soft shadows, small
 rotation and perspective, blur, sensor noise, JPEG artefacts, EXIF orientation, and final sizes
 from 100 px to 4000 px. Rows of several digits get uneven spacing, baseline and size.
 
-    python -m bench.photos --out /tmp/photos --count 24   # writes a few samples to look at
+    python -m core.photo_sim --out /tmp/photos --count 24   # writes a few samples to look at
 """
 
 from __future__ import annotations

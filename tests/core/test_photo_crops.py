@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+import torch
+
+from core import photo_crops
+from core.model import for_inference, load_base, normalize
+from core.photo_crops import PhotoCrops, render_crops
+
+
+@pytest.fixture()
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(photo_crops, "CHUNK_PHOTOS", 5)
+
+
+def test_crops_are_labelled_digits_from_single_and_row_photos(mnist_dir, small_chunks) -> None:
+    """Half the chunks are rows; every kept crop carries its drawn digit's label."""
+    crops = render_crops(10, seed=3, data_dir=mnist_dir, workers=1)
+    assert crops.photos == 10
+    assert crops.images.dtype == torch.uint8 and crops.images.shape[1:] == (28, 28)
+    assert len(crops.images) == len(crops.labels) > crops.kept_photos  # the row chunk gave several per photo
+    assert crops.kept_photos >= 8  # the pipeline finds the right digit count on most photos
+    assert set(crops.labels.tolist()) <= set(range(10))
+    # The labels line up with the crops: the shipped model reads nearly all of them.
+    with torch.inference_mode():
+        predicted = for_inference(load_base().build())(normalize(crops.images)).argmax(1)
+    assert float((predicted == crops.labels).float().mean()) >= 0.85
+
+
+def test_crops_do_not_depend_on_the_number_of_workers(mnist_dir, small_chunks, tmp_path) -> None:
+    one = render_crops(10, seed=4, data_dir=mnist_dir, workers=1)
+    two = render_crops(10, seed=4, data_dir=mnist_dir, workers=2)
+    assert torch.equal(one.images, two.images) and torch.equal(one.labels, two.labels)
+    other = render_crops(5, seed=5, data_dir=mnist_dir, workers=1)
+    assert not np.array_equal(one.images[: len(other.images)].numpy(), other.images[: len(one.images)].numpy())
+    path = tmp_path / "crops.pt"
+    torch.save({"images": one.images, "labels": one.labels, "photos": one.photos,
+                "kept_photos": one.kept_photos, "seed": one.seed}, path)
+    loaded = PhotoCrops.load(path)
+    assert torch.equal(loaded.images, one.images) and loaded.seed == 4 and loaded.photos == 10
