@@ -56,12 +56,17 @@ async def send_promotion(context: ContextTypes.DEFAULT_TYPE) -> None:
     seen = context.application.user_data.get(telegram_id, {}).get(TELEGRAM_LANGUAGE_KEY)
     language = await services_of(context).language(telegram_id, seen)
     _ = translator(language)
-    text = _("🎉 Your personal model v{version} is live! On your held-out digits it's right {after} of the "
-             "time (before: {before}), trained on {labels} of your labels, and it still reads standard "
-             "digits ({mnist} on MNIST). /stats shows the details.",
-             version=summary.get("version", "?"), after=_percent(summary.get("accuracy_after")),
-             before=_percent(summary.get("accuracy_before")), labels=summary.get("labels", "?"),
-             mnist=_percent(summary.get("mnist_accuracy")))
+    details = {"version": summary.get("version", "?"), "after": _percent(summary.get("accuracy_after")),
+               "before": _percent(summary.get("accuracy_before")), "labels": summary.get("labels", "?"),
+               "mnist": _percent(summary.get("mnist_accuracy"))}
+    if details["after"] == details["before"]:  # promoted on a tie: as accurate, and surer where right
+        text = _("🎉 Your personal model v{version} is live! On your held-out digits it's as accurate as "
+                 "before ({after}) and surer of its answers, trained on {labels} of your labels, and it "
+                 "still reads standard digits ({mnist} on MNIST). /stats shows the details.", **details)
+    else:
+        text = _("🎉 Your personal model v{version} is live! On your held-out digits it's right {after} of the "
+                 "time (before: {before}), trained on {labels} of your labels, and it still reads standard "
+                 "digits ({mnist} on MNIST). /stats shows the details.", **details)
     try:
         await context.bot.send_message(telegram_id, text)
     except Forbidden:

@@ -150,9 +150,18 @@ def test_gate_promotes_only_a_better_candidate_within_the_mnist_bound() -> None:
     assert not forgetting.promote and "MNIST" in forgetting.reason and "0.40 points" in forgetting.reason
     tie = dict(heldout_before=0.8, heldout_after=0.8, mnist_base=0.99, mnist_candidate=0.99)
     assert not gate(**tie).promote
-    # a lower NLL alone does not break a tie: the candidate must be more accurate
+    # a slightly lower NLL does not break a tie, nor a higher one
     assert not gate(**tie, heldout_nll_before=0.5, heldout_nll_after=0.3).promote
     assert not gate(**tie, heldout_nll_before=0.3, heldout_nll_after=0.5).promote
+    # a halved NLL does, unless the current model was already near-certain on the held-out part
+    halved = gate(**tie, heldout_nll_before=0.14, heldout_nll_after=0.005)
+    assert halved.promote and "same accuracy" in halved.reason
+    assert not gate(**tie, heldout_nll_before=0.008, heldout_nll_after=0.0).promote
+    # never when the held-out accuracy went down or MNIST drops past the bound
+    assert not gate(heldout_before=0.9, heldout_after=0.8, mnist_base=0.99, mnist_candidate=0.99,
+                    heldout_nll_before=0.5, heldout_nll_after=0.1).promote
+    assert not gate(heldout_before=0.8, heldout_after=0.8, mnist_base=0.99, mnist_candidate=0.985,
+                    heldout_nll_before=0.5, heldout_nll_after=0.1).promote
     edge = gate(heldout_before=0.5, heldout_after=0.6, mnist_base=0.990, mnist_candidate=0.987)
     assert edge.promote  # exactly 0.3 points down is still within the bound
 
