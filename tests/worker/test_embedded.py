@@ -54,7 +54,8 @@ def test_labels_in_better_answers_out(settings: Settings, factory: sessionmaker[
     assert active_version(factory, 42) == 1
     ((telegram_id, summary),) = told
     assert telegram_id == 42 and summary["version"] == 1 and summary["labels"] == LABELLED
-    assert summary["accuracy_after"] > summary["accuracy_before"]
+    # (a tie on the small held-out part is promoted when the model got clearly surer: core.gate)
+    assert summary["accuracy_after"] >= summary["accuracy_before"]
 
     with factory() as session:
         user_row = repo.get_user(session, telegram_id=42)
@@ -67,5 +68,7 @@ def test_labels_in_better_answers_out(settings: Settings, factory: sessionmaker[
     before = np.mean([p.digit for p in recognizer.classify(user.images[new])] == truth)
     after = np.mean([p.digit for p in recognizer.classify(user.images[new], personal)] == truth)
     print(f"this writer's {len(truth)} new samples: base {before:.1%}, with the personal model {after:.1%}")
-    assert after >= before + 0.15, f"new samples of this writer: {before:.1%} -> {after:.1%}"
+    # The photo-stage base already reads this writer at ~89%; the personal model must still take
+    # away a good share of the errors it makes on digits it has never seen.
+    assert 1 - after <= 0.6 * (1 - before), f"new samples of this writer: {before:.1%} -> {after:.1%}"
 
