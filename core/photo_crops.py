@@ -24,9 +24,6 @@ from core.photo_sim import photo_set
 from core.preprocess import preprocess
 
 CHUNK_PHOTOS = 100
-# Half the photos hold one digit, half a row of 2-8 (rows are where neighbours, paper lines and
-# uneven spacing leave their marks on the crops).
-ROW_SHARE = 0.5
 
 
 @dataclass
@@ -36,6 +33,10 @@ class PhotoCrops:
     photos: int  # rendered
     kept_photos: int  # whose digit count the pipeline got right
     seed: int = 0
+
+    def save(self, path: str | Path) -> None:
+        torch.save({"images": self.images, "labels": self.labels, "photos": self.photos,
+                    "kept_photos": self.kept_photos, "seed": self.seed}, path)
 
     @staticmethod
     def load(path: str | Path) -> PhotoCrops:
@@ -68,7 +69,9 @@ def render_crops(photos: int, *, seed: int, data_dir: str | Path | None = None, 
     chunks = max(1, -(-photos // CHUNK_PHOTOS))
     size = min(photos, CHUNK_PHOTOS) if photos > 0 else 0
     directory = str(data_dir) if data_dir is not None else None
-    tasks = [(seed * 100_000 + k, size, k % round(1 / ROW_SHARE) == 1, directory) for k in range(chunks)]
+    # Every other chunk holds rows of 2-8 digits (where neighbours, paper lines and uneven
+    # spacing leave their marks on the crops), the rest single digits.
+    tasks = [(seed * 100_000 + k, size, k % 2 == 1, directory) for k in range(chunks)]
     if workers > 1 and len(tasks) > 1:
         with ProcessPoolExecutor(workers) as pool:
             results = list(pool.map(_render_chunk, tasks))
@@ -93,8 +96,7 @@ def main() -> None:
     started = time.perf_counter()
     crops = render_crops(args.photos, seed=args.seed, data_dir=args.data, workers=args.workers)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"images": crops.images, "labels": crops.labels, "photos": crops.photos,
-                "kept_photos": crops.kept_photos, "seed": args.seed}, args.out)
+    crops.save(args.out)
     print(f"{len(crops.labels)} crops from {crops.kept_photos}/{crops.photos} photos "
           f"({time.perf_counter() - started:.0f}s) -> {args.out}")
 

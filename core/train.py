@@ -63,21 +63,21 @@ def pick_device() -> torch.device:
 
 
 @torch.no_grad()
+def _logits(model: torch.nn.Module, images: torch.Tensor, device: torch.device,
+            batch_size: int = 1000) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(normalize(images[i:i + batch_size].to(device)))
+                      for i in range(0, len(images), batch_size)])
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return int((logits.argmax(1).cpu() == labels).sum()) / max(len(labels), 1)
+
+
 def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
              device: torch.device, batch_size: int = 1000) -> float:
     """Accuracy of ``model`` on uint8 images (N,28,28)."""
-    model.eval()
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        x = normalize(images[start:start + batch_size].to(device))
-        correct += int((model(x).argmax(1).cpu() == labels[start:start + batch_size]).sum())
-    return correct / max(len(images), 1)
-
-
-@torch.no_grad()
-def _logits(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model(normalize(images[i:i + 1000].to(device))) for i in range(0, len(images), 1000)])
+    return _accuracy(_logits(model, images, device, batch_size), labels)
 
 
 def train_epoch(model: DigitNet, ema: AveragedModel, optimizer: torch.optim.Optimizer,
@@ -142,6 +142,7 @@ def train_base(config: TrainConfig, data_dir: str | Path | None = None, log: Cal
     """
     if config.photo_epochs and photo_crops is None:
         raise ValueError("the photo stage needs photo crops (python -m core.photo_crops)")
+    photo_stage = photo_crops if config.photo_epochs else None
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device()
@@ -171,9 +172,9 @@ def train_base(config: TrainConfig, data_dir: str | Path | None = None, log: Cal
                      seed=config.seed + 1000, pct_start=0.1, data=data, config=config, device=device,
                      curves=curves, log=log, name="polish")
         model = ema.module  # type: ignore[assignment]
-    if config.photo_epochs and photo_crops is not None:
-        crops_x = photo_crops.images.to(train_x.device)
-        crops_y = photo_crops.labels.to(train_y.device)
+    if photo_stage is not None:
+        crops_x = photo_stage.images.to(train_x.device)
+        crops_y = photo_stage.labels.to(train_y.device)
         mixed = (torch.cat([train_x] + [crops_x] * config.photo_repeats),
                  torch.cat([train_y] + [crops_y] * config.photo_repeats), test_x, test_y)
         ema = _stage(model, epochs=config.photo_epochs, lr=config.photo_lr, augment_config=config.polish_augment,
@@ -182,19 +183,20 @@ def train_base(config: TrainConfig, data_dir: str | Path | None = None, log: Cal
         model = ema.module  # type: ignore[assignment]
 
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    metrics = {"mnist_test_accuracy": evaluate(model, test_x, test_y, device),
+    test_logits = _logits(model, test_x, device)
+    metrics = {"mnist_test_accuracy": _accuracy(test_logits, test_y),
                "mnist_test_size": float(len(test_x)),
                "train_seconds": time.time() - started}
     meta: dict[str, object] = {
         "recipe": dataclasses.asdict(config), "data_sha256": mnist_checksum(data_dir),
         "device": str(device), "torch": str(torch.__version__),
         # Every component scales the base logits by this (core.calibrate.fit_base_temperature).
-        "temperature": fit_temperature(_logits(model, test_x, device), test_y.to(device))}
+        "temperature": fit_temperature(test_logits, test_y.to(device))}
     if resume is not None:
         meta["resumed_from"] = {"metrics": resume.metrics, "recipe": resume.meta.get("recipe")}
-    if config.photo_epochs and photo_crops is not None:
-        meta["photo_crops"] = {"crops": len(photo_crops.labels), "photos": photo_crops.photos,
-                               "kept_photos": photo_crops.kept_photos, "seed": photo_crops.seed}
+    if photo_stage is not None:
+        meta["photo_crops"] = {"crops": len(photo_stage.labels), "photos": photo_stage.photos,
+                               "kept_photos": photo_stage.kept_photos, "seed": photo_stage.seed}
     return Checkpoint(state_dict=state, config=config.model, metrics=metrics, meta=meta), curves
 
 

@@ -33,7 +33,6 @@ def test_crops_do_not_depend_on_the_number_of_workers(mnist_dir, small_chunks, t
     other = render_crops(5, seed=5, data_dir=mnist_dir, workers=1)
     assert not np.array_equal(one.images[: len(other.images)].numpy(), other.images[: len(one.images)].numpy())
     path = tmp_path / "crops.pt"
-    torch.save({"images": one.images, "labels": one.labels, "photos": one.photos,
-                "kept_photos": one.kept_photos, "seed": one.seed}, path)
+    one.save(path)
     loaded = PhotoCrops.load(path)
     assert torch.equal(loaded.images, one.images) and loaded.seed == 4 and loaded.photos == 10
