@@ -109,12 +109,12 @@ def tesseract_read(binary: str, psm: int, data: bytes) -> str:
     return only_digits(run.stdout.decode(errors="replace"))
 
 
-def choose_psm(binary: str, count: int, seed: int) -> tuple[int, dict[int, tuple[float, float]]]:
+def choose_psm(binary: str, count: int, seed: int, mnist: Path | None) -> tuple[int, dict[int, tuple[float, float]]]:
     """The psm with the best mean of single-digit and row accuracy on simulated photos."""
     from core.data import load_mnist
     from core.photo_sim import photo_set
 
-    images, labels = load_mnist(train=False)
+    images, labels = load_mnist(train=False, directory=mnist)
     singles = photo_set(images.numpy(), labels.numpy(), count, (1, 1), seed)
     rows = photo_set(images.numpy(), labels.numpy(), count, (2, 8), seed + 1)
     scores: dict[int, tuple[float, float]] = {}
@@ -129,14 +129,14 @@ def choose_psm(binary: str, count: int, seed: int) -> tuple[int, dict[int, tuple
     return best, scores
 
 
-def make_tesseract(psm: str, count: int, seed: int) -> Engine:
+def make_tesseract(psm: str, count: int, seed: int, mnist: Path | None) -> Engine:
     binary = shutil.which("tesseract")
     if binary is None:
         raise Unavailable("no `tesseract` binary on PATH (apt-get install -y tesseract-ocr)")
     version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout.split("\n")[0]
     if psm == "auto":
         print(f"choosing Tesseract's psm on {count} + {count} simulated photos (seed {seed}) ...", flush=True)
-        chosen, scores = choose_psm(binary, count, seed)
+        chosen, scores = choose_psm(binary, count, seed, mnist)
         single, row = scores[chosen]
         how = (f"psm {chosen} chosen on {count} single-digit + {count} row simulated photos, seed {seed}/{seed + 1} "
                f"(single {single:.1%}, rows {row:.1%}); all: "
@@ -231,10 +231,15 @@ def measure(engine: Engine, photos: Sequence[RealPhoto]) -> Result:
     return Result(engine, readings, np.array(latency))
 
 
+def _mnist_dir(data: str | None) -> Path | None:
+    """MNIST beside real-dev when --data names the shared folder; else core.data's default."""
+    return Path(data) / "mnist" if data and (Path(data) / "mnist").exists() else None
+
+
 def build(name: str, args: argparse.Namespace) -> Engine:
     makers: dict[str, Callable[[], Engine]] = {
         "ours": make_ours, "seed": make_seed, "rapidocr": make_rapidocr, "ppocr": make_ppocr,
-        "tesseract": lambda: make_tesseract(args.tesseract_psm, args.psm_photos, args.psm_seed)}
+        "tesseract": lambda: make_tesseract(args.tesseract_psm, args.psm_photos, args.psm_seed, _mnist_dir(args.data))}
     return makers[name]()
 
 
