@@ -6,7 +6,9 @@ is right. Latency is per photo (decode + preprocessing + classification) with on
 OpenCV and torch; throughput is digits/s for the whole set with preprocessing spread over two
 worker processes and classification batched on two threads.
 
-    python -m bench.bench_preprocess --singles 600 --rows 600 [--failures DIR]
+    python -m bench.bench_preprocess --singles 600 --rows 600 [--failures DIR] [--style thin]
+
+`--style thin` renders the digits with real pen widths (core.pen_sim) instead of upscaled MNIST strokes.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 from bench.seed_pipeline import seed_preprocess
 from core.data import load_mnist
 from core.model import for_inference, load_base, normalize
-from core.photo_sim import Photo, photo_set
+from core.photo_sim import STYLES, Photo, photo_set
 from core.preprocess import preprocess
 
 
@@ -115,13 +117,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--failures", type=Path, default=None, help="write misread photos (ours) here")
     parser.add_argument("--no-throughput", action="store_true")
+    parser.add_argument("--style", choices=list(STYLES), default="classic", help="photo style (core.photo_sim)")
     args = parser.parse_args()
 
     images, labels = load_mnist(train=False)
     start = time.perf_counter()
-    singles = photo_set(images.numpy(), labels.numpy(), args.singles, (1, 1), args.seed)
-    rows = photo_set(images.numpy(), labels.numpy(), args.rows, (2, 8), args.seed + 1)
-    print(f"rendered {len(singles)} single-digit and {len(rows)} row photos in {time.perf_counter() - start:.0f}s")
+    singles = photo_set(images.numpy(), labels.numpy(), args.singles, (1, 1), args.seed, args.style)
+    rows = photo_set(images.numpy(), labels.numpy(), args.rows, (2, 8), args.seed + 1, args.style)
+    print(f"rendered {len(singles)} single-digit and {len(rows)} row photos ({args.style} style) "
+          f"in {time.perf_counter() - start:.0f}s")
     ckpt = load_base()
     model = for_inference(ckpt.build())  # as core.recognize serves it (BN folded, channels-last)
     weights = os.environ.get("DIGITBOT_BASE_WEIGHTS", "weights/base.pt")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from core.data import load_mnist
-from core.photo_sim import photo_set
+from core.photo_sim import STYLES, photo_set
 from core.preprocess import preprocess
 
 CHUNK_PHOTOS = 100
@@ -33,24 +33,27 @@ class PhotoCrops:
     photos: int  # rendered
     kept_photos: int  # whose digit count the pipeline got right
     seed: int = 0
+    style: str = "classic"  # of the photos (core.photo_sim)
 
     def save(self, path: str | Path) -> None:
         torch.save({"images": self.images, "labels": self.labels, "photos": self.photos,
-                    "kept_photos": self.kept_photos, "seed": self.seed}, path)
+                    "kept_photos": self.kept_photos, "seed": self.seed,
+                    "style": self.style}, path)
 
     @staticmethod
     def load(path: str | Path) -> PhotoCrops:
         data = torch.load(path, weights_only=True)
         return PhotoCrops(images=data["images"], labels=data["labels"], photos=int(data["photos"]),
-                          kept_photos=int(data["kept_photos"]), seed=int(data["seed"]))
+                          kept_photos=int(data["kept_photos"]), seed=int(data["seed"]),
+                          style=str(data.get("style", "classic")))
 
 
-def _render_chunk(task: tuple[int, int, bool, str | None]) -> tuple[np.ndarray, np.ndarray, int]:
-    seed, count, row, data_dir = task
+def _render_chunk(task: tuple[int, int, bool, str | None, str]) -> tuple[np.ndarray, np.ndarray, int]:
+    seed, count, row, data_dir, style = task
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     images, labels = load_mnist(train=True, directory=data_dir)
-    photos = photo_set(images.numpy(), labels.numpy(), count, (2, 8) if row else (1, 1), seed)
+    photos = photo_set(images.numpy(), labels.numpy(), count, (2, 8) if row else (1, 1), seed, style)
     crops: list[np.ndarray] = []
     crop_labels: list[int] = []
     kept = 0
@@ -64,14 +67,16 @@ def _render_chunk(task: tuple[int, int, bool, str | None]) -> tuple[np.ndarray, 
     return (np.stack(crops) if crops else empty), np.array(crop_labels, np.int64), kept
 
 
-def render_crops(photos: int, *, seed: int, data_dir: str | Path | None = None, workers: int = 2) -> PhotoCrops:
-    """Crops from ``photos`` synthetic photos (rounded up to whole chunks) of MNIST training digits."""
+def render_crops(photos: int, *, seed: int, data_dir: str | Path | None = None, workers: int = 2,
+                 style: str = "classic") -> PhotoCrops:
+    """Crops from ``photos`` synthetic photos (rounded up to whole chunks) of MNIST training digits,
+    in a core.photo_sim style."""
     chunks = max(1, -(-photos // CHUNK_PHOTOS))
     size = min(photos, CHUNK_PHOTOS) if photos > 0 else 0
     directory = str(data_dir) if data_dir is not None else None
     # Every other chunk holds rows of 2-8 digits (where neighbours, paper lines and uneven
     # spacing leave their marks on the crops), the rest single digits.
-    tasks = [(seed * 100_000 + k, size, k % 2 == 1, directory) for k in range(chunks)]
+    tasks = [(seed * 100_000 + k, size, k % 2 == 1, directory, style) for k in range(chunks)]
     if workers > 1 and len(tasks) > 1:
         with ProcessPoolExecutor(workers) as pool:
             results = list(pool.map(_render_chunk, tasks))
@@ -79,7 +84,7 @@ def render_crops(photos: int, *, seed: int, data_dir: str | Path | None = None, 
         results = [_render_chunk(task) for task in tasks]
     return PhotoCrops(images=torch.from_numpy(np.concatenate([r[0] for r in results])),
                       labels=torch.from_numpy(np.concatenate([r[1] for r in results])),
-                      photos=size * chunks, kept_photos=sum(r[2] for r in results), seed=seed)
+                      photos=size * chunks, kept_photos=sum(r[2] for r in results), seed=seed, style=style)
 
 
 def main() -> None:
@@ -91,10 +96,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data", default=None, help="MNIST folder (default: the shared data)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--style", choices=list(STYLES), default="classic",
+                        help="photo style: classic (upscaled MNIST strokes) or thin (real pen widths)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     started = time.perf_counter()
-    crops = render_crops(args.photos, seed=args.seed, data_dir=args.data, workers=args.workers)
+    crops = render_crops(args.photos, seed=args.seed, data_dir=args.data, workers=args.workers, style=args.style)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     crops.save(args.out)
     print(f"{len(crops.labels)} crops from {crops.kept_photos}/{crops.photos} photos "

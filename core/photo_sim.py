@@ -8,6 +8,11 @@ rotation and perspective, blur, sensor noise, JPEG artefacts, EXIF orientation, 
 from 100 px to 4000 px. Rows of several digits get uneven spacing, baseline and size.
 
     python -m core.photo_sim --out /tmp/photos --count 24   # writes a few samples to look at
+    python -m core.photo_sim --style thin --sheet var/thin_sim_sheet.png   # or a contact sheet of them
+
+Two styles: "classic" (the default, above) and "thin", where core.pen_sim re-draws each digit along
+its centre line with a real pen's width (ballpoint, gel, pencil, marker) on paper, sticky notes or
+cheque security print, as tight 30-80 px scans, photo crops or 1000-4000 px phone photos.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
+
+from core import pen_sim
+from core.pen_sim import rule_lines, smooth_noise
 
 # EXIF orientation tag value -> the rotation (np.rot90 k, and whether to mirror) that turns the
 # upright image into the stored pixels, so that a viewer applying the tag shows it upright.
@@ -38,17 +46,15 @@ class Photo:
         return "".join(str(d) for d in self.labels)
 
 
-def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
-    """Low-frequency noise in [-1, 1] (a coarse random grid upsampled bicubically)."""
-    coarse = rng.uniform(-1, 1, (cells, cells)).astype(np.float32)
-    return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+def _ink_crop(digit: np.ndarray) -> np.ndarray:
+    """The digit's bounding box (ink in [0, 1]) with a 2 px border."""
+    ys, xs = np.nonzero(digit > 30)
+    return np.pad(digit[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1].astype(np.float32) / 255, 2)
 
 
 def _digit_alpha(rng: np.random.Generator, digit: np.ndarray, height: int) -> np.ndarray:
     """An MNIST digit (white on black) as an ink alpha map about `height` pixels tall."""
-    ys, xs = np.nonzero(digit > 30)
-    crop = digit[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1].astype(np.float32) / 255
-    crop = np.pad(crop, 2)
+    crop = _ink_crop(digit)
     scale = height / crop.shape[0]
     width = max(2, round(crop.shape[1] * scale * rng.uniform(0.85, 1.15)))
     big = cv2.resize(crop, (width, max(2, round(crop.shape[0] * scale))), interpolation=cv2.INTER_CUBIC)
@@ -79,30 +85,12 @@ def _paper(rng: np.random.Generator, height: int, width: int, digit_h: float, da
         base = base + rng.uniform(-12, 5, 3)
     paper = np.empty((height, width, 3), np.float32)
     paper[:] = base
-    paper += _smooth_noise(rng, height, width, 6)[..., None] * rng.uniform(0, 10)
+    paper += smooth_noise(rng, height, width, 6)[..., None] * rng.uniform(0, 10)
     paper += rng.normal(0, rng.uniform(0.5, 3), (height, width, 1)).astype(np.float32)
     if dark:
         return paper, "board"
     style = rng.choice(["plain", "ruled", "squared"], p=[0.4, 0.35, 0.25])
-    colour = rng.choice([[150, 180, 225], [160, 160, 165], [120, 170, 210], [200, 150, 150]])
-    strength = rng.uniform(0.35, 0.9)
-    # Digits sit between ruled lines, or span one or a few squares; printed lines are much thinner
-    # than pen strokes (about 0.2 mm against 0.5-1 mm).
-    spacing = digit_h * rng.uniform(1.1, 1.8) if style == "ruled" else digit_h / rng.uniform(1.2, 3.5)
-    thickness = max(1, round(spacing * rng.uniform(0.015, 0.04)))
-    offset = rng.uniform(0, spacing)
-    lines = np.zeros((height, width), np.float32)
-    for y in np.arange(offset, height, spacing):
-        cv2.line(lines, (0, round(y)), (width, round(y)), 1.0, thickness, cv2.LINE_AA)
-    if style == "squared":
-        for x in np.arange(rng.uniform(0, spacing), width, spacing):
-            cv2.line(lines, (round(x), 0), (round(x), height), 1.0, thickness, cv2.LINE_AA)
-    if style == "ruled" and rng.random() < 0.4:  # red margin line
-        x = round(width * rng.uniform(0.05, 0.2))
-        cv2.line(lines, (x, 0), (x, height), 1.0, thickness + 1, cv2.LINE_AA)
-    if style != "plain":
-        alpha = (lines * strength)[..., None]
-        paper = paper * (1 - alpha) + np.asarray(colour, np.float32) * alpha
+    paper = rule_lines(rng, paper, digit_h, str(style))
     return paper, str(style)
 
 
@@ -141,100 +129,239 @@ def _lighting(rng: np.random.Generator, height: int, width: int) -> tuple[np.nda
     return light, shadow
 
 
-def render_photo(rng: np.random.Generator, digits: list[np.ndarray], labels: list[int]) -> Photo:
-    """One synthetic phone photo of `digits` (MNIST 28x28 arrays) written left to right."""
-    n = len(digits)
-    width, height, digit_h = _layout_size(rng, n)
-    # Compose at a working scale (at most ~1000 px) and resize to the final size at the end.
-    scale = min(1.0, 1000 / max(width, height))
-    cw, ch, cdh = max(8, round(width * scale)), max(8, round(height * scale)), digit_h * scale
-    dark = rng.random() < 0.15
-    paper, paper_style = _paper(rng, ch, cw, cdh, dark)
+@dataclass
+class _Row:
+    """Where a row of digits landed on the working canvas."""
+    ink: np.ndarray
+    x0: float
+    x1: float
+    cy: float
+    digit_h: float
+
+
+def _place_row(rng: np.random.Generator, alphas: list[np.ndarray], gaps: list[float], size: tuple[int, int],
+               digit_h: float, fit: float = 0.86, shift: tuple[float, float] = (0.0, 0.0)) -> _Row:
+    """Digit alphas written left to right on a (width, height) canvas, the row at most `fit` of its
+    width; `shift` (in digit heights) moves the row, also partly out of the frame."""
+    cw, ch = size
     ink = np.zeros((ch, cw), np.float32)
-    alphas = [_digit_alpha(rng, d, max(6, round(cdh * rng.uniform(0.88, 1.12)))) for d in digits]
-    gaps = [cdh * rng.uniform(0.08, 0.55) for _ in range(n - 1)]
     row_w = sum(a.shape[1] for a in alphas) + sum(gaps)
-    if row_w > 0.86 * cw:  # keep the whole row inside the frame, also after rotation
-        shrink = 0.86 * cw / row_w
+    if row_w > fit * cw:  # keep the whole row inside the frame, also after rotation
+        shrink = fit * cw / row_w
         alphas = [cv2.resize(a, (max(2, round(a.shape[1] * shrink)), max(2, round(a.shape[0] * shrink))))
                   for a in alphas]
         gaps = [g * shrink for g in gaps]
-        cdh *= shrink
+        digit_h *= shrink
         row_w = sum(a.shape[1] for a in alphas) + sum(gaps)
-    x = (cw - row_w) / 2 + rng.uniform(-0.3, 0.3) * max(0.0, 0.9 * cw - row_w)
-    cy = ch / 2 + rng.uniform(-0.25, 0.25) * max(0.0, 0.9 * ch - 1.3 * cdh)
+    x = (cw - row_w) / 2 + rng.uniform(-0.3, 0.3) * max(0.0, 0.9 * cw - row_w) + shift[0] * digit_h
+    cy = ch / 2 + rng.uniform(-0.25, 0.25) * max(0.0, 0.9 * ch - 1.3 * digit_h) + shift[1] * digit_h
     x_start = x
     for i, alpha in enumerate(alphas):
-        y = cy - alpha.shape[0] / 2 + rng.uniform(-0.08, 0.08) * cdh
+        y = cy - alpha.shape[0] / 2 + rng.uniform(-0.08, 0.08) * digit_h
         x0, y0 = round(x), round(y)
         ys = slice(max(0, y0), min(ch, y0 + alpha.shape[0]))
         xs = slice(max(0, x0), min(cw, x0 + alpha.shape[1]))
         part = alpha[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0]
         ink[ys, xs] = np.maximum(ink[ys, xs], part)
-        x += alpha.shape[1] + (gaps[i] if i < n - 1 else 0)
-    colour, ink_kind = _ink_colour(rng, dark)
-    opacity = rng.uniform(0.75, 1.0) if ink_kind != "pencil" else rng.uniform(0.6, 0.85)
-    a = (ink * opacity)[..., None]
-    image = paper * (1 - a) + colour.astype(np.float32) * a
+        x += alpha.shape[1] + (gaps[i] if i < len(gaps) else 0)
+    return _Row(ink, x_start, x, cy, digit_h)
 
-    desk = not dark and rng.random() < 0.2
-    if desk:  # the paper does not fill the frame: a darker desk shows at one or two edges
-        desk_colour = rng.choice([[90, 70, 50], [60, 60, 65], [150, 120, 90], [30, 30, 30]])
-        margin: np.ndarray = np.zeros((ch, cw), np.float32)
-        side = rng.integers(4)
-        # The paper edge stays clear of the writing: at most the free space between row and border.
-        row_x0, row_x1 = x_start, x
-        row_y0, row_y1 = cy - 0.7 * cdh, cy + 0.7 * cdh
-        free = [row_x0, cw - row_x1, row_y0, ch - row_y1][side]
-        depth = round(max(0.0, free) * rng.uniform(0.2, 0.8))
-        if side == 0:
-            margin[:, :depth] = 1
-        elif side == 1:
-            margin[:, cw - depth:] = 1
-        elif side == 2:
-            margin[:depth] = 1
-        else:
-            margin[ch - depth:] = 1
-        margin = cv2.GaussianBlur(margin, (0, 0), 1.0)[..., None]
-        image = image * (1 - margin) + np.asarray(desk_colour, np.float32) * margin
 
-    light, shadow = _lighting(rng, ch, cw)
-    image *= light[..., None]
+def _desk(rng: np.random.Generator, image: np.ndarray, row: _Row) -> np.ndarray:
+    """The paper does not fill the frame: a darker desk shows at one edge, clear of the writing."""
+    ch, cw = image.shape[:2]
+    desk_colour = rng.choice([[90, 70, 50], [60, 60, 65], [150, 120, 90], [30, 30, 30]])
+    margin: np.ndarray = np.zeros((ch, cw), np.float32)
+    side = rng.integers(4)
+    # The paper edge stays clear of the writing: at most the free space between row and border.
+    row_y0, row_y1 = row.cy - 0.7 * row.digit_h, row.cy + 0.7 * row.digit_h
+    free = [row.x0, cw - row.x1, row_y0, ch - row_y1][side]
+    depth = round(max(0.0, free) * rng.uniform(0.2, 0.8))
+    if side == 0:
+        margin[:, :depth] = 1
+    elif side == 1:
+        margin[:, cw - depth:] = 1
+    elif side == 2:
+        margin[:depth] = 1
+    else:
+        margin[ch - depth:] = 1
+    margin = cv2.GaussianBlur(margin, (0, 0), 1.0)[..., None]
+    return image * (1 - margin) + np.asarray(desk_colour, np.float32) * margin
 
-    # Small rotation and perspective: move the four corners, keep the paper filling the frame.
-    rotate = rng.uniform(-7, 7)
-    centre = (cw / 2, ch / 2)
-    matrix = cv2.getRotationMatrix2D(centre, rotate, 1.0)
+
+@dataclass(frozen=True)
+class _Camera:
+    tilt: float = 7.0  # degrees, at most
+    perspective: float = 0.05  # corner movement, fraction of the frame
+    shake: float = 0.15  # probability of hand shake
+
+
+def _camera(rng: np.random.Generator, image: np.ndarray, camera: _Camera, blur_scale: float,
+            shake_ref: float) -> tuple[np.ndarray, float]:
+    """Rotation and perspective (the paper still filling the frame), blur and hand shake; and the rotation."""
+    ch, cw = image.shape[:2]
+    rotate = rng.uniform(-camera.tilt, camera.tilt)
+    matrix = cv2.getRotationMatrix2D((cw / 2, ch / 2), rotate, 1.0)
     src = np.array([[0, 0], [cw, 0], [cw, ch], [0, ch]], np.float32)
-    dst = src + rng.uniform(-0.05, 0.05, (4, 2)).astype(np.float32) * [cw, ch]
+    dst = src + rng.uniform(-camera.perspective, camera.perspective, (4, 2)).astype(np.float32) * [cw, ch]
     dst = cv2.transform(dst[None], matrix)[0].astype(np.float32)
     homography = cv2.getPerspectiveTransform(src, dst)
     image = cv2.warpPerspective(image, homography, (cw, ch), flags=cv2.INTER_LINEAR,
                                 borderMode=cv2.BORDER_REFLECT)
-
-    blur = rng.uniform(0, 1.4) * max(1.0, cdh / 60)
+    blur = rng.uniform(0, 1.4) * blur_scale
     if blur > 0.3:
         image = cv2.GaussianBlur(image, (0, 0), blur)
-    if rng.random() < 0.15:  # hand shake
-        length = max(2, round(cdh * rng.uniform(0.02, 0.08)))
+    if rng.random() < camera.shake:
+        length = max(2, round(shake_ref * rng.uniform(0.02, 0.08)))
         kernel: np.ndarray = np.zeros((length, length), np.float32)
         kernel[length // 2] = 1 / length
         rot = cv2.getRotationMatrix2D((length / 2 - 0.5, length / 2 - 0.5), rng.uniform(0, 180), 1)
         kernel = cv2.warpAffine(kernel, rot, (length, length))
         image = cv2.filter2D(image, -1, kernel / max(kernel.sum(), 1e-6))
+    return image, rotate
 
-    interpolation = cv2.INTER_AREA if width < cw else cv2.INTER_LINEAR
+
+def _sensor(rng: np.random.Generator, image: np.ndarray, width: int, height: int, fast: bool = False) -> np.ndarray:
+    """Resized to the final size, with sensor noise, as 8-bit RGB (`fast`: float32 noise, other draws)."""
+    interpolation = cv2.INTER_AREA if width < image.shape[1] else cv2.INTER_LINEAR
     image = cv2.resize(image, (width, height), interpolation=interpolation)
     noise = rng.uniform(1, 7)
-    image += rng.normal(0, noise, (height, width, 1)).astype(np.float32)
-    rgb = np.clip(image, 0, 255).astype(np.uint8)
+    if fast:
+        image = image + rng.standard_normal((height, width, 1), np.float32) * np.float32(noise)
+    else:
+        image += rng.normal(0, noise, (height, width, 1)).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8)
 
-    traits: dict[str, object] = {"size": (width, height), "dark": dark, "paper": paper_style, "ink": ink_kind,
-                                 "shadow": shadow,
-                                 "desk": desk, "rotate": round(rotate, 1), "digit_h": round(digit_h)}
+
+def _encoded(rng: np.random.Generator, rgb: np.ndarray, labels: list[int], traits: dict[str, object]) -> Photo:
     fmt, exif = _encode_choice(rng)
     traits["format"], traits["exif"] = fmt, exif
     return Photo(_encode(rgb, fmt, exif, rng), list(labels), traits)
+
+
+def _working_size(width: int, height: int, digit_h: float, cap: int) -> tuple[int, int, float]:
+    """Composition happens at most `cap` px on the long side; resized to the final size at the end."""
+    scale = min(1.0, cap / max(width, height))
+    return max(8, round(width * scale)), max(8, round(height * scale)), digit_h * scale
+
+
+def _render_classic(rng: np.random.Generator, digits: list[np.ndarray], labels: list[int]) -> Photo:
+    """Upscaled MNIST strokes (10-15% of the digit's height wide) on paper or boards."""
+    n = len(digits)
+    width, height, digit_h = _layout_size(rng, n)
+    cw, ch, cdh = _working_size(width, height, digit_h, 1000)
+    dark = rng.random() < 0.15
+    paper, paper_style = _paper(rng, ch, cw, cdh, dark)
+    alphas = [_digit_alpha(rng, d, max(6, round(cdh * rng.uniform(0.88, 1.12)))) for d in digits]
+    gaps = [cdh * rng.uniform(0.08, 0.55) for _ in range(n - 1)]
+    row = _place_row(rng, alphas, gaps, (cw, ch), cdh)
+    colour, ink_kind = _ink_colour(rng, dark)
+    opacity = rng.uniform(0.75, 1.0) if ink_kind != "pencil" else rng.uniform(0.6, 0.85)
+    a = (row.ink * opacity)[..., None]
+    image = paper * (1 - a) + colour.astype(np.float32) * a
+    desk = not dark and rng.random() < 0.2
+    if desk:
+        image = _desk(rng, image, row)
+    light, shadow = _lighting(rng, ch, cw)
+    image *= light[..., None]
+    image, rotate = _camera(rng, image, _Camera(), max(1.0, row.digit_h / 60), row.digit_h)
+    rgb = _sensor(rng, image, width, height)
+    traits: dict[str, object] = {"size": (width, height), "dark": dark, "paper": paper_style, "ink": ink_kind,
+                                 "shadow": shadow,
+                                 "desk": desk, "rotate": round(rotate, 1), "digit_h": round(digit_h)}
+    return _encoded(rng, rgb, labels, traits)
+
+
+# --- the thin-pen style -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Frame:
+    width: int
+    height: int
+    digit_h: float  # final pixels
+    capture: str  # "scan": a tight low-resolution crop; "crop": part of a photo; "phone": a whole photo
+
+
+_SCAN_CAMERA = _Camera(tilt=2.0, perspective=0.005, shake=0.0)
+_PHONE_CAMERA = _Camera(tilt=7.0, perspective=0.04, shake=0.1)
+
+
+def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    return math.exp(rng.uniform(math.log(low), math.log(high)))
+
+
+def _thin_frame(rng: np.random.Generator, n: int) -> _Frame:
+    """Scans 30-80 px high with the digits filling them; photo crops 80-1000 px; phone photos
+    1000-4000 px on the long side with the digits 5-90% of the frame's height."""
+    capture = str(rng.choice(["scan", "crop", "phone"], p=[0.3, 0.2, 0.5]))
+    if capture == "scan":
+        height = _log_uniform(rng, 30, 80)
+        digit_h = height * rng.uniform(0.6, 0.85)
+        # A digit is 0.6-0.85 of its height wide; with the gap to the next, about 1.1 heights.
+        width = digit_h * (rng.uniform(0.6, 0.85) + (n - 1) * rng.uniform(1.0, 1.3) + rng.uniform(0.15, 0.5))
+        width = min(width, 80.0) if n == 1 else width
+        return _Frame(round(width), round(height), digit_h, capture)
+    aspect = float(rng.choice([4 / 3, 3 / 4, 16 / 9, 9 / 16, 1.0]))
+    long_side = _log_uniform(rng, 1000, 4000) if capture == "phone" else _log_uniform(rng, 80, 1000)
+    width = long_side if aspect >= 1 else long_side * aspect
+    height = width / aspect
+    digit_h = height * (_log_uniform(rng, 0.05, 0.9) if capture == "phone" else _log_uniform(rng, 0.2, 0.9))
+    if n > 1:
+        digit_h = min(digit_h, 0.86 * width / (n * 0.8))
+    grow = max(1.0, 22 / digit_h)  # as in the classic style: at least ~22 px per digit
+    return _Frame(round(width * grow), round(height * grow), digit_h * grow, capture)
+
+
+def _render_thin(rng: np.random.Generator, digits: list[np.ndarray], labels: list[int]) -> Photo:
+    """Digits re-drawn along their centre line with a real pen's width (core.pen_sim), on paper,
+    sticky notes or cheques, from tight low-resolution scans to large phone photos."""
+    n = len(digits)
+    frame = _thin_frame(rng, n)
+    scan = frame.capture == "scan"
+    cw, ch, cdh = _working_size(frame.width, frame.height, frame.digit_h, 1600)
+    paper, surface = pen_sim.surface(rng, ch, cw, cdh)
+    pen = pen_sim.choose_pen(rng)
+    min_width = 0.9 * cw / frame.width  # about one final pixel
+    alphas = [pen_sim.draw_digit(rng, _ink_crop(d), max(6, round(cdh * rng.uniform(0.88, 1.12))), pen, min_width)
+              for d in digits]
+    gaps = [cdh * rng.uniform(0.08, 0.55) for _ in range(n - 1)]
+    cut = scan and rng.random() < 0.3  # a tight crop: part of the writing is outside the frame
+    shift = (rng.uniform(-0.12, 0.12), rng.uniform(-0.12, 0.12)) if cut else (0.0, 0.0)
+    row = _place_row(rng, alphas, gaps, (cw, ch), cdh, fit=0.94 if scan else 0.86, shift=shift)
+    image = pen_sim.apply_ink(paper, pen_sim.pen_texture(rng, row.ink, pen, row.digit_h), pen)
+    desk = not scan and rng.random() < 0.15
+    if desk:
+        image = _desk(rng, image, row)
+    shadow = False
+    if not scan:
+        # Light varies slowly: computed at most 800 px wide (wide shadow blurs are slow on large frames).
+        small = min(1.0, 800 / max(cw, ch))
+        light, shadow = _lighting(rng, max(8, round(ch * small)), max(8, round(cw * small)))
+        light = cv2.resize(light, (cw, ch), interpolation=cv2.INTER_LINEAR)
+        # Phones expose white paper as light grey and tint it with the light's colour.
+        image *= light[..., None] * rng.uniform(0.75, 1.0) * (1 + rng.uniform(-0.06, 0.06, 3)).astype(np.float32)
+    grey = scan and rng.random() < (0.85 if surface == "cheque" else 0.4)
+    if grey:  # many scanners and cheque archives store grey levels
+        image[:] = image @ np.array([0.299, 0.587, 0.114], np.float32)[:, None]
+    blur_scale = 0.6 if scan else max(1.0, max(cw, ch) / 1000)
+    image, rotate = _camera(rng, image, _SCAN_CAMERA if scan else _PHONE_CAMERA, blur_scale, cdh)
+    rgb = _sensor(rng, image, frame.width, frame.height, fast=True)
+    traits: dict[str, object] = {
+        "size": (frame.width, frame.height), "capture": frame.capture, "paper": surface, "ink": pen.kind,
+        "colour": pen.colour_name, "pen_width": round(pen.width, 3), "shadow": shadow, "desk": desk, "cut": cut,
+        "grey": grey, "rotate": round(rotate, 1), "digit_h": round(frame.digit_h)}
+    return _encoded(rng, rgb, labels, traits)
+
+
+STYLES = {"classic": _render_classic, "thin": _render_thin}
+
+
+def render_photo(rng: np.random.Generator, digits: list[np.ndarray], labels: list[int],
+                 style: str = "classic") -> Photo:
+    """One synthetic phone photo of `digits` (MNIST 28x28 arrays) written left to right."""
+    if style not in STYLES:
+        raise ValueError(f"unknown photo style {style!r} (known: {', '.join(STYLES)})")
+    return STYLES[style](rng, digits, labels)
 
 
 def _encode_choice(rng: np.random.Generator) -> tuple[str, int]:
@@ -260,33 +387,58 @@ def _encode(rgb: np.ndarray, fmt: str, exif: int, rng: np.random.Generator) -> b
 
 
 def photo_set(images: np.ndarray, labels: np.ndarray, count: int, digits_per_photo: tuple[int, int],
-              seed: int) -> list[Photo]:
-    """`count` photos with a random number of digits in the inclusive range, drawn from MNIST."""
+              seed: int, style: str = "classic") -> list[Photo]:
+    """`count` photos with a random number of digits in the inclusive range, drawn from MNIST;
+    `style` is "classic" (upscaled MNIST strokes) or "thin" (re-drawn with real pen widths)."""
     rng = np.random.default_rng(seed)
     photos = []
     for _ in range(count):
         n = int(rng.integers(digits_per_photo[0], digits_per_photo[1] + 1))
         picks = rng.integers(0, len(images), n)
-        photos.append(render_photo(rng, [images[i] for i in picks], [int(labels[i]) for i in picks]))
+        photos.append(render_photo(rng, [images[i] for i in picks], [int(labels[i]) for i in picks], style))
     return photos
+
+
+def contact_sheet(photos: list[Photo], tile: int = 256, columns: int = 6) -> np.ndarray:
+    """The photos upright (EXIF applied), each fitted into a grey `tile` x `tile` square, as RGB."""
+    from PIL import ImageOps
+
+    rows = -(-len(photos) // columns)
+    sheet = np.full((rows * tile, columns * tile, 3), 128, np.uint8)
+    for i, photo in enumerate(photos):
+        image = ImageOps.exif_transpose(Image.open(io.BytesIO(photo.data))).convert("RGB")
+        scale = (tile - 4) / max(image.size)
+        # Small scans are enlarged with visible pixels, as an image viewer shows them.
+        resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample)
+        y, x = (i // columns) * tile + 2, (i % columns) * tile + 2
+        sheet[y: y + image.height, x: x + image.width] = np.asarray(image)
+    return sheet
 
 
 def main() -> None:
     from core.data import load_mnist
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="write the photos here")
+    parser.add_argument("--sheet", type=Path, help="write a contact sheet (PNG) of the photos here")
     parser.add_argument("--count", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--style", choices=list(STYLES), default="classic")
     args = parser.parse_args()
+    if args.out is None and args.sheet is None:
+        parser.error("give --out and/or --sheet")
     images, labels = load_mnist(train=False)
-    args.out.mkdir(parents=True, exist_ok=True)
-    photos = photo_set(images.numpy(), labels.numpy(), args.count, (1, 8), args.seed)
+    photos = photo_set(images.numpy(), labels.numpy(), args.count, (1, 8), args.seed, args.style)
     for i, photo in enumerate(photos):
-        suffix = "png" if photo.traits["format"] == "png" else "jpg"
-        (args.out / f"{i:03d}_{photo.text}.{suffix}").write_bytes(photo.data)
         print(i, photo.text, photo.traits)
-
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            suffix = "png" if photo.traits["format"] == "png" else "jpg"
+            (args.out / f"{i:03d}_{photo.text}.{suffix}").write_bytes(photo.data)
+    if args.sheet is not None:
+        args.sheet.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(contact_sheet(photos)).save(args.sheet)
 
 if __name__ == "__main__":
     main()
