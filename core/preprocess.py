@@ -18,13 +18,20 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from core.segment import DigitRegion, find_digits
+from core.plain_ink import plain_segmentation
+from core.segment import DigitRegion, Segmentation, find_digits
 
 MAX_PIXELS = 50_000_000
 MAX_BYTES = 30 * 1024 * 1024
 MIN_SIDE = 5  # pixels; smaller images cannot show a digit
 # Segmentation runs on an image whose long side is at most this many pixels.
 WORK_LONG_SIDE = 512
+# Smaller images (scans, crops, thumbnails) are upscaled to this long side first: the ink
+# detection needs a few pixels of paper around strokes a few pixels wide.
+MIN_WORK_LONG_SIDE = 160
+# Images whose long side is under this are taken for tight crops or small scans, whose digits may
+# touch the frame: the plain look then also runs on the photo padded with paper.
+TIGHT_LONG_SIDE = 128
 # JPEGs are decoded at the smallest libjpeg scale whose long side is still at least this.
 MIN_DECODED_LONG_SIDE = 400
 STATUSES = ("ok", "no_digit", "not_an_image", "too_large", "too_many_digits")
@@ -37,17 +44,65 @@ class DigitCrop:
 
 
 @dataclass
+class Candidate:
+    """One segmentation's digits; the classifier picks among a photo's candidates."""
+
+    look: str  # "segment" (core.segment), "plain" or "plain-padded" (core.plain_ink)
+    digits: list[DigitCrop]
+    binary: np.ndarray  # the ink mask the digits were found in (same size as gray)
+    inverted: bool
+
+
+@dataclass
 class Preprocessed:
     status: str  # one of STATUSES
     digits: list[DigitCrop] = field(default_factory=list)  # left to right; empty unless "ok"
     gray: np.ndarray | None = None  # the decoded, upright, downscaled grey image
     binary: np.ndarray | None = None  # the ink mask the digits were found in (same size as gray)
     inverted: bool = False  # True when the photo was light ink on a dark background
+    # Every look that found digits, best first by default; `digits` is the chosen one's.
+    candidates: list[Candidate] = field(default_factory=list)
+    tight: bool = False  # a small image: a tight crop or scan (see TIGHT_LONG_SIDE)
+    chosen: int = 0
+    max_digits: int = 12
+    looked_again: bool = False  # whether the plain looks have run (see look_again)
+
+    def add(self, look: str, found: Segmentation) -> None:
+        """Add a look's digits as a candidate (when it found some, and not too many); a look made
+        at another resolution than `gray` has its boxes and mask brought to gray's."""
+        if not found.regions:
+            return
+        if len(found.regions) > self.max_digits:
+            if not self.candidates:
+                self.status = "too_many_digits"
+            return
+        binary, scale = found.mask, 1.0
+        if self.gray is not None and binary.shape != self.gray.shape:
+            scale = self.gray.shape[1] / binary.shape[1]
+            binary = cv2.resize(binary, self.gray.shape[::-1], interpolation=cv2.INTER_NEAREST)
+        crops = [DigitCrop(mnist_crop(found.ink, r), _scaled_box(r.box, scale)) for r in found.regions]
+        self.candidates.append(Candidate(look, crops, binary, found.inverted))
+        if len(self.candidates) == 1:
+            self.status = "ok"
+            self.choose(0)
+
+    def choose(self, index: int) -> None:
+        """Make candidate `index` the reading."""
+        candidate = self.candidates[index]
+        self.chosen, self.digits = index, candidate.digits
+        self.binary, self.inverted = candidate.binary, candidate.inverted
 
     @property
     def images(self) -> np.ndarray:
         """The digits as one (N, 28, 28) uint8 array, ready for batched classification."""
         return np.stack([d.image for d in self.digits]) if self.digits else np.zeros((0, 28, 28), np.uint8)
+
+
+def _scaled_box(box: tuple[int, int, int, int], scale: float) -> tuple[int, int, int, int]:
+    if scale == 1.0:
+        return box
+    x, y, w, h = box
+    return round(x * scale), round(y * scale), max(1, round(w * scale)), max(1, round(h * scale))
 
 
 @dataclass(frozen=True)
@@ -120,14 +175,21 @@ def _apply_orientation(gray: np.ndarray, orientation: int) -> np.ndarray:
 
 def decode_gray(data: bytes) -> tuple[np.ndarray | None, str]:
     """Upright grey image with its long side at most WORK_LONG_SIDE, or (None, failure status)."""
+    gray, status, _ = _decode(data)
+    return gray, status
+
+
+def _decode(data: bytes) -> tuple[np.ndarray | None, str, int]:
+    """decode_gray, and the long side of the image as stored (0 when it is not one)."""
     header = _read_header(data)
     if isinstance(header, str):
-        return None, header
+        return None, header, 0
+    source_long_side = max(header.width, header.height)
     buffer = np.frombuffer(data, np.uint8)
     gray: np.ndarray | None = None
     if header.fmt == "JPEG":
         if _jpeg_truncated(data):
-            return None, "not_an_image"
+            return None, "not_an_image", 0
         factor = reduction_factor(header.width, header.height)
         gray = cv2.imdecode(buffer, _REDUCED_FLAGS[factor] | cv2.IMREAD_IGNORE_ORIENTATION)
     elif header.fmt == "PNG":
@@ -140,7 +202,7 @@ def decode_gray(data: bytes) -> tuple[np.ndarray | None, str]:
     if gray is None:  # a format OpenCV was built without (GIF, some TIFFs): let Pillow decode it
         gray = _decode_with_pillow(data)
         if gray is None:
-            return None, "not_an_image"
+            return None, "not_an_image", 0
     gray = _apply_orientation(gray, header.orientation)
     long_side = max(gray.shape)
     if long_side > WORK_LONG_SIDE:
@@ -154,7 +216,17 @@ def decode_gray(data: bytes) -> tuple[np.ndarray | None, str]:
             gray = cv2.resize(cv2.GaussianBlur(gray, (3, 3), sigma), size, interpolation=cv2.INTER_LINEAR)
         else:
             gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-    return gray, "ok"
+    return gray, "ok", source_long_side
+
+
+def _upscale_small(gray: np.ndarray) -> np.ndarray:
+    """A small image brought to MIN_WORK_LONG_SIDE (see there); others as they are."""
+    long_side = max(gray.shape)
+    if long_side >= MIN_WORK_LONG_SIDE:
+        return gray
+    scale = MIN_WORK_LONG_SIDE / long_side
+    size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
+    return cv2.resize(gray, size, interpolation=cv2.INTER_CUBIC)
 
 
 def _decode_with_pillow(data: bytes) -> np.ndarray | None:
@@ -205,22 +277,40 @@ def mnist_crop(ink: np.ndarray, region: DigitRegion) -> np.ndarray:
     return canvas
 
 
-def preprocess(data: bytes, *, max_digits: int = 12) -> Preprocessed:
-    """Photo bytes -> digits left to right. Never raises on bad input; see Preprocessed.status."""
+def preprocess(data: bytes, *, max_digits: int = 12, every_look: bool = False) -> Preprocessed:
+    """Photo bytes -> digits left to right. Never raises on bad input; see Preprocessed.status.
+
+    Each look at the photo that finds digits gives a candidate; `digits` holds the first one's
+    (core.segment's when it found any). The plain looks run when core.segment found nothing, on
+    tight crops, with `every_look`, or later through `look_again`; core.recognize lets the
+    classifier choose.
+    """
     try:
-        gray, status = decode_gray(bytes(data))
+        gray, status, source_long_side = _decode(bytes(data))
     except Exception:  # a decoder bug on hostile input must not take the bot down
         return Preprocessed("not_an_image")
     if gray is None:
         return Preprocessed(status)
     if min(gray.shape) < MIN_SIDE:  # no digit fits (and OpenCV takes a 1x1 array for a scalar)
         return Preprocessed("no_digit", gray=gray)
+    # core.segment was tuned at the decoded size; the plain looks see small images upscaled.
     found = find_digits(gray)
-    result = Preprocessed("ok", gray=gray, binary=found.mask, inverted=found.inverted)
-    if not found.regions:
-        result.status = "no_digit"
-    elif len(found.regions) > max_digits:
-        result.status = "too_many_digits"
-    else:
-        result.digits = [DigitCrop(mnist_crop(found.ink, r), r.box) for r in found.regions]
+    upscaled = _upscale_small(gray)
+    binary = found.mask if upscaled is gray else cv2.resize(found.mask, upscaled.shape[::-1],
+                                                              interpolation=cv2.INTER_NEAREST)
+    result = Preprocessed("no_digit", gray=upscaled, binary=binary, inverted=found.inverted,
+                          tight=source_long_side < TIGHT_LONG_SIDE, max_digits=max_digits)
+    result.add("segment", found)
+    if every_look or result.tight or not result.candidates:
+        look_again(result)
     return result
+
+
+def look_again(result: Preprocessed) -> None:
+    """Add the plain looks' candidates (core.plain_ink) to a photo core.segment has looked at."""
+    if result.gray is None or result.looked_again:
+        return
+    result.looked_again = True
+    result.add("plain", plain_segmentation(result.gray, pad=False))
+    if result.tight:
+        result.add("plain-padded", plain_segmentation(result.gray, pad=True))
