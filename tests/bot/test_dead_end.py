@@ -21,8 +21,8 @@ ANN = 42
 def _scribble() -> bytes:
     """A thin ballpoint squiggle that is no digit: the reading is unsure, but it is a reading."""
     image = np.full((900, 1200, 3), (205, 210, 212), np.uint8)
-    points = np.array([(500 + 40 * t + 60 * np.sin(t * 2.3), 400 + 90 * np.cos(t * 1.7)) for t in np.linspace(0, 6, 60)],
-                      np.int32)
+    steps = np.linspace(0, 6, 60)
+    points = np.array([(500 + 40 * t + 60 * np.sin(t * 2.3), 400 + 90 * np.cos(t * 1.7)) for t in steps], np.int32)
     cv2.polylines(image, [points], False, (150, 50, 40), 4, cv2.LINE_AA)
     return cv2.imencode(".jpg", image)[1].tobytes()
 
