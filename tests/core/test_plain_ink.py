@@ -34,7 +34,7 @@ def _photo(digit: str, *, size: tuple[int, int], box: tuple[int, int, int, int],
            pattern: bool = False, seed: int = 0) -> bytes:
     width, height = size
     rng = np.random.default_rng(seed)
-    image = np.empty((height, width, 3), np.float32)
+    image: np.ndarray = np.empty((height, width, 3), np.float32)
     image[:] = paper
     yy, xx = np.mgrid[0:height, 0:width]
     image *= (1 - 0.12 * xx / width)[..., None]  # uneven light
