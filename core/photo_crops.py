@@ -41,6 +41,15 @@ class PhotoCrops:
                     "style": self.style}, path)
 
     @staticmethod
+    def concat(parts: list[PhotoCrops]) -> PhotoCrops:
+        """Several crop sets (e.g. of different styles) as one."""
+        if len(parts) == 1:
+            return parts[0]
+        return PhotoCrops(images=torch.cat([p.images for p in parts]), labels=torch.cat([p.labels for p in parts]),
+                          photos=sum(p.photos for p in parts), kept_photos=sum(p.kept_photos for p in parts),
+                          seed=parts[0].seed, style="+".join(p.style for p in parts))
+
+    @staticmethod
     def load(path: str | Path) -> PhotoCrops:
         data = torch.load(path, weights_only=True)
         return PhotoCrops(images=data["images"], labels=data["labels"], photos=int(data["photos"]),
@@ -58,8 +67,10 @@ def _render_chunk(task: tuple[int, int, bool, str | None, str]) -> tuple[np.ndar
     crop_labels: list[int] = []
     kept = 0
     for photo in photos:
-        digits = preprocess(photo.data).digits
-        if len(digits) == len(photo.labels):
+        # Every look's candidate is one the bot may serve; the first with the right count is kept.
+        candidates = preprocess(photo.data, every_look=True).candidates
+        digits = next((c.digits for c in candidates if len(c.digits) == len(photo.labels)), None)
+        if digits is not None:
             kept += 1
             crops.extend(d.image for d in digits)
             crop_labels.extend(photo.labels)

@@ -265,10 +265,9 @@ def mnist_crop(ink: np.ndarray, region: DigitRegion) -> np.ndarray:
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     small = cv2.resize(soft, size, interpolation=interpolation)
     small = np.maximum(small, 0) * (255 / max(float(small.max()), 1e-3))
-    total = float(small.sum())
-    if total <= 0:
-        return np.zeros((28, 28), np.uint8)
     moments = cv2.moments(small)
+    if not moments["m00"] > 0:  # no ink left (or a NaN from a damaged photo)
+        return np.zeros((28, 28), np.uint8)
     cy, cx = moments["m01"] / moments["m00"], moments["m10"] / moments["m00"]
     top = min(max(round(14 - cy), 0), 28 - size[1])
     left = min(max(round(14 - cx), 0), 28 - size[0])

@@ -196,7 +196,8 @@ def train_base(config: TrainConfig, data_dir: str | Path | None = None, log: Cal
         meta["resumed_from"] = {"metrics": resume.metrics, "recipe": resume.meta.get("recipe")}
     if photo_stage is not None:
         meta["photo_crops"] = {"crops": len(photo_stage.labels), "photos": photo_stage.photos,
-                               "kept_photos": photo_stage.kept_photos, "seed": photo_stage.seed}
+                               "kept_photos": photo_stage.kept_photos, "seed": photo_stage.seed,
+                               "style": photo_stage.style}
     return Checkpoint(state_dict=state, config=config.model, metrics=metrics, meta=meta), curves
 
 

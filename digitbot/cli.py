@@ -22,7 +22,7 @@ def _cmd_train_base(args: argparse.Namespace) -> int:
         config = TrainConfig(epochs=args.epochs, seed=args.seed, threads=args.threads, bf16=args.bf16,
                              polish_epochs=args.polish_epochs, photo_epochs=photo_epochs, photo_lr=args.photo_lr)
     resume = Checkpoint.load(args.resume) if args.resume else None
-    crops = PhotoCrops.load(args.photo_crops) if args.photo_crops else None
+    crops = PhotoCrops.concat([PhotoCrops.load(path) for path in args.photo_crops]) if args.photo_crops else None
     checkpoint, curves = train_base(config, data_dir=args.data, resume=resume, photo_crops=crops)
     out = Path(args.out)
     checkpoint.save(out)
@@ -163,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--polish-epochs", type=int, default=4, help="low-LR, mild-augmentation second stage")
     train.add_argument("--resume", default=None,
                        help="a checkpoint of an earlier stage: skip stage 1 and run the later stages asked for")
-    train.add_argument("--photo-crops", default=None, metavar="CROPS.pt",
-                       help="crops of synthetic phone photos (python -m core.photo_crops): adds the photo stage")
+    train.add_argument("--photo-crops", default=None, nargs="+", metavar="CROPS.pt",
+                       help="crops of synthetic phone photos (python -m core.photo_crops; several files are "
+                            "joined): adds the photo stage")
     train.add_argument("--photo-epochs", type=int, default=6, help="epochs of the photo stage (with --photo-crops)")
     train.add_argument("--photo-lr", type=float, default=2e-3, help="peak learning rate of the photo stage")
     train.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on CPUs with BF16)")

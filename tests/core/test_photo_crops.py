@@ -36,3 +36,12 @@ def test_crops_do_not_depend_on_the_number_of_workers(mnist_dir, small_chunks, t
     one.save(path)
     loaded = PhotoCrops.load(path)
     assert torch.equal(loaded.images, one.images) and loaded.seed == 4 and loaded.photos == 10
+
+
+def test_crop_sets_of_two_styles_join() -> None:
+    images = torch.zeros((5, 28, 28), dtype=torch.uint8)
+    classic = PhotoCrops(images=images[:3], labels=torch.tensor([1, 2, 3]), photos=4, kept_photos=3, seed=1)
+    thin = PhotoCrops(images=images[:2], labels=torch.tensor([7, 8]), photos=2, kept_photos=1, seed=2, style="thin")
+    joined = PhotoCrops.concat([classic, thin])
+    assert joined.labels.tolist() == [1, 2, 3, 7, 8] and len(joined.images) == 5
+    assert (joined.photos, joined.kept_photos, joined.style) == (6, 4, "classic+thin")

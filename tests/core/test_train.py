@@ -28,7 +28,8 @@ def test_photo_stage_resumes_and_records_its_crops(mnist_dir) -> None:
     checkpoint, curves = train_base(config, data_dir=mnist_dir, log=lambda _: None, resume=start,
                                     photo_crops=crops)
     assert len(curves["loss"]) == 1  # only the photo stage ran: no stage 1, no polish
-    assert checkpoint.meta["photo_crops"] == {"crops": 256, "photos": 300, "kept_photos": 256, "seed": 9}
+    assert checkpoint.meta["photo_crops"] == {"crops": 256, "photos": 300, "kept_photos": 256, "seed": 9,
+                                            "style": "classic"}
     assert checkpoint.meta["resumed_from"]["metrics"] == start.metrics
     assert 0.05 < checkpoint.meta["temperature"] < 20
     # Starting from the shipped model at a low learning rate keeps it accurate.
