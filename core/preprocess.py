@@ -51,6 +51,16 @@ class Candidate:
     digits: list[DigitCrop]
     binary: np.ndarray  # the ink mask the digits were found in (same size as gray)
     inverted: bool
+    # What the digits were cut from, so that a region can be cut again (core.row_split): the
+    # look's ink map, its regions (one per digit) and the scale from the look's image to gray.
+    ink: np.ndarray | None = None
+    regions: list[DigitRegion] = field(default_factory=list)
+    scale: float = 1.0
+
+    def crops(self, regions: list[DigitRegion]) -> list[DigitCrop]:
+        """MNIST-style crops of regions of this look's ink map, boxes in gray's pixels."""
+        assert self.ink is not None
+        return [DigitCrop(mnist_crop(self.ink, r), _scaled_box(r.box, self.scale)) for r in regions]
 
 
 @dataclass
@@ -80,8 +90,9 @@ class Preprocessed:
         if self.gray is not None and binary.shape != self.gray.shape:
             scale = self.gray.shape[1] / binary.shape[1]
             binary = cv2.resize(binary, self.gray.shape[::-1], interpolation=cv2.INTER_NEAREST)
-        crops = [DigitCrop(mnist_crop(found.ink, r), _scaled_box(r.box, scale)) for r in found.regions]
-        self.candidates.append(Candidate(look, crops, binary, found.inverted))
+        candidate = Candidate(look, [], binary, found.inverted, found.ink, list(found.regions), scale)
+        candidate.digits = candidate.crops(candidate.regions)
+        self.candidates.append(candidate)
         if len(self.candidates) == 1:
             self.status = "ok"
             self.choose(0)
@@ -311,5 +322,7 @@ def look_again(result: Preprocessed) -> None:
         return
     result.looked_again = True
     result.add("plain", plain_segmentation(result.gray, pad=False))
-    if result.tight:
+    # Padding takes the photo for a tight crop; on a larger photo that reading may compete with the
+    # others, but not stand alone (a shadow or the desk at the frame would pass for a digit).
+    if result.tight or result.candidates:
         result.add("plain-padded", plain_segmentation(result.gray, pad=True))

@@ -24,14 +24,6 @@ from core.preprocess import (
 )
 
 
-@pytest.fixture(scope="module")
-def digits(mnist_dir) -> tuple[np.ndarray, np.ndarray]:
-    from core.data import load_mnist
-
-    images, labels = load_mnist(train=False, directory=mnist_dir)
-    return images[:200].numpy(), labels[:200].numpy()
-
-
 def _ink(digit: np.ndarray, height: int) -> np.ndarray:
     ys, xs = np.nonzero(digit > 30)
     crop = digit[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1].astype(np.float32) / 255

@@ -13,14 +13,6 @@ from core.preprocess import preprocess
 from tests.core.test_preprocess import encode, render
 
 
-@pytest.fixture(scope="module")
-def digits(mnist_dir) -> tuple[np.ndarray, np.ndarray]:
-    from core.data import load_mnist
-
-    images, labels = load_mnist(train=False, directory=mnist_dir)
-    return images[:200].numpy(), labels[:200].numpy()
-
-
 def _bold_lines(rgb: np.ndarray, spacing: int, colour: int, width: int, vertical: bool) -> np.ndarray:
     """Draw printed lines (across the whole frame, slightly slanted) *under* the writing."""
     height, frame = rgb.shape[:2]
