@@ -29,6 +29,8 @@ WORK_LONG_SIDE = 512
 # Smaller images (scans, crops, thumbnails) are upscaled to this long side first: the ink
 # detection needs a few pixels of paper around strokes a few pixels wide.
 MIN_WORK_LONG_SIDE = 160
+# Ink at least this strong (of 255) in a look's ink map counts for unread_ink.
+MIN_CLEAR_INK = 60
 # Images whose long side is under this are taken for tight crops or small scans, whose digits may
 # touch the frame: the plain look then also runs on the photo padded with paper.
 TIGHT_LONG_SIDE = 128
@@ -76,6 +78,7 @@ class Preprocessed:
     chosen: int = 0
     max_digits: int = 12
     looked_again: bool = False  # whether the plain looks have run (see look_again)
+    unread_ink: float = 0.0  # of core.segment's look (see unread_ink)
 
     def add(self, look: str, found: Segmentation) -> None:
         """Add a look's digits as a candidate (when it found some, and not too many); a look made
@@ -311,9 +314,20 @@ def preprocess(data: bytes, *, max_digits: int = 12, every_look: bool = False) -
     result = Preprocessed("no_digit", gray=upscaled, binary=binary, inverted=found.inverted,
                           tight=source_long_side < TIGHT_LONG_SIDE, max_digits=max_digits)
     result.add("segment", found)
+    result.unread_ink = unread_ink(found)
     if every_look or result.tight or not result.candidates:
         look_again(result)
     return result
+
+
+def unread_ink(found: Segmentation) -> float:
+    """The share of the ink a look's ink map shows clearly that its digits leave out (paper
+    lines, or digits it missed): a cheap sign that another look may read more."""
+    strong = found.ink > max(MIN_CLEAR_INK, 0.5 * float(found.ink.max()))
+    total = int(np.count_nonzero(strong))
+    if total == 0:
+        return 0.0
+    return 1 - int(np.count_nonzero(strong & (found.mask > 0))) / total
 
 
 def look_again(result: Preprocessed) -> None:

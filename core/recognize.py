@@ -27,6 +27,9 @@ DEFAULT_PERSONAL_THRESHOLD = 0.9
 # is kept unless another look's is surer by more than this (chosen on simulated photos: 0.05 kept
 # their rows at 91% where no bonus dropped them to 86%, and singles at 98%).
 SEGMENT_BONUS = 0.05
+# core.segment's reading is checked against the other looks also when it leaves more than this
+# share of the clear ink unread (a sure "1" out of a whole amount).
+MAX_UNREAD_INK = 0.5
 # What leaving all the ink the other looks read unread costs a reading (see choose_candidate);
 # chosen on simulated rows (0 -> 90.0%, 0.25-0.5 -> 90.7%; thin-pen rows 34% either way).
 MISSED_INK_COST = 0.5
@@ -144,7 +147,7 @@ class Recognizer:
         prepared = [preprocess(data) for data in photos]
         scored = self._classify_candidates(prepared, personal)
         unsure = [i for i, pre in enumerate(prepared) if pre.status == "ok" and not pre.looked_again
-                  and reading_score(scored[i][0]) < 1 - SEGMENT_BONUS]
+                  and (reading_score(scored[i][0]) < 1 - SEGMENT_BONUS or pre.unread_ink > MAX_UNREAD_INK)]
         for i in unsure:
             look_again(prepared[i])
         for i, predictions in zip(unsure, self._classify_candidates([prepared[i] for i in unsure], personal),
