@@ -37,6 +37,9 @@ MIN_INK = 30
 GRAIN_FACTOR = 8
 # Pieces shorter than this share of the tallest piece are specks, dots, commas and dashes.
 MIN_HEIGHT_SHARE = 0.25
+# Horizontal runs of ink longer than this share of the width are lines, not strokes of a digit.
+LINE_SHARE = 0.3
+LINE_OVER_HEIGHT = 1.2
 # A piece filling more than this share of its box is solid (see _solid).
 MAX_FILL = 0.6
 # Nor is anything shorter than this share of the photo's long side a digit here: digits take 5% to
@@ -82,6 +85,17 @@ def _mask(ink: np.ndarray, grain: float) -> np.ndarray:
     return cv2.bitwise_and(weak, cv2.dilate(strong, np.ones((5, 5), np.uint8)))
 
 
+def _without_long_lines(mask: np.ndarray) -> np.ndarray:
+    """The mask less straight horizontal lines longer than LINE_SHARE of the photo's width and than
+    its height (a cheque's baseline, an underline, a ruled line), which would join the digits they
+    touch; no digit's stroke is that long (the photo is at least as tall as its digits)."""
+    length = max(15, round(LINE_SHARE * mask.shape[1]), round(LINE_OVER_HEIGHT * mask.shape[0]))
+    lines = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (length, 1)))
+    if not cv2.countNonZero(lines):
+        return mask
+    return cv2.subtract(mask, cv2.dilate(lines, np.ones((3, 1), np.uint8)))
+
+
 def _solid(group: Group) -> bool:
     """Fills most of its box: with the frame padded, a shadow or the desk cut by the frame, which
     no longer touches the frame (a digit, even in marker, leaves most of its box paper)."""
@@ -104,7 +118,7 @@ def plain_segmentation(gray: np.ndarray, *, pad: bool) -> Segmentation:
                                   value=int(np.median(border)))
     height, width = gray.shape
     ink = plain_ink_map(gray)
-    mask = _mask(ink, paper_grain)
+    mask = _without_long_lines(_mask(ink, paper_grain))
     labels, groups = components(mask)
     regions: list[DigitRegion] = []
     if groups:
