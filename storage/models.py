@@ -31,6 +31,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
 
+from storage.records import TRUE_TEXT_MAX
+
 # Telegram ids need 64 bits; SQLite only auto-increments a column declared exactly INTEGER.
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -131,7 +133,10 @@ class InboxUpdate(Base):
 
 
 class Reading(Base):
-    """One recognised photo: where it came from and the bot's reply to it."""
+    """One recognised photo: where it came from and the bot's reply to it.
+
+    ``true_text`` is the user's whole answer when it has a different number of digits than were
+    read (segmentation got the count wrong): it cannot be matched to the crops, so it labels none."""
 
     __tablename__ = "readings"
 
@@ -143,6 +148,7 @@ class Reading(Base):
     bot_message_id: Mapped[int | None] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(32), default="ok")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    true_text: Mapped[str | None] = mapped_column(String(TRUE_TEXT_MAX))
 
     __table_args__ = (
         Index(None, "user_id", "id"),

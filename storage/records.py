@@ -10,6 +10,7 @@ import numpy as np
 
 IMAGE_SHAPE = (28, 28)
 IMAGE_BYTES = 28 * 28
+TRUE_TEXT_MAX = 32  # the longest whole answer kept for a reading (``readings.true_text``)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class ReadingView:
     status: str
     created_at: datetime
     digits: list[DigitView]
+    # The user's whole answer when its digit count differed from the digits read (e.g. "42711" for
+    # a reading of 4 digits): kept as the reading's text, with no per-digit label made from it.
+    true_text: str | None = None
 
     @property
     def text(self) -> str:

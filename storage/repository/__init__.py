@@ -32,6 +32,7 @@ from storage.repository.readings import (
     get_reading,
     reading_for_message,
     record_reading,
+    set_true_text,
 )
 from storage.repository.stats import user_stats
 from storage.repository.users import (
@@ -76,6 +77,7 @@ __all__ = [
     "reject_model_version",
     "requeue_stale_jobs",
     "retire_active_model",
+    "set_true_text",
     "set_user_language",
     "sweep_orphan_weights",
     "training_set",

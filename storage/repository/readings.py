@@ -10,7 +10,15 @@ from sqlalchemy.orm import Session
 
 from storage.errors import InvalidLabel, NotYourSample, QuotaExceeded, UnknownSample
 from storage.models import BASE, PERSONAL, Base, Label, Prediction, Reading, Sample, utcnow
-from storage.records import IMAGE_BYTES, IMAGE_SHAPE, DigitRecord, DigitView, ReadingRecord, ReadingView
+from storage.records import (
+    IMAGE_BYTES,
+    IMAGE_SHAPE,
+    TRUE_TEXT_MAX,
+    DigitRecord,
+    DigitView,
+    ReadingRecord,
+    ReadingView,
+)
 from storage.repository._common import user_id_for
 from storage.repository.users import get_or_create_user
 
@@ -126,7 +134,7 @@ def _view(session: Session, reading: Reading) -> ReadingView:
         reading_id=reading.id, user_id=reading.user_id, chat_id=reading.chat_id,
         file_id=reading.file_id, file_unique_id=reading.file_unique_id,
         bot_message_id=reading.bot_message_id, status=reading.status, created_at=reading.created_at,
-        digits=digits,
+        digits=digits, true_text=reading.true_text,
     )
 
 
@@ -163,6 +171,22 @@ def reading_for_message(
         .limit(1)
     ).one_or_none()
     return None if reading is None else _view(session, reading)
+
+
+def set_true_text(session: Session, *, telegram_id: int, reading_id: int, text: str | None) -> None:
+    """Keep the user's whole answer for a reading (e.g. "42711", spaces ignored) when it has a
+    different number of digits than were read, or clear it (None). Per-digit labels are left as
+    they are: the answer cannot be matched to the crops. Raises UnknownSample, NotYourSample,
+    InvalidLabel (not 1 to ``TRUE_TEXT_MAX`` digits 0-9)."""
+    reading = owned_reading(session, telegram_id=telegram_id, reading_id=reading_id)
+    if text is not None:
+        text = "".join(text.split())
+        if not text.isascii() or not text.isdigit():
+            raise InvalidLabel(f"not digits: {text!r}")
+        if len(text) > TRUE_TEXT_MAX:
+            raise InvalidLabel(f"{len(text)} digits, at most {TRUE_TEXT_MAX} are kept")
+    reading.true_text = text
+    session.flush()
 
 
 def parse_digit(value: int | str) -> int:

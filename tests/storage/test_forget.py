@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage import repository as repo
 from storage.db import session_factory
-from storage.models import Base
+from storage.models import Base, Reading
 from tests.storage.conftest import digits
 
 ALICE, BOB = 1001, 2002
@@ -21,6 +21,7 @@ def populate(factory: sessionmaker[Session], telegram_id: int) -> int:
         repo.attach_bot_message(s, reading_id=rec.reading_id, chat_id=telegram_id, message_id=5)
         repo.label_reading(s, telegram_id=telegram_id, reading_id=rec.reading_id, digits="4279")
         repo.label_sample(s, telegram_id=telegram_id, reading_id=rec.reading_id, position=3, digit=1)
+        repo.set_true_text(s, telegram_id=telegram_id, reading_id=rec.reading_id, text="42711")
         v1 = repo.add_model_version(s, user_id=rec.user_id, parent_id=None, weights=b"w1", metrics={})
         v2 = repo.add_model_version(s, user_id=rec.user_id, parent_id=v1.id, weights=b"w2", metrics={})
         repo.promote_model_version(s, user_id=rec.user_id, version_id=v2.id)
@@ -60,6 +61,7 @@ def test_forget_leaves_nothing_of_that_user(db_url: str, tmp_path: Path) -> None
     assert deleted == sum(only_bob[k] for k in only_bob if k != "processed_updates")
     assert not (tmp_path / "weights" / str(alice)).exists()
     with factory() as s:
+        assert s.scalar(select(func.count()).select_from(Reading).where(Reading.true_text.is_not(None))) == 1
         bob = repo.get_user(s, telegram_id=BOB)
         assert bob is not None and repo.active_model_version(s, user_id=bob.id) is not None
         assert len(repo.training_set(s, user_id=bob.id)) == 4

@@ -14,7 +14,7 @@ from storage.db import downgrade, init_db, upgrade_to_head
 from storage.models import Base
 from tests.storage.conftest import BACKENDS, new_postgres_schema_url
 
-HEAD = "0003"
+HEAD = "0004"
 
 
 @pytest.fixture(params=BACKENDS)
@@ -114,5 +114,31 @@ def test_0002_backfills_labels_from_their_predictions(empty_url: str) -> None:
             assert (stats.labelled, stats.correct, stats.base_correct, stats.personal_answers) == (1, 0, 1, 1)
             assert stats.buckets[0].start.isoformat() == "2026-11-20T08:00:00+00:00"
         factory.kw["bind"].dispose()
+    finally:
+        engine.dispose()
+
+
+def test_0004_adds_true_text_to_existing_readings(empty_url: str) -> None:
+    from alembic import command
+
+    from storage.db import alembic_config
+
+    command.upgrade(alembic_config(empty_url), "0003")
+    engine = create_engine(empty_url)
+    try:
+        with engine.begin() as conn:
+            now = "2026-11-20 08:00:00+00:00"
+            conn.execute(text("INSERT INTO users (id, telegram_id, settings, created_at, labels_since_finetune) "
+                              "VALUES (1, 5, '{}', :t, 0)"), {"t": now})
+            conn.execute(text("INSERT INTO readings (id, user_id, chat_id, file_id, file_unique_id, status, "
+                              "created_at) VALUES (1, 1, 5, 'F', 'U', 'ok', :t)"), {"t": now})
+        upgrade_to_head(empty_url)
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT true_text FROM readings")).scalar_one() is None
+            conn.execute(text("UPDATE readings SET true_text = '42711'"))
+        downgrade(empty_url, "0003")
+        with engine.connect() as conn:
+            assert "true_text" not in {c["name"] for c in inspect(conn).get_columns("readings")}
+            assert conn.execute(text("SELECT file_id FROM readings")).scalar_one() == "F"
     finally:
         engine.dispose()

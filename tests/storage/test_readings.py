@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import repository as repo
-from storage.errors import NotYourSample, QuotaExceeded, UnknownSample
+from storage.errors import InvalidLabel, NotYourSample, QuotaExceeded, UnknownSample
 from storage.models import Prediction, Reading, Sample, User
 from tests.storage.conftest import crop, digits
 
@@ -55,6 +55,34 @@ def test_attach_bot_message_checks_the_chat(factory: sessionmaker[Session]) -> N
         repo.attach_bot_message(s, reading_id=rec.reading_id, chat_id=BOB, message_id=1)
     with factory.begin() as s, pytest.raises(UnknownSample):
         repo.attach_bot_message(s, reading_id=rec.reading_id + 5, chat_id=ALICE, message_id=1)
+
+
+def test_true_text_kept_whole_without_labelling_any_digit(factory: sessionmaker[Session]) -> None:
+    rec = record(factory, "4271")
+    with factory.begin() as s:
+        repo.label_sample(s, telegram_id=ALICE, reading_id=rec.reading_id, position=0, digit=4)
+        repo.set_true_text(s, telegram_id=ALICE, reading_id=rec.reading_id, text="4271 1")
+    with factory() as s:
+        view = repo.get_reading(s, telegram_id=ALICE, reading_id=rec.reading_id)
+        assert view is not None and view.true_text == "42711"
+        assert [d.label for d in view.digits] == [4, None, None, None]  # the labels stay as they were
+        assert repo.user_stats(s, telegram_id=ALICE).labelled == 1
+    with factory.begin() as s:
+        for wrong in ("42a7", "", "1" * 33):
+            with pytest.raises(InvalidLabel):
+                repo.set_true_text(s, telegram_id=ALICE, reading_id=rec.reading_id, text=wrong)
+        with pytest.raises(NotYourSample):
+            repo.set_true_text(s, telegram_id=BOB, reading_id=rec.reading_id, text="1")
+        with pytest.raises(UnknownSample):
+            repo.set_true_text(s, telegram_id=ALICE, reading_id=rec.reading_id + 9, text="1")
+        repo.set_true_text(s, telegram_id=ALICE, reading_id=rec.reading_id, text="1" * 32)
+    with factory.begin() as s:
+        view = repo.get_reading(s, telegram_id=ALICE, reading_id=rec.reading_id)
+        assert view is not None and view.true_text == "1" * 32
+        repo.set_true_text(s, telegram_id=ALICE, reading_id=rec.reading_id, text=None)
+    with factory() as s:
+        view = repo.get_reading(s, telegram_id=ALICE, reading_id=rec.reading_id)
+        assert view is not None and view.true_text is None
 
 
 def _count(s: Session, model: type) -> int:
