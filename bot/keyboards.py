@@ -78,9 +78,12 @@ def reading_keyboard(
     predicted: Sequence[int],
     labels: Sequence[int | None],
     _: Translator,
+    *,
+    true_text: str | None = None,
 ) -> InlineKeyboardMarkup:
-    """Overview keyboard: ✅ confirm, then 0-9 (one digit) or one button per position (a row)."""
-    labelled = any(label is not None for label in labels)
+    """Overview keyboard: ✅ confirm, then 0-9 (one digit) or one button per position (a row);
+    ↩️ Undo once something is recorded (labels, or the whole answer kept as ``true_text``)."""
+    labelled = true_text is not None or any(label is not None for label in labels)
     rows: list[list[InlineKeyboardButton]] = []
     # ✅ confirms the digits as they stand: the answer, with any corrections already made
     shown = "".join(str(d if label is None else label) for d, label in zip(predicted, labels, strict=True))

@@ -23,7 +23,7 @@ from bot.views import DigitCard, ReadingCard, StatsCard
 from core.recognize import PersonalModel, PhotoReading, Recognizer
 from storage import repository as repo
 from storage.errors import CorruptWeights, InvalidLabel, NotYourSample, QuotaExceeded, UnknownSample
-from storage.records import DigitRecord, ReadingView, UserStats
+from storage.records import TRUE_TEXT_MAX, DigitRecord, ReadingView, UserStats
 from storage.repository import inbox as inbox_repo
 from storage.repository.readings import owned_reading
 
@@ -40,9 +40,11 @@ class NotOwner(PermissionError):
 
 
 class BadLabel(ValueError):
-    def __init__(self, expected_length: int) -> None:
-        super().__init__(f"expected {expected_length} digits")
-        self.expected_length = expected_length
+    """A text label storage refuses: not digits 0-9, or more than ``longest`` of them."""
+
+    def __init__(self, longest: int) -> None:
+        super().__init__(f"expected 1 to {longest} digits")
+        self.longest = longest
 
 
 @dataclass(frozen=True)
@@ -234,27 +236,38 @@ class BotServices:
         def change(session: Session) -> None:
             repo.label_sample(session, telegram_id=telegram_id, reading_id=reading_id, position=position,
                               digit=digit)
+            repo.set_true_text(session, telegram_id=telegram_id, reading_id=reading_id, text=None)
         return await asyncio.to_thread(self._run_labelling, telegram_id, reading_id, change, update_id)
 
     async def label_all(self, telegram_id: int, reading_id: int, digits: str | None,
                         update_id: int | None) -> ReadingCard:
-        """Label every digit: ``digits`` from a text reply, or None to confirm the answers given."""
+        """Label every digit: ``digits`` from a text reply, or None to confirm the answers given.
+
+        A reply with a different number of digits than were read (the photo was cut into digits
+        wrongly) is kept whole as the reading's true text; the per-digit labels stay as they are.
+        Any other labelling supersedes a true text kept before (the latest answer wins)."""
         def change(session: Session) -> None:
-            text = digits
-            if text is None:
-                view = repo.get_reading(session, telegram_id=telegram_id, reading_id=reading_id)
-                text = view.labelled_text if view is not None else ""  # keeps corrections already made
+            view = repo.get_reading(session, telegram_id=telegram_id, reading_id=reading_id)
+            if view is None:
+                return  # not found or not theirs: _run_labelling says which
+            text = view.labelled_text if digits is None else "".join(digits.split())  # keeps corrections made
+            if len(text) != len(view.digits):
+                repo.set_true_text(session, telegram_id=telegram_id, reading_id=reading_id, text=text)
+                return
             repo.label_reading(session, telegram_id=telegram_id, reading_id=reading_id, digits=text)
+            repo.set_true_text(session, telegram_id=telegram_id, reading_id=reading_id, text=None)
         return await asyncio.to_thread(self._run_labelling, telegram_id, reading_id, change, update_id)
 
     async def undo(self, telegram_id: int, reading_id: int, update_id: int) -> ReadingCard:
-        """Take back every label of this reading (its history is kept by storage)."""
+        """Take back every label of this reading and its true text (storage keeps the labels' history)."""
         def change(session: Session) -> None:
             view = repo.get_reading(session, telegram_id=telegram_id, reading_id=reading_id)
             for digit in view.digits if view is not None else []:
                 while repo.undo_label(session, telegram_id=telegram_id, reading_id=reading_id,
                                       position=digit.position) is not None:
                     pass
+            if view is not None:
+                repo.set_true_text(session, telegram_id=telegram_id, reading_id=reading_id, text=None)
         return await asyncio.to_thread(self._run_labelling, telegram_id, reading_id, change, update_id)
 
     def _run_labelling(self, telegram_id: int, reading_id: int, change: Callable[[Session], None] | None,
@@ -274,12 +287,7 @@ class BotServices:
         except NotYourSample:
             raise NotOwner(reading_id) from None
         except InvalidLabel:
-            raise BadLabel(self._length(telegram_id, reading_id)) from None
-
-    def _length(self, telegram_id: int, reading_id: int) -> int:
-        with self.sessions() as session:
-            view = repo.get_reading(session, telegram_id=telegram_id, reading_id=reading_id)
-            return len(view.digits) if view is not None else 0
+            raise BadLabel(TRUE_TEXT_MAX) from None
 
     @staticmethod
     def _card(session: Session, view: ReadingView, telegram_id: int) -> ReadingCard:
@@ -290,7 +298,7 @@ class BotServices:
             reading_id=view.reading_id, owner_telegram_id=telegram_id, chat_id=view.chat_id,
             bot_message_id=view.bot_message_id,
             digits=tuple(DigitCard(d.digit, d.confidence, d.source, label=d.label) for d in view.digits),
-            personal_version=max(versions.values()) if versions else None,
+            personal_version=max(versions.values()) if versions else None, true_text=view.true_text,
         )
 
     # --- stats, forget, fine-tune ----------------------------------------------------------------

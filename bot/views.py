@@ -30,6 +30,8 @@ class ReadingCard:
     bot_message_id: int | None
     digits: tuple[DigitCard, ...]
     personal_version: int | None = None  # the personal model version that answered, if any
+    # The user's whole answer when it had a different number of digits than were read ("42711")
+    true_text: str | None = None
 
     @property
     def predicted(self) -> list[int]:
@@ -45,7 +47,7 @@ class ReadingCard:
 
     @property
     def labelled(self) -> bool:
-        return any(d.label is not None for d in self.digits)
+        return self.true_text is not None or any(d.label is not None for d in self.digits)
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,9 @@ def reading_text(card: ReadingCard, _: Translator) -> str:
 
 
 def _recorded_line(card: ReadingCard, _: Translator) -> str:
+    if card.true_text is not None:
+        return _("✍️ Corrected: {digits}. I read a different number of digits, so I keep your whole answer. "
+                 "Thanks!", digits=card.true_text)
     recorded = "".join(str(d.label if d.label is not None else d.digit) for d in card.digits)
     fixes = [
         _("#{position}: {said} → {label}", position=i + 1, said=d.digit, label=d.label)

@@ -94,7 +94,7 @@ async def _apply(action: ReadingAction, card: ReadingCard, update: Update,
 async def _show(action: ReadingAction, card: ReadingCard, query: CallbackQuery, _: Translator) -> None:
     """Edit the message first, then answer the query: once the spinner stops, the message is current."""
     message = query.message
-    overview = reading_keyboard(card.reading_id, card.predicted, card.labels, _)
+    overview = reading_keyboard(card.reading_id, card.predicted, card.labels, _, true_text=card.true_text)
     if action.kind == "pick" and action.position is not None:
         if message is not None:
             picker = digit_picker_keyboard(card.reading_id, action.position, card.labels[action.position], _)
@@ -176,11 +176,16 @@ async def _correct_by_reply(update: Update, context: ContextTypes.DEFAULT_TYPE, 
             await message.reply_text(_stale(_))
             return
         except BadLabel as error:
-            await message.reply_text(_("I read {count} digits in that photo; please reply with exactly {count} "
-                                       "digits.", count=error.expected_length))
+            await message.reply_text(_("That is too long for one photo; please reply with at most {count} "
+                                       "digits.", count=error.longest))
             return
         await edit_message(replied, reading_text(card, _),
-                           reply_markup=reading_keyboard(card.reading_id, card.predicted, card.labels, _))
+                           reply_markup=reading_keyboard(card.reading_id, card.predicted, card.labels, _,
+                                                         true_text=card.true_text))
+    if card.true_text is not None:  # another number of digits than were read: kept whole
+        await message.reply_text(_("Recorded: {digits} (I had read {said}; I'll keep your whole answer)",
+                                   digits=card.true_text, said=card.text))
+        return
     await message.reply_text(_("Recorded: {digits}", digits=_recorded(card)))
 
 

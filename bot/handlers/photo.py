@@ -157,7 +157,7 @@ async def _download_read_reply(update: Update, context: ContextTypes.DEFAULT_TYP
         card = await services.label_all(card.owner_telegram_id, card.reading_id, caption, update_id=None)
     sent = await message.reply_text(
         reading_text(card, _), do_quote=True,
-        reply_markup=reading_keyboard(card.reading_id, card.predicted, card.labels, _))
+        reply_markup=reading_keyboard(card.reading_id, card.predicted, card.labels, _, true_text=card.true_text))
     try:
         await services.attach_message(card.reading_id, sent.chat_id, sent.message_id)
     except Exception as error:  # the answer is out and its buttons work: no "try again" (that would store

@@ -82,8 +82,6 @@ def test_row_of_digits_corrected_by_reply_and_by_position(tmp_path: Path, recogn
             assert _buttons(reply) == [f"c:{rid}"] + [f"p:{rid}:{pos}" for pos in range(4)]
             assert "reply to this message" in reply["text"]
 
-            wrong = await h.text_reply(ANN, ANN, "42", reply_to=mid)
-            assert "exactly 4 digits" in wrong["text"]
             not_digits = await h.text_reply(ANN, ANN, "four", reply_to=mid)
             assert "digits only" in not_digits["text"]
             assert _labels(h, ANN, rid) == [None] * 4
@@ -104,6 +102,52 @@ def test_row_of_digits_corrected_by_reply_and_by_position(tmp_path: Path, recogn
             confirm = _buttons(await h.message(ANN, mid))[0]
             await h.press(ANN, ANN, mid, confirm)  # ✅ now confirms 4291, it does not undo the correction
             assert _labels(h, ANN, rid) == [4, 2, 9, 1]
+
+    asyncio.run(scenario())
+
+
+def _true_text(harness: BotHarness, user: int, reading_id: int) -> str | None:
+    with harness.sessions() as session:
+        view = repo.get_reading(session, telegram_id=user, reading_id=reading_id)
+        assert view is not None
+        return view.true_text
+
+
+def test_reply_with_another_number_of_digits_is_kept_whole(tmp_path: Path, recognizer: Recognizer) -> None:
+    async def scenario() -> None:
+        async with running_bot(tmp_path, recognizer) as h:
+            reply = await h.photo_reply(ANN, ANN, digits_photo("4271"), as_document=True, file_name="row.jpg",
+                                        mime_type="image/jpeg")
+            rid, mid = _reading_id(reply), reply["message_id"]
+            assert _buttons(reply) == [f"c:{rid}"] + [f"p:{rid}:{pos}" for pos in range(4)]
+
+            # Two touching 1s read as one: the whole answer is kept, no digit is labelled from it.
+            kept = await h.text_reply(ANN, ANN, "4271 1", reply_to=mid)
+            assert kept["text"] == "Recorded: 42711 (I had read 4271; I'll keep your whole answer)"
+            assert _true_text(h, ANN, rid) == "42711"
+            assert _labels(h, ANN, rid) == [None] * 4
+            edited = await h.message(ANN, mid)
+            assert "Corrected: 42711" in edited["text"] and f"u:{rid}" in _buttons(edited)
+            stats = await h.command_reply(ANN, ANN, "stats")
+            assert "No labelled digits yet" in stats["text"]  # per-digit stats learn nothing from it
+
+            not_digits = await h.text_reply(ANN, ANN, "42a711", reply_to=mid)
+            assert "digits only" in not_digits["text"]
+            too_long = await h.text_reply(ANN, ANN, "7" * 33, reply_to=mid)
+            assert too_long["text"] == "That is too long for one photo; please reply with at most 32 digits."
+            assert _true_text(h, ANN, rid) == "42711"
+
+            # The latest answer wins: a reply of the right length labels the digits and replaces it ...
+            done = await h.text_reply(ANN, ANN, "4271", reply_to=mid)
+            assert done["text"] == "Recorded: 4271"
+            assert (_labels(h, ANN, rid), _true_text(h, ANN, rid)) == ([4, 2, 7, 1], None)
+            assert "Recorded: 4271" in (await h.message(ANN, mid))["text"]
+            # ... and a whole answer again leaves those labels as they are, until ↩️ Undo takes back both.
+            await h.text_reply(ANN, ANN, "427", reply_to=mid)
+            assert (_labels(h, ANN, rid), _true_text(h, ANN, rid)) == ([4, 2, 7, 1], "427")
+            await h.press(ANN, ANN, mid, f"u:{rid}")
+            assert (_labels(h, ANN, rid), _true_text(h, ANN, rid)) == ([None] * 4, None)
+            assert f"u:{rid}" not in _buttons(await h.message(ANN, mid))
 
     asyncio.run(scenario())
 

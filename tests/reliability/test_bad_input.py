@@ -17,6 +17,7 @@ from bot.handlers.photo import problem_text
 from bot.i18n import resolve_language, translator
 from core.recognize import Recognizer
 from storage import repository as repo
+from storage.records import TRUE_TEXT_MAX
 from tests.bot.support import BotHarness, digits_photo
 from tests.reliability.support import (
     LiveBot,
@@ -266,16 +267,20 @@ def test_correction_that_is_not_digits(live: LiveBot) -> None:
     live.run(scenario())
 
 
-def test_correction_with_wrong_number_of_digits(live: LiveBot) -> None:
+def test_correction_with_another_number_of_digits_is_kept_whole(live: LiveBot) -> None:
     async def scenario() -> None:
         h = live.h
-        user = await _user(h, EN)
+        user = await _user(h, ZH)
         reply = await h.photo_reply(user, user, digits_photo("42"))
-        count = _digit_count(reply)
+        count, rid = _digit_count(reply), reading_id_of(reply)
         answer = await h.text_reply(user, user, "1" * (count + 3), reply_to=reply["message_id"])
-        assert answer["text"] == expected(EN, "I read {count} digits in that photo; please reply with exactly "
-                                              "{count} digits.", count=count)
-        assert current_labels(h, user, reading_id_of(reply)) == [None] * count
+        with h.sessions() as session:
+            view = repo.get_reading(session, telegram_id=user, reading_id=rid)
+            assert view is not None
+        assert answer["text"] == expected(ZH, "Recorded: {digits} (I had read {said}; I'll keep your whole answer)",
+                                          digits="1" * (count + 3), said=view.text)
+        assert view.true_text == "1" * (count + 3)
+        assert current_labels(h, user, rid) == [None] * count  # no digit is labelled from it
     live.run(scenario())
 
 
@@ -444,7 +449,7 @@ def test_extremely_long_text(live: LiveBot) -> None:
                                               "explains more.")
         reply = await h.photo_reply(user, user, digits_photo("4"))
         long_digits = await h.text_reply(user, user, "7" * 4096, reply_to=reply["message_id"])
-        assert long_digits["text"] == expected(EN, "I read {count} digits in that photo; please reply with "
-                                                   "exactly {count} digits.", count=_digit_count(reply))
+        assert long_digits["text"] == expected(EN, "That is too long for one photo; please reply with at most "
+                                                   "{count} digits.", count=TRUE_TEXT_MAX)
         assert current_labels(h, user, reading_id_of(reply)) == [None] * _digit_count(reply)
     live.run(scenario())
