@@ -19,6 +19,7 @@ from core.grouping import (
     Group,
     best_row,
     components,
+    drop_shadow_tips,
     is_blob,
     merge_pieces,
     own_mask,
@@ -126,7 +127,7 @@ def plain_segmentation(gray: np.ndarray, *, pad: bool) -> Segmentation:
         shortest = max(MIN_DIGIT_HEIGHT, MIN_HEIGHT_SHARE * tallest, MIN_HEIGHT_OF_PHOTO * max(height, width))
         groups = [g for g in groups if g.height >= shortest]
         groups = [g for g in groups if not is_blob(g, labels) and not (margin and _solid(g))]
-        groups = split_touching(merge_pieces(groups), labels)
+        groups = drop_shadow_tips(split_touching(merge_pieces(groups), labels), labels, ink, gray)
     for group in best_row(groups) if groups else []:
         x0, y0 = max(group.x0, margin), max(group.y0, margin)
         x1, y1 = min(group.x1, width - margin), min(group.y1, height - margin)

@@ -34,6 +34,7 @@ MIN_CLEAR_INK = 60
 # Images whose long side is under this are taken for tight crops or small scans, whose digits may
 # touch the frame: the plain look then also runs on the photo padded with paper.
 TIGHT_LONG_SIDE = 128
+SMALL_LONG_SIDE = 256
 # JPEGs are decoded at the smallest libjpeg scale whose long side is still at least this.
 MIN_DECODED_LONG_SIDE = 400
 STATUSES = ("ok", "no_digit", "not_an_image", "too_large", "too_many_digits")
@@ -75,6 +76,7 @@ class Preprocessed:
     # Every look that found digits, best first by default; `digits` is the chosen one's.
     candidates: list[Candidate] = field(default_factory=list)
     tight: bool = False  # a small image: a tight crop or scan (see TIGHT_LONG_SIDE)
+    small: bool = False  # an image under SMALL_LONG_SIDE: a scan or a crop, maybe tight
     chosen: int = 0
     max_digits: int = 12
     looked_again: bool = False  # whether the plain looks have run (see look_again)
@@ -312,7 +314,8 @@ def preprocess(data: bytes, *, max_digits: int = 12, every_look: bool = False) -
     binary = found.mask if upscaled is gray else cv2.resize(found.mask, upscaled.shape[::-1],
                                                               interpolation=cv2.INTER_NEAREST)
     result = Preprocessed("no_digit", gray=upscaled, binary=binary, inverted=found.inverted,
-                          tight=source_long_side < TIGHT_LONG_SIDE, max_digits=max_digits)
+                          tight=source_long_side < TIGHT_LONG_SIDE, small=source_long_side < SMALL_LONG_SIDE,
+                          max_digits=max_digits)
     result.add("segment", found)
     result.unread_ink = unread_ink(found)
     if every_look or result.tight or not result.candidates:
@@ -336,7 +339,8 @@ def look_again(result: Preprocessed) -> None:
         return
     result.looked_again = True
     result.add("plain", plain_segmentation(result.gray, pad=False))
-    # Padding takes the photo for a tight crop; on a larger photo that reading may compete with the
-    # others, but not stand alone (a shadow or the desk at the frame would pass for a digit).
-    if result.tight or result.candidates:
+    # Padding takes the photo for a tight crop; on a small photo that is not quite one that reading
+    # may compete with the others, but not stand alone (a shadow or the desk at the frame would pass
+    # for a digit); on larger photos the desk and paper edges at the frame would win too often.
+    if result.tight or (result.candidates and result.small):
         result.add("plain-padded", plain_segmentation(result.gray, pad=True))
