@@ -223,13 +223,13 @@ def reading_score(predictions: Sequence[DigitPrediction]) -> float:
 
 def ink_shares(pre: Preprocessed) -> list[float]:
     """Per candidate, the share of the ink the looks kept as digits that it reads: a reading of one
-    sure "1" out of a row of five digits covers little of it. Unless the photo is a tight crop, the
-    padded look does not add to that ink (what it adds beyond the others is then more often the desk
-    or a shadow at the frame than a digit cut by it)."""
+    sure "1" out of a row of five digits covers little of it. On a larger photo than a scan or crop
+    the padded look does not add to that ink (what it adds beyond the others is then more often the
+    desk or a shadow at the frame than a digit cut by it)."""
     if len(pre.candidates) < 2:
         return [1.0] * len(pre.candidates)
     masks = [c.binary > 0 for c in pre.candidates]
-    unpadded = [m for m, c in zip(masks, pre.candidates, strict=True) if pre.tight or c.look != "plain-padded"]
+    unpadded = [m for m, c in zip(masks, pre.candidates, strict=True) if pre.small or c.look != "plain-padded"]
     union = np.logical_or.reduce(unpadded or masks)
     total = max(int(union.sum()), 1)
     return [int((m & union).sum()) / total for m in masks]
