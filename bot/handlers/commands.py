@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
+from collections import OrderedDict
 
 from telegram import Bot, BotCommand, Update
 from telegram.error import TelegramError
@@ -13,6 +16,11 @@ from bot.i18n import LANGUAGE_NAMES, SUPPORTED_LANGUAGES, resolve_language, tran
 from bot.keyboards import forget_keyboard, language_keyboard, parse_forget_action, parse_language_action
 
 log = logging.getLogger(__name__)
+_forget_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+# /forget confirmations (chat id, message id) edited to "Done: ... (N records)", so that a second tap
+# on one of them leaves that count showing instead of replacing it with "Already done".
+_confirmations_done: OrderedDict[tuple[int, int], None] = OrderedDict()
+_CONFIRMATIONS_REMEMBERED = 4096
 
 
 def N_(message: str) -> str:
@@ -148,13 +156,32 @@ async def on_forget_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -
             await edit_message(query, _("Cancelled. Nothing was deleted."), reply_markup=None)
         await query.answer()
         return
-    deleted = await services_of(context).forget(asker)
-    log.info("forgot a user: %d rows deleted", deleted)
-    if query.message is not None:
-        await edit_message(query, _("Done: everything I stored about you is deleted ({rows} records). "
-                                            "Send a photo any time to start again.", rows=deleted),
-                           reply_markup=None)
-    await query.answer(_("Deleted."))
+    async with _forget_lock(asker):  # a double tap: the second press waits for the first one's answer
+        deleted = await services_of(context).forget(asker)
+        log.info("forgot a user: %d rows deleted", deleted)
+        confirmation = (query.message.chat.id, query.message.message_id) if query.message is not None else None
+        if deleted == 0:  # nothing was stored (any more): a second press, or /forget again afterwards
+            already = _("Already done: nothing is stored about you.")
+            if confirmation is not None and confirmation not in _confirmations_done:  # keep a real count shown
+                await edit_message(query, already, reply_markup=None)
+            await query.answer(already)
+            return
+        if confirmation is not None:
+            await edit_message(query, _("Done: everything I stored about you is deleted ({rows} records). "
+                                        "Send a photo any time to start again.", rows=deleted),
+                               reply_markup=None)
+            _confirmations_done[confirmation] = None
+            while len(_confirmations_done) > _CONFIRMATIONS_REMEMBERED:
+                _confirmations_done.popitem(last=False)
+        await query.answer(_("Deleted."))
+
+
+def _forget_lock(telegram_id: int) -> asyncio.Lock:
+    """One /forget of a user at a time (updates run concurrently)."""
+    lock = _forget_locks.get(telegram_id)
+    if lock is None:
+        lock = _forget_locks[telegram_id] = asyncio.Lock()
+    return lock
 
 
 async def on_train(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -81,7 +81,8 @@ def prune_processed_updates(session: Session, *, older_than: datetime) -> int:
 
 def forget_user(session: Session, *, telegram_id: int) -> int:
     """Delete every row of this user (samples, predictions, labels, readings, jobs, models, the user
-    itself) and their weight files (unlinked once the transaction commits). Returns rows deleted."""
+    itself) and their weight files (unlinked once the transaction commits). Returns rows deleted: 0
+    exactly when nothing is stored about them (a known user's own row counts), e.g. forgotten already."""
     user_id = session.scalar(select(User.id).where(User.telegram_id == telegram_id))
     if user_id is None:
         return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,61 @@ def test_forget_deletes_everything_and_old_buttons_say_so(tmp_path: Path, recogn
             cancel = await h.command_reply(ANN, ANN, "forget")
             await h.press(ANN, ANN, cancel["message_id"], f"f:no:{ANN}")
             assert "Nothing was deleted" in (await h.message(ANN, cancel["message_id"]))["text"]
+
+    asyncio.run(scenario())
+
+
+def test_forget_confirmed_again_says_it_is_already_done(tmp_path: Path, recognizer: Recognizer) -> None:
+    async def scenario() -> None:
+        async with running_bot(tmp_path, recognizer) as h:
+            for user, language, done in ((ANN, "en", "Already done: nothing is stored about you."),
+                                         (BOB, "zh-hans", "已经完成：我这里没有保存任何关于你的数据。")):
+                await h.users.set_user(user, first_name="U", language_code=language)
+                reply = await h.photo_reply(user, user, digits_photo("5"))
+                await h.press(user, user, reply["message_id"], f"d:{_reading_id(reply)}:0:5")
+                first = await h.command_reply(user, user, "forget")
+                await h.press(user, user, first["message_id"], f"f:yes:{user}")
+                text = (await h.message(user, first["message_id"]))["text"]
+                count = re.search(r"\d+", text)
+                assert count is not None and int(count.group()) > 1  # the user, the reading, its digit, ...
+                again = await h.command_reply(user, user, "forget")  # a second /forget once all is gone
+                answer = await h.press(user, user, again["message_id"], f"f:yes:{user}")
+                assert answer["text"] == done
+                edited = await h.message(user, again["message_id"])
+                assert edited["text"] == done and _buttons(edited) == []
+                assert (await h.message(user, first["message_id"]))["text"] == text
+                with h.sessions() as session:
+                    assert repo.get_user(session, telegram_id=user) is None  # not re-created by the press
+
+    asyncio.run(scenario())
+
+
+def test_forget_pressed_twice_keeps_the_real_count(tmp_path: Path, recognizer: Recognizer) -> None:
+    async def scenario() -> None:
+        async with running_bot(tmp_path, recognizer) as h:
+            reply = await h.photo_reply(ANN, ANN, digits_photo("5"))
+            await h.press(ANN, ANN, reply["message_id"], f"d:{_reading_id(reply)}:0:5")
+            forget = h.services.forget
+
+            async def slow_when_nothing_left(telegram_id: int) -> int:
+                deleted = await forget(telegram_id)
+                if deleted == 0:  # the second tap's answer comes back last
+                    await asyncio.sleep(0.5)
+                return deleted
+
+            h.services.forget = slow_when_nothing_left  # type: ignore[method-assign]
+            ask = await h.command_reply(ANN, ANN, "forget")
+            # a double tap: both presses reach the bot before it removes the buttons
+            queries = [await h.users.press_button(ANN, ANN, ask["message_id"], f"f:yes:{ANN}") for _ in range(2)]
+            answers = []
+            for query in queries:
+                while not (answer := await h.users.callback_answer(query)).get("answered"):
+                    await asyncio.sleep(0.02)
+                answers.append(answer["text"])
+            text = (await h.message(ANN, ask["message_id"]))["text"]
+            assert text.startswith("Done: everything I stored about you is deleted (")
+            assert int(text.split("(")[1].split()[0]) > 1  # the real count, not "(0 records)"
+            assert sorted(answers) == ["Already done: nothing is stored about you.", "Deleted."]
 
     asyncio.run(scenario())
 
