@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,7 +26,7 @@ class Settings(BaseSettings):
     webhook_port: int = 8443
     emulator_host: str = "127.0.0.1"
     emulator_port: int = 8080
-    admin_ids: list[int] = Field(default_factory=list)
+    admin_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)  # "123,456" or "[123, 456]"
 
     # Storage. Default: an SQLite file under data_dir, migrated at start-up.
     data_dir: Path = PROJECT_ROOT / "var"
@@ -40,6 +43,18 @@ class Settings(BaseSettings):
     finetune_max_attempts: int = 3  # then the job is marked failed with its last error
     finetune_batch_size: int = 1  # due users one worker fine-tunes together (GPU workers: e.g. 256)
     inference_threads: int = 2
+
+    @field_validator("admin_ids", mode="before")
+    @classmethod
+    def _split_admin_ids(cls, value: object) -> object:
+        """DIGITBOT_ADMIN_IDS as written by hand: ``123``, ``123,456``, ``123, 456``, a JSON list
+        ``[123, 456]``, or empty (no admins). pydantic-settings would read any list field as JSON only."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part for part in re.split(r"[\s,]+", text) if part]
 
     @property
     def resolved_database_url(self) -> str:

@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from bot.emulator import DEFAULT_TOKEN
 from bot.handlers.admin import ADMIN_IDS_KEY
 from bot.handlers.errors import REDACTED, RedactTokenFilter, install_redaction
 from core.model import Checkpoint, DigitNet
 from core.recognize import PersonalModel, Recognizer
-from digitbot.settings import PROJECT_ROOT
+from digitbot.settings import PROJECT_ROOT, Settings
 from storage import repository as repo
 from storage.db import session_factory, upgrade_to_head
 from storage.repository.users import count_user_rows
@@ -109,6 +110,22 @@ def test_admin_command_only_for_the_allow_list(tmp_path: Path, recognizer: Recog
             await asyncio.sleep(1.0)
             assert not [m for m in await h.users.messages(group) if m["message_id"] > sent]  # never in groups
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("value", "ids"), [
+    ("123", [123]), ("123,456", [123, 456]), (" 123 , 456 ", [123, 456]), ("[123, 456]", [123, 456]),
+    ("", []), ("  ", []), ("[]", []),
+])
+def test_admin_ids_from_the_environment(monkeypatch: pytest.MonkeyPatch, value: str, ids: list[int]) -> None:
+    monkeypatch.setenv("DIGITBOT_ADMIN_IDS", value)
+    assert Settings(_env_file=None).admin_ids == ids  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("value", ["abc", "123,x", "[123,"])
+def test_admin_ids_that_are_not_numbers_stop_start_up(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("DIGITBOT_ADMIN_IDS", value)
+    with pytest.raises(ValidationError, match="admin_ids"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
 
 
 def test_per_user_storage_quota(tmp_path: Path, recognizer: Recognizer) -> None:
