@@ -30,7 +30,8 @@ def explain_figure(pre: Preprocessed, predictions_probabilities: Sequence[Sequen
     panels = [
         ("photo (decoded)", pre.gray),
         ("ink mask" + (" (inverted photo)" if pre.inverted else ""), pre.binary),
-        (f"{len(digits)} digit(s) found" if pre.status == "ok" else f"status: {pre.status}", pre.gray),
+        (f"{len(digits)} digit(s) found ({pre.candidates[pre.chosen].look} look)" if pre.status == "ok"
+         else f"status: {pre.status}", pre.gray),
     ]
     span = columns // 3
     for index, (title, image) in enumerate(panels):
