@@ -179,19 +179,22 @@ def _decode_crop(data: bytes) -> tuple[np.ndarray | None, str]:
     """One labelled image -> a 28x28 MNIST-style crop, or None and why not.
 
     An image that is already 28x28 is taken as a crop (inverted when it is dark ink on a light
-    background); anything else goes through core.preprocess and must hold exactly one digit.
+    background); anything else goes through core.preprocess, and one of its looks must find exactly
+    one digit.
     """
     gray = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
     if gray is not None and gray.shape == (28, 28):
         return (255 - gray if gray.mean() > 127 else gray), ""
     from core.preprocess import preprocess
 
-    result = preprocess(data)
+    result = preprocess(data, every_look=True)
     if result.status != "ok":
         return None, result.status.replace("_", " ")
-    if len(result.digits) != 1:
+    # The label says one digit: the first look that found exactly one (as core.photo_crops does).
+    single = next((c.digits for c in result.candidates if len(c.digits) == 1), None)
+    if single is None:
         return None, f"{len(result.digits)} digits in one image"
-    return result.digits[0].image, ""
+    return single[0].image, ""
 
 
 def load_labelled_folder(folder: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
