@@ -129,7 +129,10 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None, with_w
     emulator = None
     if settings.telegram_token is None:
         try:
-            emulator = await EmulatorServer(host=settings.emulator_host, port=settings.emulator_port).start()
+            emulator = await EmulatorServer(host=settings.emulator_host, port=settings.emulator_port, token=None,
+                                            allow_remote=settings.emulator_allow_remote).start()
+        except ValueError as error:  # a host beyond loopback without DIGITBOT_EMULATOR_ALLOW_REMOTE
+            raise SystemExit(str(error)) from None
         except OSError as error:
             raise SystemExit(f"cannot start the local Bot API emulator on {settings.emulator_host}:"
                              f"{settings.emulator_port} ({error.strerror}); choose another port with "

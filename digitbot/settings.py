@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     webhook_port: int = 8443
     emulator_host: str = "127.0.0.1"
     emulator_port: int = 8080
+    emulator_allow_remote: bool = False  # let emulator_host be beyond loopback (0.0.0.0, a LAN address)
     admin_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)  # "123,456" or "[123, 456]"
 
     # Storage. Default: an SQLite file under data_dir, migrated at start-up.

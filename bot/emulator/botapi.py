@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import time
+from urllib.parse import urlsplit
 
 from bot.emulator.params import Params, method
 from bot.emulator.state import JSON, BotApiError, EmulatorState, bad_request
@@ -12,6 +14,22 @@ from bot.emulator.state import JSON, BotApiError, EmulatorState, bad_request
 _COMMAND_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 _WEBHOOK_URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
 _SECRET_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+# A long poll held longer than any client asks for (python-telegram-bot: 10 s, digitbot: 25 s) is refused
+# with 400 rather than parking a request for hours (or forever: ?timeout=nan, inf, 1e300).
+MAX_POLL_TIMEOUT_S = 60
+
+
+def _loopback_url(url: str) -> bool:
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @method("getMe")
@@ -35,12 +53,17 @@ async def delete_webhook(state: EmulatorState, p: Params) -> bool:
 
 @method("setWebhook")
 async def set_webhook(state: EmulatorState, p: Params) -> bool:
-    """Webhook mode (see bot.emulator.webhook); plain http is allowed since the emulator is local."""
+    """Webhook mode (see bot.emulator.webhook); plain http is allowed since the emulator is local, and
+    only loopback URLs are."""
     url = str(p.get("url") or "")
     if not url:
         return await delete_webhook(state, p)
     if not _WEBHOOK_URL.match(url):
         raise bad_request("bad webhook: An HTTPS URL must be provided for webhook")
+    if not _loopback_url(url):
+        # Else any caller could make the emulator POST chat contents to any host on the network.
+        raise bad_request("bad webhook: the local emulator delivers webhooks only to loopback addresses "
+                          "(127.0.0.1, localhost, [::1])")
     secret = str(p.get("secret_token") or "")
     if secret and not _SECRET_TOKEN.match(secret):
         raise bad_request("secret token contains unallowed characters")
@@ -79,8 +102,8 @@ async def get_updates(state: EmulatorState, p: Params) -> list[JSON]:
     allowed = p.json("allowed_updates")
     if isinstance(allowed, list):
         state.allowed_updates = frozenset(map(str, allowed)) or None
-    limit = min(max(p.int("limit", 100) or 100, 1), 100)
-    timeout = max(0, p.int("timeout", 0) or 0)
+    limit = p.int("limit", 0, minimum=0, maximum=100) or 100
+    timeout = p.int("timeout", 0, minimum=0, maximum=MAX_POLL_TIMEOUT_S) or 0
     state.poll_generation += 1
     generation = state.poll_generation
     state.notify()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import mimetypes
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
+from aiohttp import web
 
 # Telegram's getFile limit for bots; bigger files get "Bad Request: file is too big".
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
@@ -18,6 +20,7 @@ MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
 # a photo sent the usual (not "HD") way is kept at most 1280 px, so bigger ones are downscaled.
 PHOTO_SIDES = (90, 320, 800, 1280)
 RENDITION_CACHE_SIZE = 256
+_MIME_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_-]*/[A-Za-z0-9][A-Za-z0-9.+_-]*$")
 
 
 @dataclass
@@ -31,6 +34,17 @@ class StoredFile:
     @property
     def file_size(self) -> int:
         return len(self.data)
+
+
+def file_response(stored: StoredFile, *, headers: dict[str, str] | None = None) -> web.Response:
+    """A stored file as a download, never a page: an uploaded .html or .svg opened from the emulator's
+    origin could otherwise run script there and drive the Bot API and the client API as the user.
+    <img> tags (the web chat) still show photos."""
+    mime = stored.mime_type if _MIME_TYPE.match(stored.mime_type) else "application/octet-stream"
+    name = stored.file_path.rsplit("/", 1)[-1]
+    return web.Response(body=stored.data, headers={
+        **(headers or {}), "Content-Type": mime, "Content-Disposition": f'attachment; filename="{name}"',
+        "X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox; default-src 'none'"})
 
 
 class FileStore:

@@ -6,7 +6,7 @@ import time
 
 from bot.emulator.files import MAX_DOWNLOAD_BYTES
 from bot.emulator.formatting import check_length, check_reply_markup, parse_text
-from bot.emulator.params import Params, Upload, method
+from bot.emulator.params import Params, Upload, method, parse_int
 from bot.emulator.state import JSON, BotApiError, Chat, EmulatorState, bad_request
 
 CHAT_ACTIONS = frozenset({"typing", "upload_photo", "record_video", "upload_video", "record_voice",
@@ -25,11 +25,12 @@ def _reply_target(chat: Chat, p: Params) -> int | None:
         message_id, allow = p.int("reply_to_message_id"), p.bool("allow_sending_without_reply")
     if message_id is None:
         return None
-    if int(message_id) not in chat.messages:
+    message_id = parse_int(message_id, "message_id")
+    if message_id not in chat.messages:
         if allow:
             return None
         raise bad_request("message to be replied not found")
-    return int(message_id)
+    return message_id
 
 
 def _inline_markup(p: Params) -> JSON | None:

@@ -169,7 +169,7 @@ class EmulatorState:
         """A chat addressed by the bot; unknown ids answer Telegram's "chat not found"."""
         try:
             chat = self.chats.get(int(chat_id))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # inf from a JSON body
             chat = None
         if chat is None:
             raise bad_request("chat not found")
@@ -205,7 +205,7 @@ class EmulatorState:
     def get_message(self, chat: Chat, message_id: Any, *, missing: str) -> JSON:
         try:
             message = chat.messages.get(int(message_id))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # inf from a JSON body
             message = None
         if message is None:
             raise bad_request(missing)

@@ -12,7 +12,9 @@ from typing import Any
 
 from aiohttp import web
 
+from bot.emulator.files import file_response
 from bot.emulator.formatting import MAX_CAPTION_CHARS, MAX_TEXT_CHARS, command_entities
+from bot.emulator.params import parse_int, parse_seconds
 from bot.emulator.state import JSON, BotApiError, EmulatorState, bad_request
 
 Handler = Callable[[web.Request], Awaitable[Any]]
@@ -26,10 +28,8 @@ def _respond(payload: Any, status: int = 200) -> web.Response:
 
 def _api(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def wrapped(request: web.Request) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        if request.method != "GET" and origin and origin != f"{request.scheme}://{request.host}":
-            # Another web site open in the same browser must not act as a user (CSRF).
-            return _respond(BotApiError(403, "Forbidden: cross-origin request").to_json(), status=403)
+        # Host and Origin (other web sites must not act as users) are checked for every route by
+        # bot.emulator.server.guard.
         try:
             result = await handler(request)
         except BotApiError as error:
@@ -41,10 +41,7 @@ def _api(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamRespon
 
 
 def _int(value: Any, name: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise bad_request(f"{name} must be an integer") from None
+    return parse_int(value, name)
 
 
 async def _json_body(request: web.Request) -> JSON:
@@ -151,13 +148,14 @@ def add_client_routes(app: web.Application, state: EmulatorState) -> None:
         """The chat's history; with ?since=VERSION waits (long poll) until something changes."""
         chat_id = _int(request.match_info["chat_id"], "chat_id")
         since = request.query.get("since")
-        timeout = min(float(request.query.get("timeout", 25)), MAX_WAIT_S)
+        timeout = parse_seconds(request.query.get("timeout", 25), "timeout", maximum=MAX_WAIT_S)
         if since is not None:
+            since_version = _int(since, "since")
             deadline = time.monotonic() + timeout
             while not state.closing:
                 chat = state.chats.get(chat_id)
                 remaining = deadline - time.monotonic()
-                if (chat is not None and chat.version > _int(since, "since")) or remaining <= 0:
+                if (chat is not None and chat.version > since_version) or remaining <= 0:
                     break
                 await state.wait_changed(remaining)
         return chat_snapshot(state, chat_id)
@@ -166,8 +164,7 @@ def add_client_routes(app: web.Application, state: EmulatorState) -> None:
         stored = state.files.get(request.match_info["file_id"])
         if stored is None:
             raise BotApiError(404, "Not Found")
-        return web.Response(body=stored.data, content_type=stored.mime_type,
-                            headers={"Cache-Control": "max-age=3600"})
+        return file_response(stored, headers={"Cache-Control": "max-age=3600"})
 
     async def reset(request: web.Request) -> bool:
         state.reset()

@@ -30,7 +30,8 @@ async def deliver_updates(state: EmulatorState, session: aiohttp.ClientSession) 
         error: str | None = None
         try:
             timeout = aiohttp.ClientTimeout(total=DELIVERY_TIMEOUT_S)
-            async with session.post(url, json=update, headers=headers, timeout=timeout) as response:
+            async with session.post(url, json=update, headers=headers, timeout=timeout,
+                                    allow_redirects=False) as response:  # stays on loopback
                 if not 200 <= response.status < 300:
                     error = f"Wrong response from the webhook: {response.status} {response.reason}"
         except (aiohttp.ClientError, TimeoutError, OSError) as failure:
