@@ -139,6 +139,20 @@ class BotServices:
                 repo.set_user_language(session, telegram_id=telegram_id, language=language)
         await asyncio.to_thread(work)
 
+    async def start_private(self, telegram_id: int) -> None:
+        """/start in a private chat: the user consents to have their photos in groups read."""
+        def work() -> None:
+            with self.sessions.begin() as session:
+                repo.mark_started_private(session, telegram_id=telegram_id)
+        await asyncio.to_thread(work)
+
+    async def reads_in_groups(self, telegram_id: int) -> bool:
+        """Whether this user's photos posted in groups may be read (they started the bot in private)."""
+        def work() -> bool:
+            with self.sessions() as session:
+                return repo.started_private(session, telegram_id=telegram_id)
+        return await asyncio.to_thread(work)
+
     # --- photos --------------------------------------------------------------------------------
     async def read_photo(self, *, update_id: int, telegram_id: int, chat_id: int,
                          file_id: str, file_unique_id: str, data: bytes) -> PhotoOutcome:

@@ -92,6 +92,9 @@ class User(Base):
     # labels created at or after ``finetune_started_at`` (the start of the last fine-tune run).
     labels_since_finetune: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     finetune_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the user first sent /start in a private chat with the bot: their consent to have the photos
+    # they post in groups read (and stored). None: the bot ignores their photos in groups.
+    started_private_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index(None, "labels_since_finetune"),)
 

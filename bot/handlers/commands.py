@@ -28,6 +28,11 @@ def N_(message: str) -> str:
     return message
 
 
+# In groups, photos are read only from users who started the bot in private (bot/handlers/photo.py).
+GROUPS_NOTE = N_("In groups I read only photos (and image files) from people who have sent me /start in a "
+                 "private chat; I ignore everyone else's photos and any other files there, and store nothing "
+                 "about them.")
+
 COMMANDS: list[tuple[str, str]] = [
     ("start", N_("what I do and what I store")),
     ("help", N_("how to use me")),
@@ -57,9 +62,12 @@ async def register_commands(bot: Bot) -> None:
 
 
 async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/start: greet the user and say how to send a photo."""
+    """/start: greet the user and say how to send a photo; in a private chat, also their consent to
+    have the photos they post in groups read."""
     if update.effective_message is None:
         return
+    if update.effective_user is not None and is_private(update):  # consent to be read in groups
+        await services_of(context).start_private(update.effective_user.id)
     _ = await user_translator(update, context)
     await update.effective_message.reply_text(
         _("Hi! I read handwritten digits from photos and learn your handwriting from your corrections.\n\n"
@@ -70,7 +78,7 @@ async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
           "what I answered and which model answered, and your confirmations and corrections. I use them "
           "only to show you how often I'm right (/stats) and to fine-tune a personal copy of my model on "
           "your handwriting, which I switch on only when it does better for you. /forget deletes all of "
-          "it at any time.")
+          "it at any time.") + "\n\n" + _(GROUPS_NOTE)
     )
 
 
@@ -82,7 +90,7 @@ async def on_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     lines = [_("Send a photo of handwritten digits (or an image file up to 20 MB) and I'll read it."),
              _("Correct me with the buttons under my answer, or reply to it with the right digits."),
              _("Already know the digits? Send them as the photo's caption (e.g. 4271) and I record them "
-               "straight away."), ""]
+               "straight away."), _(GROUPS_NOTE), ""]
     lines += [f"/{name} — {_(description)}" for name, description in COMMANDS]
     await update.effective_message.reply_text("\n".join(lines))
 

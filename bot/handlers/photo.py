@@ -75,13 +75,17 @@ def problem_text(status: str, _: Translator, **values: int) -> str:
 
 
 async def on_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A photo or image document: read the digits and answer with confirm/correct buttons."""
+    """A photo or image document: read the digits and answer with confirm/correct buttons. In groups,
+    only from users who started the bot in a private chat, and nothing but images is answered."""
     message = update.effective_message
     user = update.effective_user
     if message is None or user is None:
         return
-    _ = await user_translator(update, context)
     incoming = _pick_file(message)
+    if not is_private(update) and (incoming == "not_an_image"
+                                   or not await services_of(context).reads_in_groups(user.id)):
+        return  # in groups: other documents, and members who never started the bot in private (consent)
+    _ = await user_translator(update, context)
     if isinstance(incoming, str):
         await message.reply_text(problem_text(incoming, _), do_quote=True)
         return

@@ -41,9 +41,11 @@ from storage.repository.users import (
     get_or_create_user,
     get_user,
     get_user_by_id,
+    mark_started_private,
     mark_update_processed,
     prune_processed_updates,
     set_user_language,
+    started_private,
 )
 from storage.repository.weight_files import sweep_orphan_weights
 
@@ -68,6 +70,7 @@ __all__ = [
     "label_reading",
     "label_sample",
     "load_weights",
+    "mark_started_private",
     "mark_update_processed",
     "model_versions",
     "promote_model_version",
@@ -79,6 +82,7 @@ __all__ = [
     "retire_active_model",
     "set_true_text",
     "set_user_language",
+    "started_private",
     "sweep_orphan_weights",
     "training_set",
     "undo_label",

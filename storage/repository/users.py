@@ -61,6 +61,22 @@ def set_user_language(session: Session, *, telegram_id: int, language: str | Non
     return user
 
 
+def mark_started_private(session: Session, *, telegram_id: int) -> User:
+    """Record that the user started the bot in a private chat (created if new): their consent to have
+    the photos they post in groups read. The first time is kept."""
+    user = get_or_create_user(session, telegram_id=telegram_id)
+    if user.started_private_at is None:
+        user.started_private_at = utcnow()
+        session.flush()
+    return user
+
+
+def started_private(session: Session, *, telegram_id: int) -> bool:
+    """True when the user has started the bot in a private chat (and not been forgotten since)."""
+    started = session.scalar(select(User.started_private_at).where(User.telegram_id == telegram_id))
+    return started is not None
+
+
 def mark_update_processed(session: Session, *, update_id: int) -> bool:
     """Remember a Telegram update id; False when it was already processed (a redelivery).
 

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from sqlalchemy import func, select
 
 from core.recognize import Recognizer
 from storage import repository as repo
+from storage.models import INBOX_PENDING, InboxUpdate, Reading, User
 from tests.bot.support import BotHarness, digits_photo, running_bot
 
 ANN, BOB = 42, 43
@@ -239,6 +241,8 @@ def test_group_only_the_sender_labels(tmp_path: Path, recognizer: Recognizer) ->
             await h.users.set_user(ANN, first_name="Ann", language_code="en")
             await h.users.set_user(BOB, first_name="Bob", language_code="en")
             await h.users.create_group(group, [ANN, BOB], title="Class")
+            for user in (ANN, BOB):  # started in private: their photos in groups are read
+                await h.command_reply(user, user, "start")
             reply = await h.photo_reply(ANN, group, digits_photo("3"))
             rid, mid = _reading_id(reply), reply["message_id"]
 
@@ -265,6 +269,79 @@ def test_group_only_the_sender_labels(tmp_path: Path, recognizer: Recognizer) ->
             answer = await h.press(BOB, group, own["message_id"], forged)
             assert answer["text"] == "Only the person who sent the photo can correct this."
             assert _labels(h, ANN, rid) == [3]
+
+    asyncio.run(scenario())
+
+
+async def _settled(h: BotHarness) -> None:
+    """Every update sent so far has been fetched by the bot and its handler has returned."""
+    for _ in range(600):
+        with h.sessions() as session:
+            pending = session.scalar(select(func.count()).select_from(InboxUpdate)
+                                     .where(InboxUpdate.state == INBOX_PENDING))
+        if not h.server.state.updates and not pending:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("updates still being handled")
+
+
+def test_groups_read_only_members_who_started_the_bot_in_private(tmp_path: Path, recognizer: Recognizer) -> None:
+    group = -1002
+    note = "In groups I read only photos (and image files) from people who have sent me /start in a private chat"
+
+    async def scenario() -> None:
+        async with running_bot(tmp_path, recognizer) as h:
+            await h.users.set_user(ANN, first_name="Ann", language_code="en")
+            await h.users.set_user(BOB, first_name="Bob", language_code="zh-hans")
+            await h.users.create_group(group, [ANN, BOB], title="Class")
+            pdf = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
+
+            # Nobody has started the bot in private: photos, image files and other files are ignored.
+            silent = [await h.users.send_photo(BOB, group, digits_photo("5")),
+                      await h.users.send_photo(BOB, group, digits_photo("6", fmt=".png"), as_document=True,
+                                               file_name="six.png", mime_type="image/png"),
+                      await h.users.send_photo(ANN, group, digits_photo("7")),
+                      await h.users.send_photo(ANN, group, pdf, as_document=True, file_name="notes.pdf",
+                                               mime_type="application/pdf")]
+            await _settled(h)
+
+            start = await h.command_reply(ANN, ANN, "start")
+            assert note in start["text"]
+            with h.sessions() as session:
+                ann = repo.get_user(session, telegram_id=ANN)
+                assert ann is not None and ann.started_private_at is not None
+            help_zh = await h.command_reply(BOB, group, "help")
+            assert "在群组里，我只读取在私聊中给我发过 /start 的人" in help_zh["text"]
+
+            # Ann has: her photo and image file are read; her PDF and all of Bob's posts are not.
+            photo = await h.photo_reply(ANN, group, digits_photo("3"))
+            assert photo["text"].startswith("I read: ")
+            document = await h.photo_reply(ANN, group, digits_photo("4", fmt=".png"), as_document=True,
+                                           file_name="four.png", mime_type="image/png")
+            assert document["text"].startswith("I read: ")
+            silent += [await h.users.send_photo(ANN, group, pdf, as_document=True, file_name="more.pdf",
+                                                mime_type="application/pdf"),
+                       await h.users.send_photo(BOB, group, digits_photo("8"))]
+            await _settled(h)
+            answered = {m.get("reply_to_message", {}).get("message_id") for m in await h.users.messages(group)
+                        if m["from"]["is_bot"]}
+            assert answered.isdisjoint(silent)
+            with h.sessions() as session:
+                assert repo.get_user(session, telegram_id=BOB) is None  # nothing stored about Bob
+                assert session.scalar(select(func.count()).select_from(Reading)) == 2
+
+            # /start in a group is not consent; /forget withdraws it.
+            await h.command_reply(BOB, group, "start")
+            ask = await h.command_reply(ANN, ANN, "forget")
+            await h.press(ANN, ANN, ask["message_id"], f"f:yes:{ANN}")
+            silent = [await h.users.send_photo(BOB, group, digits_photo("9")),
+                      await h.users.send_photo(ANN, group, digits_photo("2"))]
+            await _settled(h)
+            answered = {m.get("reply_to_message", {}).get("message_id") for m in await h.users.messages(group)
+                        if m["from"]["is_bot"]}
+            assert answered.isdisjoint(silent)
+            with h.sessions() as session:
+                assert session.scalar(select(func.count()).select_from(User)) == 0
 
     asyncio.run(scenario())
 

@@ -357,6 +357,7 @@ def test_group_member_pressing_your_buttons(live: LiveBot) -> None:
         ann, bob = await _user(h, EN), await _user(h, ZH)
         group = -new_user_id()
         await h.users.create_group(group, [ann, bob], title="Class")
+        await h.command_reply(ann, ann, "start")  # started in private: her group photos are read
         reply = await h.photo_reply(ann, group, digits_photo("8"))
         rid = reading_id_of(reply)
         answer = await h.press(bob, group, reply["message_id"], f"d:{rid}:0:2")

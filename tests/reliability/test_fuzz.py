@@ -99,6 +99,7 @@ def scene(live: LiveBot) -> dict[str, Any]:
         await h.users.set_user(owner, language_code="zh-hans")
         await h.users.set_user(other, language_code="en")
         await h.users.create_group(group, [owner, other])
+        await h.command_reply(owner, owner, "start")  # started in private: their group photos are read
         reply = await h.photo_reply(owner, owner, digits_photo("42"))
         group_reply = await h.photo_reply(owner, group, digits_photo("7"))
         help_message = await h.command_reply(owner, owner, "help")

@@ -14,7 +14,7 @@ from storage.db import downgrade, init_db, upgrade_to_head
 from storage.models import Base
 from tests.storage.conftest import BACKENDS, new_postgres_schema_url
 
-HEAD = "0004"
+HEAD = "0005"
 
 
 @pytest.fixture(params=BACKENDS)
@@ -140,5 +140,42 @@ def test_0004_adds_true_text_to_existing_readings(empty_url: str) -> None:
         with engine.connect() as conn:
             assert "true_text" not in {c["name"] for c in inspect(conn).get_columns("readings")}
             assert conn.execute(text("SELECT file_id FROM readings")).scalar_one() == "F"
+    finally:
+        engine.dispose()
+
+
+def test_0005_marks_users_who_used_their_private_chat_as_started(empty_url: str) -> None:
+    from alembic import command
+
+    from storage.db import alembic_config
+
+    command.upgrade(alembic_config(empty_url), "0004")
+    engine = create_engine(empty_url)
+    try:
+        with engine.begin() as conn:
+            now = "2026-11-20 08:00:00+00:00"
+            for user_id, telegram_id in ((1, 5), (2, 6), (3, 7)):
+                conn.execute(text("INSERT INTO users (id, telegram_id, settings, created_at, labels_since_finetune) "
+                                  "VALUES (:id, :tg, '{}', :t, 0)"), {"id": user_id, "tg": telegram_id, "t": now})
+            # user 5 sent a photo in their private chat, user 6 only in a group, user 7 never
+            for reading_id, user_id, chat_id in ((1, 1, 5), (2, 1, -100), (3, 2, -100)):
+                conn.execute(text("INSERT INTO readings (id, user_id, chat_id, file_id, file_unique_id, status, "
+                                  "created_at) VALUES (:id, :u, :c, 'F', 'U', 'ok', :t)"),
+                             {"id": reading_id, "u": user_id, "c": chat_id, "t": now})
+        upgrade_to_head(empty_url)
+        from storage import repository as repo
+        from storage.db import session_factory
+
+        factory = session_factory(empty_url)
+        with factory() as s:
+            assert [repo.started_private(s, telegram_id=t) for t in (5, 6, 7, 8)] == [True, False, False, False]
+            user = repo.get_user(s, telegram_id=5)
+            assert user is not None and user.started_private_at is not None
+            assert user.started_private_at.isoformat() == "2026-11-20T08:00:00+00:00"
+        factory.kw["bind"].dispose()
+        downgrade(empty_url, "0004")
+        with engine.connect() as conn:
+            assert "started_private_at" not in {c["name"] for c in inspect(conn).get_columns("users")}
+            assert conn.execute(text("SELECT count(*) FROM readings")).scalar_one() == 3  # nothing cascaded
     finally:
         engine.dispose()
