@@ -135,7 +135,7 @@ class UpdateInbox:
             return True
         try:
             state = await asyncio.to_thread(self.services.inbox_receive, update_id, update.to_dict(),
-                                            self.owner, self.max_attempts)
+                                            self.owner, self.max_attempts, self.retention)
         except Exception as error:  # never lose it for want of a database: handle it unrecorded
             log.warning("update %s not written to the inbox (%s); handling it, and those of the next %.0f s, "
                         "without replay on a crash", update_id, error.__class__.__name__, _DATABASE_DOWN_S)

@@ -36,7 +36,7 @@ class Replay:
 
 
 def inbox_receive(session: Session, *, update_id: int, payload: dict[str, Any], owner: str,
-                  max_attempts: int) -> str:
+                  max_attempts: int, stale_before: datetime | None = None) -> str:
     """Write an update down before it is acknowledged (idempotent by ``update_id``). Returns
 
     * "new": it was not there; it is now pending, to be handled;
@@ -44,6 +44,11 @@ def inbox_receive(session: Session, *, update_id: int, payload: dict[str, Any], 
       delivered again: pending again, to be handled;
     * "pending": being handled already (or left by a process that died: replayed at start-up);
     * "done": handled; "given_up": it failed ``max_attempts`` times.
+
+    A done or failed row that finished before ``stale_before`` (now minus the retention, at least a
+    day) belongs to an earlier update with the same id: Telegram never redelivers an update more
+    than 24 hours old, and picks ids at random again after a week without updates. It is taken over
+    by this one ("new"), as if it had been purged already (see ``mark_update_processed``).
     """
     if insert_ignore(session, InboxUpdate.__table__, {  # type: ignore[arg-type]
             "update_id": update_id, "state": INBOX_PENDING, "payload": payload, "owner": owner,
@@ -53,7 +58,14 @@ def inbox_receive(session: Session, *, update_id: int, payload: dict[str, Any], 
         select(InboxUpdate).where(InboxUpdate.update_id == update_id).with_for_update()
     ).one_or_none()
     if row is None:  # purged in between: nothing says it was handled
-        return inbox_receive(session, update_id=update_id, payload=payload, owner=owner, max_attempts=max_attempts)
+        return inbox_receive(session, update_id=update_id, payload=payload, owner=owner, max_attempts=max_attempts,
+                             stale_before=stale_before)
+    if (row.state != INBOX_PENDING and stale_before is not None and row.finished_at is not None
+            and row.finished_at < stale_before):
+        row.state, row.owner, row.payload, row.attempts = INBOX_PENDING, owner, payload, 0
+        row.reading_id, row.received_at, row.finished_at = None, utcnow(), None
+        session.flush()
+        return NEW
     if row.state == INBOX_FAILED:
         if row.attempts >= max_attempts:
             return GIVEN_UP

@@ -11,6 +11,7 @@ import asyncio
 import copy
 import logging
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from bot.app import INBOX_KEY
 from bot.inbox import UpdateInbox
 from core.recognize import Recognizer
 from storage import repository as repo
-from storage.models import InboxUpdate
+from storage.models import InboxUpdate, ProcessedUpdate
 from storage.repository.inbox import inbox_states
 from storage.repository.service import service_counts
 from tests.bot.support import BotHarness, digits_photo, running_bot
@@ -220,4 +221,40 @@ def test_without_a_database_updates_are_handled_unrecorded_and_not_held_back() -
         assert services.calls == 1  # the second did not wait for the database again
         await inbox.finished(1)  # nothing in the database to mark: no call
         assert services.calls == 1
+    asyncio.run(scenario())
+
+
+def test_an_update_id_telegram_reuses_after_a_week_is_answered(tmp_path: Path, recognizer: Recognizer) -> None:
+    """Telegram picks update ids at random again after a week without updates: a new photo whose id
+    an old, handled photo had is read and answered (the old inbox row and marker are stale), and
+    the purge drops stale processed-update markers along with the inbox rows."""
+    async def scenario() -> None:
+        async with running_bot(tmp_path, recognizer) as h:
+            await h.users.set_user(ANN, language_code="en")
+            old = _photo_update(h, "3")
+            _deliver(h, old)
+            await h.users.wait_for_reply(ANN, old["message"]["message_id"], timeout=20)
+            await asyncio.sleep(0.3)
+            inbox = _inbox(h)
+            await inbox.queue.put(Update.de_json(copy.deepcopy(old), h.application.bot))  # a redelivery
+            assert inbox.queue.qsize() == 0
+            week_ago = datetime.now(UTC) - timedelta(days=8)
+            with h.sessions.begin() as session:
+                row = session.get(InboxUpdate, old["update_id"])
+                marker = session.get(ProcessedUpdate, old["update_id"])
+                assert row is not None and row.state == "done" and marker is not None
+                row.received_at = row.finished_at = marker.processed_at = week_ago
+            new = _photo_update(h, "8")
+            new["update_id"] = old["update_id"]
+            await inbox.queue.put(Update.de_json(copy.deepcopy(new), h.application.bot))
+            await h.users.wait_for_reply(ANN, new["message"]["message_id"], timeout=20)
+            await asyncio.sleep(0.3)
+            with h.sessions.begin() as session:
+                assert service_counts(session)["readings"] == 2
+                assert inbox_states(session, update_ids=[old["update_id"]]) == {old["update_id"]: "done"}
+                session.add(ProcessedUpdate(update_id=1, processed_at=week_ago))
+            assert await asyncio.to_thread(h.services.inbox_purge, inbox.retention) == 0
+            with h.sessions() as session:
+                assert session.get(ProcessedUpdate, 1) is None  # stale: purged
+                assert session.get(ProcessedUpdate, old["update_id"]) is not None  # the new photo's: kept
     asyncio.run(scenario())

@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.models import InboxUpdate
+from storage import repository as repo
+from storage.models import InboxUpdate, ProcessedUpdate
 from storage.repository.inbox import (
     GIVEN_UP,
     NEW,
@@ -167,3 +168,72 @@ def test_forget_clears_the_content_of_that_users_finished_updates(factory: sessi
         assert payloads[1] is None
         assert payloads[2] == press(2, 88)
         assert payloads[3] == press(3, 77)
+
+
+def _age(s: Session, update_id: int, days: float) -> None:
+    """As if the update's inbox row and processed marker were written ``days`` ago."""
+    then = datetime.now(UTC) - timedelta(days=days)
+    row = s.get(InboxUpdate, update_id)
+    if row is not None:
+        row.received_at = then
+        row.finished_at = then if row.state != "pending" else None
+    marker = s.get(ProcessedUpdate, update_id)
+    if marker is not None:
+        marker.processed_at = then
+
+
+def test_update_markers_are_pruned_except_those_of_pending_updates(factory: sessionmaker[Session]) -> None:
+    with factory.begin() as s:
+        for update_id in (1, 2, 3):
+            assert repo.mark_update_processed(s, update_id=update_id)
+        receive(s, 3)  # still pending: its process died after storing it, to be replayed
+        for update_id in (1, 2, 3):
+            _age(s, update_id, days=2)
+        assert repo.mark_update_processed(s, update_id=4)
+    with factory.begin() as s:
+        assert repo.prune_processed_updates(s, older_than=datetime.now(UTC) - timedelta(days=1)) == 2
+        assert set(s.scalars(select(ProcessedUpdate.update_id))) == {3, 4}
+
+
+def test_an_update_id_reused_after_the_retention_is_a_new_update(factory: sessionmaker[Session]) -> None:
+    """Telegram picks update ids at random again after a week without updates: an id whose records are
+    older than the retention is a new update (processed), one inside it a redelivery (dropped)."""
+    def stale() -> datetime:
+        return datetime.now(UTC) - timedelta(days=1)
+
+    with factory.begin() as s:
+        assert receive(s, 7) == NEW
+        assert repo.mark_update_processed(s, update_id=7, stale_before=stale())
+        inbox_done(s, update_ids=[7])
+    with factory.begin() as s:  # a true redelivery: dropped by the inbox and by the marker
+        assert inbox_receive(s, update_id=7, payload=payload(7), owner="a", max_attempts=3,
+                             stale_before=stale()) == "done"
+        assert not repo.mark_update_processed(s, update_id=7, stale_before=stale())
+        _age(s, 7, days=8)
+    with factory.begin() as s:  # a week later, the same id on a new message: handled
+        assert inbox_receive(s, update_id=7, payload=payload(7, "new"), owner="b", max_attempts=3,
+                             stale_before=stale()) == NEW
+        row = s.get(InboxUpdate, 7)
+        assert row is not None and (row.state, row.owner, row.attempts, row.finished_at) == ("pending", "b", 0, None)
+        assert row.payload is not None and row.payload["message"]["text"] == "new"
+        assert repo.mark_update_processed(s, update_id=7, stale_before=stale())
+    with factory.begin() as s:  # ...and its own redelivery is dropped again
+        assert not repo.mark_update_processed(s, update_id=7, stale_before=stale())
+        # handled without the inbox (the database was down for it): the old marker alone is taken over
+        assert repo.mark_update_processed(s, update_id=8)
+        _age(s, 8, days=8)
+        assert repo.mark_update_processed(s, update_id=8, stale_before=stale())
+        assert not repo.mark_update_processed(s, update_id=8, stale_before=stale())
+
+
+def test_a_replay_after_a_long_stop_is_still_a_duplicate(factory: sessionmaker[Session]) -> None:
+    """The process died after storing the update (marker written) and the bot stayed down for days:
+    the replay of the pending update must not store it again."""
+    with factory.begin() as s:
+        assert receive(s, 9) == NEW
+        assert repo.mark_update_processed(s, update_id=9)
+        _age(s, 9, days=3)
+    with factory.begin() as s:
+        stale = datetime.now(UTC) - timedelta(days=1)
+        assert not repo.mark_update_processed(s, update_id=9, stale_before=stale)
+        assert repo.prune_processed_updates(s, older_than=stale) == 0
