@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.i18n import resolve_language
+from bot.inbox import RETENTION
 from bot.personal_cache import PersonalModelCache
 from bot.views import DigitCard, ReadingCard, StatsCard
 from core.recognize import PersonalModel, PhotoReading, Recognizer
@@ -71,8 +72,12 @@ class FinetuneRequester(Protocol):
 class BotServices:
     def __init__(self, *, sessions: sessionmaker[Session], recognizer: Recognizer, inference_threads: int = 2,
                  finetune_min_labels: int = 10, finetune_interval_s: float = 60.0,
-                 request_finetune: FinetuneRequester | None = None) -> None:
+                 request_finetune: FinetuneRequester | None = None,
+                 update_retention: timedelta = RETENTION) -> None:
         self.sessions = sessions
+        # how long a processed-update marker means "already handled" (bot/inbox.py's retention; at
+        # least the 24 h that Telegram keeps an update: update ids are reused after a week without any)
+        self.update_retention = max(update_retention, timedelta(days=1))
         self.recognizer = recognizer
         self.finetune_min_labels = finetune_min_labels
         self.finetune_interval_s = finetune_interval_s
@@ -93,10 +98,11 @@ class BotServices:
             return repo.prune_processed_updates(session, older_than=datetime.now(UTC) + timedelta(days=1))
 
     # --- the durable update inbox (bot/inbox.py); sync, called in threads -------------------------
-    def inbox_receive(self, update_id: int, payload: dict[str, Any], owner: str, max_attempts: int) -> str:
+    def inbox_receive(self, update_id: int, payload: dict[str, Any], owner: str, max_attempts: int,
+                      retention: timedelta = RETENTION) -> str:
         with self.sessions.begin() as session:
             return inbox_repo.inbox_receive(session, update_id=update_id, payload=payload, owner=owner,
-                                            max_attempts=max_attempts)
+                                            max_attempts=max_attempts, stale_before=_stale_before(retention))
 
     def inbox_take_pending(self, owner: str | None, max_attempts: int) -> inbox_repo.Replay:
         with self.sessions.begin() as session:
@@ -113,8 +119,12 @@ class BotServices:
             return inbox_repo.inbox_failed(session, update_id=update_id, max_attempts=max_attempts)
 
     def inbox_purge(self, retention: timedelta) -> int:
+        """Delete finished inbox rows and processed-update markers older than ``retention`` (the
+        markers of updates still pending stay); returns how many inbox rows."""
         with self.sessions.begin() as session:
-            return inbox_repo.inbox_purge(session, finished_before=datetime.now(UTC) - retention)
+            removed = inbox_repo.inbox_purge(session, finished_before=datetime.now(UTC) - retention)
+            repo.prune_processed_updates(session, older_than=_stale_before(retention))
+            return removed
 
     def note_replayed(self, update_id: int) -> None:
         """This update is handled again after a crash: a photo already stored but never answered is
@@ -174,7 +184,8 @@ class BotServices:
         ]
         try:
             with self.sessions.begin() as session:
-                if not repo.mark_update_processed(session, update_id=update_id):
+                if not repo.mark_update_processed(session, update_id=update_id,
+                                                  stale_before=_stale_before(self.update_retention)):
                     return self._unanswered(session, update_id, telegram_id) or PhotoOutcome(status="duplicate")
                 stored = repo.record_reading(session, telegram_id=telegram_id, chat_id=chat_id, file_id=file_id,
                                              file_unique_id=file_unique_id, digits=records)
@@ -288,7 +299,8 @@ class BotServices:
                        update_id: int | None) -> ReadingCard:
         try:
             with self.sessions.begin() as session:
-                fresh = update_id is None or repo.mark_update_processed(session, update_id=update_id)
+                fresh = update_id is None or repo.mark_update_processed(
+                    session, update_id=update_id, stale_before=_stale_before(self.update_retention))
                 if change is not None and fresh:
                     change(session)
                 owned_reading(session, telegram_id=telegram_id, reading_id=reading_id)  # raises if not ours
@@ -349,6 +361,12 @@ class BotServices:
             log.warning("promotion for user %s not announced: the bot is not running", telegram_id)
             return
         self._notify(telegram_id, summary)
+
+
+def _stale_before(retention: timedelta) -> datetime:
+    """Update-id records older than this belong to an earlier update with the same id: Telegram keeps
+    an update at most 24 hours (so never less than a day, whatever the retention)."""
+    return datetime.now(UTC) - max(retention, timedelta(days=1))
 
 
 def stats_card(stats: UserStats) -> StatsCard:

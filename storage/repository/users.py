@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from storage import weights
 from storage.models import (
+    INBOX_PENDING,
     FinetuneJob,
+    InboxUpdate,
     Label,
     ModelVersion,
     Prediction,
@@ -77,21 +79,51 @@ def started_private(session: Session, *, telegram_id: int) -> bool:
     return started is not None
 
 
-def mark_update_processed(session: Session, *, update_id: int) -> bool:
+def mark_update_processed(session: Session, *, update_id: int, stale_before: datetime | None = None) -> bool:
     """Remember a Telegram update id; False when it was already processed (a redelivery).
 
     Call it in the same transaction as the writes the update causes, so both happen or neither.
+
+    ``stale_before`` (now minus the inbox retention, at least a day): a marker written before it is
+    left by an earlier update that had the same id, and this update is processed (the marker taken
+    over). Telegram keeps an undelivered update for at most 24 hours, so nothing older can be
+    redelivered, and it picks update ids at random again after a week without updates, so an old id
+    can come back on a new update. A time window, rather than a fingerprint of the content, because
+    every caller knows the update id but not always what identifies its content, and it needs no
+    new column. The one marker that must outlive the window is that of an update still pending in
+    the inbox since before the marker (its process died after storing it; replayed after a long
+    stop): that stays a duplicate.
     """
-    return insert_ignore(
+    if insert_ignore(
         session,
         ProcessedUpdate.__table__,  # type: ignore[arg-type]
         {"update_id": update_id, "processed_at": utcnow()},
+    ):
+        return True
+    if stale_before is None:
+        return False
+    replay = exists().where(InboxUpdate.update_id == update_id, InboxUpdate.state == INBOX_PENDING,
+                            InboxUpdate.received_at <= ProcessedUpdate.processed_at)
+    # One statement: of two deliveries racing for a stale marker, the second sees it fresh (row lock).
+    result = session.execute(
+        update(ProcessedUpdate)
+        .where(ProcessedUpdate.update_id == update_id, ProcessedUpdate.processed_at < stale_before, ~replay)
+        .values(processed_at=utcnow())
+        .execution_options(synchronize_session=False)
     )
+    return int(getattr(result, "rowcount", 0)) == 1
 
 
 def prune_processed_updates(session: Session, *, older_than: datetime) -> int:
-    """Delete remembered update ids processed before ``older_than``; returns how many."""
-    result = session.execute(delete(ProcessedUpdate).where(ProcessedUpdate.processed_at < older_than))
+    """Delete remembered update ids processed before ``older_than`` (the inbox's retention: nothing
+    that old can be redelivered), except those of updates still pending in the inbox (a replay after
+    a long stop still needs them); returns how many."""
+    pending = exists().where(InboxUpdate.update_id == ProcessedUpdate.update_id,
+                             InboxUpdate.state == INBOX_PENDING)
+    result = session.execute(
+        delete(ProcessedUpdate).where(ProcessedUpdate.processed_at < older_than, ~pending)
+        .execution_options(synchronize_session=False)
+    )
     return int(getattr(result, "rowcount", 0))
 
 
