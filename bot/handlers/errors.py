@@ -1,10 +1,15 @@
-"""The one error handler, and a logging filter that keeps the bot token out of every log line."""
+"""The one error handler, and the redaction that keeps the bot token out of every log line.
+
+The token is taken out of each log record as it is created (a record factory), before any logger
+filter or handler sees it: a handler added after start-up (by a library, a debugger, a test) never
+gets the token either. The filter on the root handlers stays as a second line."""
 
 from __future__ import annotations
 
 import logging
 import re
 import traceback
+from typing import Any
 from urllib.parse import quote
 
 from telegram import Update
@@ -34,18 +39,51 @@ class RedactTokenFilter(logging.Filter):
         return _TOKEN_SHAPE.sub(REDACTED, text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # arguments that do not fit: a handler would print them raw with its error
+            message = f"{record.msg} (arguments: {record.args!r})"
         record.msg, record.args = self.redact(message), None
         if record.exc_info and not record.exc_text:
             record.exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip()
         if record.exc_text:
             record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
         return True
 
 
+class _RedactingRecordFactory:
+    """The log record factory: each record leaves it redacted by ``redactor`` (the latest installed),
+    its message formatted, and its traceback formatted into ``exc_text`` (which formatters print
+    instead of formatting ``exc_info`` again)."""
+
+    def __init__(self) -> None:
+        self.base: Any = logging.getLogRecordFactory()
+        self.redactor: RedactTokenFilter | None = None
+
+    def install(self, redactor: RedactTokenFilter) -> None:
+        self.redactor = redactor
+        current = logging.getLogRecordFactory()
+        if current is not self:  # first time, or replaced since: wrap whatever is there now
+            self.base = current
+            logging.setLogRecordFactory(self)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record: logging.LogRecord = self.base(*args, **kwargs)
+        if self.redactor is not None:
+            self.redactor.filter(record)
+        return record
+
+
+_RECORD_FACTORY = _RedactingRecordFactory()
+
+
 def install_redaction(token: str | None) -> RedactTokenFilter:
-    """Attach the filter to every root handler (filters on a logger miss records from its children)."""
+    """Redact every log record as it is created (any logger, any handler, added now or later), and
+    attach the filter to every root handler too."""
     redactor = RedactTokenFilter(token)
+    _RECORD_FACTORY.install(redactor)
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import threading
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from telegram import Update
 from telegram.ext import AIORateLimiter
 
 from bot.app import build_application, webhook_secret
-from bot.handlers.errors import REDACTED, RedactTokenFilter
+from bot.handlers.errors import REDACTED, RedactTokenFilter, install_redaction
 from bot.services import BotServices, NotOwner
 from core.model import FROZEN_PREFIXES, Checkpoint
 from core.recognize import Recognizer
@@ -154,6 +155,45 @@ def test_token_is_redacted_from_messages_and_tracebacks(caplog: pytest.LogCaptur
     text = caplog.text
     assert TOKEN not in text and "987654321:ZZZ" not in text and TOKEN.split(":")[1] not in text
     assert text.count(REDACTED) >= 4
+
+
+def test_token_is_redacted_for_handlers_added_after_start_up() -> None:
+    """Redaction happens as the record is created: a handler added later, on the root or on any other
+    logger (whose records never pass the root handlers' filters), never sees the token."""
+    factory, root = logging.getLogRecordFactory(), logging.getLogger()
+    before = list(root.handlers)
+    install_redaction(TOKEN)
+    stream = io.StringIO()
+    late = logging.StreamHandler(stream)
+    late.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("test.redaction.late")
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(late)
+    logger.propagate = False
+    root.addHandler(late)
+    try:
+        logger.info("token %s in the message", TOKEN)
+        logger.info(f"https://api.telegram.org/bot{TOKEN}/getMe in the format string")
+        logger.warning("GET /file/bot%s/photos/1.jpg", TOKEN.replace(":", "%3A"))
+        logger.info("not enough arguments for %s and %s", TOKEN)  # the handler reports it: no token
+        try:
+            raise RuntimeError(f"POST https://api.telegram.org/bot{TOKEN}/getUpdates failed")
+        except RuntimeError:
+            logger.exception("request failed")
+            logging.getLogger("telegram.ext").error("from a library", exc_info=True)
+        logger.info("where", stack_info=True)
+    finally:
+        logger.removeHandler(late)
+        root.removeHandler(late)
+        logger.propagate = True
+        logging.setLogRecordFactory(factory)
+        for handler in before:
+            for added in [f for f in handler.filters if isinstance(f, RedactTokenFilter)]:
+                handler.removeFilter(added)
+    text = stream.getvalue()
+    assert "getUpdates failed" in text and "from a library" in text and "RuntimeError" in text
+    assert TOKEN not in text and TOKEN.split(":")[1] not in text
+    assert text.count(REDACTED) >= 6
 
 
 def test_the_personal_model_answers_and_is_recorded(tmp_path: Path, recognizer: Recognizer) -> None:
