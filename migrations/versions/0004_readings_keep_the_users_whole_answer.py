@@ -28,5 +28,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("readings") as batch_op:
+    # Dropped in place: rebuilding the table (batch mode's default on SQLite) would cascade-delete
+    # the readings' samples and labels.
+    with op.batch_alter_table("readings", recreate="never") as batch_op:
         batch_op.drop_column("true_text")

@@ -132,6 +132,8 @@ def test_0004_adds_true_text_to_existing_readings(empty_url: str) -> None:
                               "VALUES (1, 5, '{}', :t, 0)"), {"t": now})
             conn.execute(text("INSERT INTO readings (id, user_id, chat_id, file_id, file_unique_id, status, "
                               "created_at) VALUES (1, 1, 5, 'F', 'U', 'ok', :t)"), {"t": now})
+            conn.execute(text("INSERT INTO samples (id, user_id, reading_id, position, image, created_at) "
+                              "VALUES (1, 1, 1, 0, :image, :t)"), {"image": b"\0" * 784, "t": now})
         upgrade_to_head(empty_url)
         with engine.begin() as conn:
             assert conn.execute(text("SELECT true_text FROM readings")).scalar_one() is None
@@ -140,6 +142,8 @@ def test_0004_adds_true_text_to_existing_readings(empty_url: str) -> None:
         with engine.connect() as conn:
             assert "true_text" not in {c["name"] for c in inspect(conn).get_columns("readings")}
             assert conn.execute(text("SELECT file_id FROM readings")).scalar_one() == "F"
+            # the readings' crops survive (rebuilding the table would cascade-delete them)
+            assert conn.execute(text("SELECT count(*) FROM samples")).scalar_one() == 1
     finally:
         engine.dispose()
 
