@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     celery_broker_url: str | None = None  # e.g. redis://127.0.0.1:6379/0 for scale-out workers
     finetune_lease_s: float = 120.0  # a running job whose heartbeat is older is re-queued
     finetune_max_attempts: int = 3  # then the job is marked failed with its last error
+    # A job (or batch) running longer is abandoned: failed, and retried while attempts remain
+    # (Celery: the soft time limit; the hard limit kills the worker process 60 s later). A CPU
+    # fine-tune takes seconds to a few minutes, so this only catches hangs.
+    finetune_time_limit_s: float = 1800.0
+    # No optimiser step for this long: the heartbeat stops renewing the lease (the sweep re-queues
+    # the job) and the embedded worker abandons it. Covers loading, evaluation and a first compile.
+    finetune_stall_s: float = 600.0
     finetune_batch_size: int = 1  # due users one worker fine-tunes together (GPU workers: e.g. 256)
     inference_threads: int = 2
 

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 TASK_NAME = "digitbot.finetune"
 BATCH_TASK_NAME = "digitbot.finetune_batch"
 QUEUE = "finetune"
+HARD_LIMIT_GRACE_S = 60.0  # after the soft time limit, before the pool process is killed
 # Errors meaning "the broker is unreachable": the job stays queued in the database.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuOperationalError, RedisError, ConnectionError, OSError)
 
@@ -35,13 +36,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     # The visibility timeout must exceed the longest fine-tune, or Redis hands the unacked
     # message to a second worker while the first is still training (the DB claim would then
     # make the second one skip, but it would waste a worker slot).
-    visibility_timeout = max(3600, int(settings.finetune_lease_s * 10))
+    visibility_timeout = max(3600, int(settings.finetune_lease_s * 10), int(settings.finetune_time_limit_s * 2))
     return {
         "broker_url": settings.celery_broker_url,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_retry_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # A hung fine-tune: the soft limit raises SoftTimeLimitExceeded in the task (the job is
+        # failed and retried while attempts remain); the hard limit then kills the pool process
+        # (its lease expires and the sweep re-queues the job). Prefork pool only.
+        **time_limits(settings),
         "task_ignore_result": True,
         "task_default_queue": QUEUE,
         "task_serializer": "json",
@@ -61,6 +66,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
     }
+
+
+def time_limits(settings: Settings) -> dict[str, float]:
+    soft = settings.finetune_time_limit_s
+    return {"task_soft_time_limit": soft, "task_time_limit": soft + HARD_LIMIT_GRACE_S}
 
 
 def make_celery(settings: Settings | None = None) -> Celery:

@@ -10,7 +10,13 @@ State machine of a job row (storage.models.FinetuneJob):
   given the same job (a duplicate Celery message, a re-delivery) never train it at once; the
   attempt number is the fencing token of every later write (worker/jobrows.py).
 * while training, a heartbeat thread renews the lease; a worker that dies stops renewing it, and
-  the sweep re-queues the job after `Settings.finetune_lease_s`.
+  the sweep re-queues the job after `Settings.finetune_lease_s`. The heartbeat renews only while
+  training progresses (`Progress`: every optimiser step ticks it); after `Settings.finetune_stall_s`
+  without a step it stops renewing and abandons the job (a hung worker is treated as a dead one).
+* time limits: Celery's soft/hard limits (worker/celery_app.py) and the embedded worker's
+  watchdog (worker/runner.py) abandon a job running past `Settings.finetune_time_limit_s`: it is
+  failed (retried while attempts remain) and the worker moves on; if the abandoned training ever
+  resumes, its next step raises `JobAbandoned`, and its fenced writes are refused anyway.
 * finish: storing the model version, promoting it (the previous active version is retired, kept
   for rollback) or recording it as rejected with the gate's reason, and closing the job happen in
   one transaction that first checks this worker still holds the job. A worker that lost its
@@ -22,8 +28,10 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -59,16 +67,92 @@ class JobOutcome:
         return asdict(self)
 
 
+class JobAbandoned(RuntimeError):
+    """Raised at the next training step of a job the watchdog or the heartbeat gave up on."""
+
+
+class Progress:
+    """A running fine-tune's step counter, shared by its training loop, its heartbeat and the
+    embedded worker's watchdog. Every optimiser step of the thread the job runs in ticks it (a
+    process-wide torch hook, see `bound`), so core/ needs no worker code; `run_jobs` also ticks it
+    between phases. Once abandoned, the next tick raises `JobAbandoned`."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.claims: list[jobrows.Claim] = []
+        self.reason = ""
+        self._last_tick = time.monotonic()
+        self._abandoned = threading.Event()
+
+    def tick(self) -> None:
+        if self._abandoned.is_set():
+            raise JobAbandoned(self.reason)
+        self.steps += 1
+        self._last_tick = time.monotonic()
+
+    def idle_s(self) -> float:
+        """Seconds since the last step."""
+        return time.monotonic() - self._last_tick
+
+    def abandon(self, reason: str) -> None:
+        if not self._abandoned.is_set():
+            self.reason = reason
+            self._abandoned.set()
+
+    @property
+    def abandoned(self) -> bool:
+        return self._abandoned.is_set()
+
+    @contextmanager
+    def bound(self) -> Iterator[Progress]:
+        """Optimiser steps taken by this thread meanwhile tick this progress."""
+        _install_step_hook()
+        previous = getattr(_bound, "progress", None)
+        _bound.progress = self
+        try:
+            yield self
+        finally:
+            _bound.progress = previous
+
+
+_bound = threading.local()
+_hook_lock = threading.Lock()
+_hook_installed = False
+
+
+def _install_step_hook() -> None:
+    global _hook_installed
+    with _hook_lock:
+        if _hook_installed:
+            return
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        register_optimizer_step_post_hook(_on_optimizer_step)
+        _hook_installed = True
+
+
+def _on_optimizer_step(*_: Any) -> None:
+    progress: Progress | None = getattr(_bound, "progress", None)
+    if progress is not None:
+        progress.tick()
+
+
 class Heartbeat:
     """Renews the leases of the claimed jobs every `interval_s` while they run; a job whose lease
-    was taken away (the sweep thought this worker dead and re-queued it) goes into `lost`."""
+    was taken away (the sweep thought this worker dead and re-queued it) goes into `lost`.
+    With `progress`, it renews only while training moves: after `stall_s` without a step it
+    stops renewing (the lease expires and the sweep re-queues the jobs) and abandons them."""
 
-    def __init__(self, session_factory: Any, claims: Sequence[jobrows.Claim], *, interval_s: float) -> None:
+    def __init__(self, session_factory: Any, claims: Sequence[jobrows.Claim], *, interval_s: float,
+                 progress: Progress | None = None, stall_s: float | None = None) -> None:
         self._factory = session_factory
         self._claims = list(claims)
         self._interval_s = interval_s
+        self._progress = progress
+        self._stall_s = stall_s
         self._stop = threading.Event()
         self.lost: set[int] = set()
+        self.stalled = False
         self._thread = threading.Thread(target=self._loop, name="finetune-heartbeat", daemon=True)
 
     def __enter__(self) -> Heartbeat:
@@ -81,6 +165,8 @@ class Heartbeat:
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval_s):
+            if self._stalled():
+                continue
             held = [c for c in self._claims if c.job_id not in self.lost]
             try:
                 with self._factory.begin() as session:
@@ -92,6 +178,17 @@ class Heartbeat:
             for job_id in gone:
                 log.warning("job %s: lease lost, this worker will not write its result", job_id)
             self.lost.update(gone)
+
+    def _stalled(self) -> bool:
+        if self.stalled or self._progress is None or self._stall_s is None:
+            return self.stalled
+        if self._progress.idle_s() <= self._stall_s:
+            return False
+        self.stalled = True
+        reason = f"no training progress for {self._stall_s:g} s"
+        log.error("jobs %s: %s; the lease is no longer renewed", [c.job_id for c in self._claims], reason)
+        self._progress.abandon(reason)
+        return True
 
 
 @functools.lru_cache(maxsize=2)
@@ -110,7 +207,8 @@ def pick_device(device: str | None = None) -> str:
 
 def run_job(job_id: int, *, settings: Settings, worker_id: str, session_factory: Any | None = None,
             device: str | None = None, base: Checkpoint | None = None,
-            config: FinetuneConfig | None = None, trainer: Trainer | None = None) -> JobOutcome:
+            config: FinetuneConfig | None = None, trainer: Trainer | None = None,
+            progress: Progress | None = None) -> JobOutcome:
     """Claim job `job_id`, fine-tune, gate, store and promote or reject; never raises for a bad job
     (errors are recorded on the job row, which is re-queued while attempts remain).
 
@@ -122,15 +220,16 @@ def run_job(job_id: int, *, settings: Settings, worker_id: str, session_factory:
         return [(trainer or finetune_user)(base, user.images, user.labels, current=user.current, **kwargs)]
 
     return run_jobs([job_id], settings=settings, worker_id=worker_id, session_factory=session_factory,
-                    device=device, base=base, config=config, batch_trainer=train_one)[0]
+                    device=device, base=base, config=config, batch_trainer=train_one, progress=progress)[0]
 
 
 def run_jobs(job_ids: Sequence[int], *, settings: Settings, worker_id: str, session_factory: Any | None = None,
              device: str | None = None, base: Checkpoint | None = None, config: FinetuneConfig | None = None,
-             batch_trainer: BatchTrainer | None = None) -> list[JobOutcome]:
+             batch_trainer: BatchTrainer | None = None, progress: Progress | None = None) -> list[JobOutcome]:
     """Several jobs trained together (core.batched_finetune: the trunk runs once, the users' heads
     train side by side); each job is still claimed, fenced, finished or failed on its own.
-    One outcome per job id, in order."""
+    One outcome per job id, in order. `progress`: the watchdog's handle on this run (its claims
+    are set once claimed; see `abandon`)."""
     if session_factory is None:
         from worker.scheduler import default_session_factory
 
@@ -145,14 +244,20 @@ def run_jobs(job_ids: Sequence[int], *, settings: Settings, worker_id: str, sess
             claims.append(claim)
             log.info("fine-tune job %s (user %s, attempt %s) claimed by %s", job_id, claim.user_id,
                      claim.attempt, worker_id)
+    progress = progress or Progress()
+    progress.claims = list(claims)
     if claims:
-        heartbeat = Heartbeat(session_factory, claims, interval_s=max(0.1, settings.finetune_lease_s / 4))
+        heartbeat = Heartbeat(session_factory, claims, interval_s=max(0.1, settings.finetune_lease_s / 4),
+                              progress=progress, stall_s=settings.finetune_stall_s)
         try:
-            with heartbeat:
+            with heartbeat, progress.bound():
+                progress.tick()
                 inputs = [_load(session_factory, claim) for claim in claims]
+                progress.tick()
                 results = _batch_trainer(batch_trainer)(
                     base or cached_base(str(settings.base_weights)), [user for user, _ in inputs],
                     config=config, device=pick_device(device))
+                progress.tick()
         except Exception as exc:
             log.exception("fine-tune jobs %s failed", [c.job_id for c in claims])
             for claim in claims:
@@ -164,6 +269,15 @@ def run_jobs(job_ids: Sequence[int], *, settings: Settings, worker_id: str, sess
                                                    lost=claim.job_id in heartbeat.lost,
                                                    max_attempts=settings.finetune_max_attempts)
     return [outcomes[job_id] for job_id in job_ids]
+
+
+def abandon(session_factory: Any, progress: Progress, reason: str, *, max_attempts: int) -> list[JobOutcome]:
+    """Give up on a run that exceeded its time limit or stalled (the embedded worker's watchdog):
+    its claimed jobs are failed with `reason` and re-queued while attempts remain, as for any
+    error. Fenced by the attempt, so a job the run already finished (or lost) is left alone."""
+    progress.abandon(reason)
+    return [_record_failure(session_factory, claim, f"{JobAbandoned.__name__}: {reason}", max_attempts)
+            for claim in progress.claims]
 
 
 def _batch_trainer(batch_trainer: BatchTrainer | None) -> BatchTrainer:

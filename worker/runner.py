@@ -7,13 +7,12 @@ process; with it they are published to Celery and `digitbot worker --celery` pro
 
 from __future__ import annotations
 
-import functools
 import logging
+import queue
 import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -32,12 +31,17 @@ from worker.scheduler import (
 
 if TYPE_CHECKING:
     from core.finetune import FinetuneConfig
+    from worker.jobs import Progress
 
 log = logging.getLogger(__name__)
 
 
 class LocalDispatcher:
-    """Runs jobs one at a time in a worker thread of this process (the embedded default)."""
+    """Runs jobs one at a time in a worker thread of this process (the embedded default), under a
+    watchdog: a run past `Settings.finetune_time_limit_s`, or without a training step for
+    `Settings.finetune_stall_s`, is abandoned (its jobs failed and retried while attempts remain,
+    worker.jobs.abandon) and the next job starts in a fresh thread. A thread cannot be killed: the
+    abandoned one is left behind (a daemon; its next training step raises, its writes are fenced)."""
 
     def __init__(self, settings: Settings, session_factory: SessionFactory, *,
                  on_done: Callable[[], None] | None = None, worker_id: str = "local",
@@ -47,9 +51,11 @@ class LocalDispatcher:
         self._session_factory = session_factory
         self._on_done = on_done
         self._worker_id = worker_id
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finetune")
+        self._queue: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
         self._in_flight: set[int] = set()
         self._lock = threading.Lock()
+        self._supervisor = threading.Thread(target=self._supervise, name="finetune-watchdog", daemon=True)
+        self._supervisor.start()
 
     def __call__(self, job_ids: Sequence[int]) -> list[int]:
         with self._lock:
@@ -57,38 +63,87 @@ class LocalDispatcher:
             self._in_flight.update(fresh)
         size = max(1, self._settings.finetune_batch_size)
         for start in range(0, len(fresh), size):
-            batch = fresh[start:start + size]
-            future = self._executor.submit(self._run, batch)
-            # Outside the lock: a future that is already done runs its callback right here.
-            future.add_done_callback(functools.partial(self._finished, batch))
+            self._queue.put(fresh[start:start + size])
         return fresh
 
-    def _run(self, job_ids: list[int]) -> None:
+    def _supervise(self) -> None:
+        while (batch := self._queue.get()) is not None:
+            try:
+                self._watch(batch)
+            except Exception:
+                log.exception("the fine-tune watchdog failed on jobs %s", batch)
+            self._finished(batch)
+
+    def _watch(self, job_ids: list[int]) -> None:
+        from worker.jobs import Progress, abandon
+
+        progress = Progress()
+        thread = threading.Thread(target=self._run, args=(job_ids, progress), name="finetune", daemon=True)
+        started = time.monotonic()
+        thread.start()
+        limit_s, stall_s = self._settings.finetune_time_limit_s, self._settings.finetune_stall_s
+        poll_s = max(0.01, min(1.0, limit_s / 20, stall_s / 20))
+        while True:
+            thread.join(timeout=poll_s)
+            if not thread.is_alive():
+                return
+            if time.monotonic() - started > limit_s:
+                reason = f"timed out after {limit_s:g} s"
+            elif progress.idle_s() > stall_s:
+                reason = f"no training progress for {stall_s:g} s"
+            else:
+                continue
+            log.error("fine-tune jobs %s %s: abandoned, the worker moves on", job_ids, reason)
+            for outcome in abandon(self._session_factory, progress, reason,
+                                   max_attempts=self._settings.finetune_max_attempts):
+                log.info("fine-tune job %s: %s %s", outcome.job_id, outcome.state, outcome.reason)
+            return
+
+    def _run(self, job_ids: list[int], progress: Progress) -> None:
         from worker.jobs import run_job, run_jobs
 
-        if len(job_ids) == 1:
-            outcomes = [run_job(job_ids[0], settings=self._settings, worker_id=self._worker_id,
-                                session_factory=self._session_factory, config=self._config)]
-        else:
-            outcomes = run_jobs(job_ids, settings=self._settings, worker_id=self._worker_id,
-                                session_factory=self._session_factory, config=self._config)
+        try:
+            if len(job_ids) == 1:
+                outcomes = [run_job(job_ids[0], settings=self._settings, worker_id=self._worker_id,
+                                    session_factory=self._session_factory, config=self._config,
+                                    progress=progress)]
+            else:
+                outcomes = run_jobs(job_ids, settings=self._settings, worker_id=self._worker_id,
+                                    session_factory=self._session_factory, config=self._config,
+                                    progress=progress)
+        except Exception:
+            log.exception("fine-tune jobs %s crashed the local worker thread", job_ids)
+            return
         for outcome in outcomes:
             log.info("fine-tune job %s: %s %s", outcome.job_id, outcome.state, outcome.reason or "")
 
-    def _finished(self, job_ids: list[int], future: Future[None]) -> None:
+    def _finished(self, job_ids: list[int]) -> None:
         with self._lock:
             self._in_flight.difference_update(job_ids)
-        if not future.cancelled() and future.exception() is not None:
-            log.error("fine-tune jobs %s crashed the local worker thread", job_ids, exc_info=future.exception())
         if self._on_done is not None:
-            self._on_done()
+            try:
+                self._on_done()
+            except Exception:
+                log.exception("the fine-tune on_done callback failed")
 
     def idle(self) -> bool:
         with self._lock:
             return not self._in_flight
 
     def shutdown(self, wait: bool = True) -> None:
-        self._executor.shutdown(wait=wait, cancel_futures=True)
+        """Drop the batches not started yet (they stay queued in the database) and stop; with
+        `wait`, the job in progress is finished (or abandoned by the watchdog) first."""
+        while True:
+            try:
+                batch = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if batch is not None:
+                with self._lock:
+                    self._in_flight.difference_update(batch)
+        self._queue.put(None)
+        if wait:
+            self._supervisor.join()
 
 
 class CeleryDispatcher:

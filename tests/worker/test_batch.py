@@ -80,7 +80,7 @@ def test_dispatchers_group_jobs_by_batch_size(settings: Settings, factory: sessi
 
     local = LocalDispatcher(batched, factory)
     ran: list[list[int]] = []
-    monkeypatch.setattr(local, "_run", lambda ids: ran.append(ids))
+    monkeypatch.setattr(local, "_run", lambda ids, _progress: ran.append(ids))
     assert local([7, 8, 9]) == [7, 8, 9]
     deadline = time.monotonic() + 10
     while not local.idle() and time.monotonic() < deadline:
