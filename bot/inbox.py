@@ -12,6 +12,12 @@ Telegram delivering it again has it handled again, up to ``max_attempts`` times)
 after ``max_attempts`` handlings that did not finish (a poison update) it is given up on with an
 error in the log.
 
+In webhook mode several replicas share the inbox, and each pending update is leased to the replica
+that took it (``owner``, its host name): every ``lease / 3`` the replica renews the lease of the
+updates in its hands (a heartbeat) and takes over, with :func:`inbox_take_over`, the pending updates
+whose lease expired, those of a replica that was killed or replaced under another name, so that
+they are handled by one survivor instead of waiting forever for that name to come back.
+
 Replays are safe because the handlers are idempotent by update id (``mark_update_processed`` in the
 same transaction as a reading or a label), and a photo whose reading was stored before the crash but
 never answered is answered from the stored reading (``BotServices`` notes which updates are replays).
@@ -25,15 +31,18 @@ timeout) does not hold every update back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
-from collections.abc import Awaitable
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from telegram import Update
 from telegram.ext import Application, SimpleUpdateProcessor
+
+from storage.repository.inbox import Replay, inbox_heartbeat, inbox_take_over
 
 if TYPE_CHECKING:
     from bot.services import BotServices
@@ -41,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 RETENTION = timedelta(days=1)
+LEASE = timedelta(seconds=60)  # webhook mode: a pending update not renewed for this long is taken over
 _PURGE_EVERY_S = 3600.0
 _DATABASE_DOWN_S = 10.0  # after a failed write, updates are handled unrecorded for this long
 _HANDLE = frozenset({"new", "retry", "pending"})
@@ -79,6 +89,10 @@ class InboxProcessor(SimpleUpdateProcessor):
         if isinstance(update, Update):
             await self._inbox.finished(update.update_id)
 
+    async def shutdown(self) -> None:
+        await self._inbox.stop()
+        await super().shutdown()
+
 
 class InboxApplication(Application[Any, Any, Any, Any, Any, Any]):
     """The Application, telling the inbox (``inbox`` attribute, set by bot/app.py) which updates'
@@ -97,16 +111,20 @@ class UpdateInbox:
     """Glue between the Application and the inbox functions of :class:`BotServices`.
 
     ``owner`` names this process's host; ``replay_owner`` is whose pending updates a start-up
-    replays: everyone's with long polling (one bot process at a time), only this host's in webhook
-    mode (other replicas may still be handling theirs)."""
+    replays: everyone's with long polling (one bot process at a time); in webhook mode this host's
+    and those whose lease expired (other replicas may still be handling theirs). ``lease``: how long
+    a replica's pending update is its own without a heartbeat (webhook mode)."""
 
     def __init__(self, services: BotServices, *, webhook: bool = False, max_attempts: int = MAX_ATTEMPTS,
-                 retention: timedelta = RETENTION, owner: str | None = None) -> None:
+                 retention: timedelta = RETENTION, owner: str | None = None, lease: timedelta = LEASE) -> None:
         self.services = services
         self.max_attempts = max_attempts
         self.retention = retention
+        self.lease = lease
         self.owner = owner or socket.gethostname()[:255]
+        self.webhook = webhook
         self.replay_owner = self.owner if webhook else None
+        self._lease_task: asyncio.Task[None] | None = None
         self.queue = InboxQueue(self)
         self.processor = InboxProcessor(self)
         self._claimed: set[int] = set()  # in this process's hands: queued or being handled
@@ -143,6 +161,17 @@ class UpdateInbox:
             self._unrecorded.add(update_id)
             return True
         # "pending" here: taken by a process that died, or by another replica (a webhook retry)
+        if state == "pending" and self.webhook:
+            try:  # its replica died: this one takes its lease (counted as an attempt)
+                taken = await self._db(inbox_take_over, owner=self.owner, lease_before=self._lease_before(),
+                                       max_attempts=self.max_attempts, update_ids=[update_id])
+            except Exception as error:
+                log.warning("update %s: its lease not taken over (%s)", update_id, error.__class__.__name__)
+            else:
+                if taken.given_up:
+                    self._claimed.discard(update_id)
+                    self._log_given_up(taken)
+                    return False
         if state in _HANDLE:
             return True
         self._claimed.discard(update_id)
@@ -159,14 +188,71 @@ class UpdateInbox:
         try:
             replay = await asyncio.to_thread(self.services.inbox_take_pending, self.replay_owner,
                                              self.max_attempts)
+            if self.webhook:  # and what replicas that are gone left behind
+                taken = await self._db(inbox_take_over, owner=self.owner, lease_before=self._lease_before(),
+                                       max_attempts=self.max_attempts)
+                replay = Replay(replay.pending + taken.pending, replay.given_up + taken.given_up)
         except Exception as error:
             log.error("could not read the update inbox (%s); nothing replayed", error.__class__.__name__)
             return 0
+        queued = await self._queue_replay(replay, bot)
+        if queued:
+            log.warning("replaying %d update(s) whose handling did not finish before the last stop", queued)
+        await self._purge()
+        if self.webhook and self._lease_task is None:
+            self._lease_task = asyncio.create_task(self._keep_leases(bot), name="inbox-leases")
+        return queued
+
+    async def stop(self) -> None:
+        """Stop renewing leases (shutdown); what is still pending is taken over once they expire."""
+        task, self._lease_task = self._lease_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _keep_leases(self, bot: Any) -> None:
+        """Webhook mode: renew the lease of the updates in this process's hands, and take over those
+        whose lease expired, every ``lease / 3``."""
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+            try:
+                await self.keep_leases(bot)
+            except Exception as error:  # the database is down: try again next time
+                log.warning("update inbox leases not renewed (%s)", error.__class__.__name__)
+
+    async def keep_leases(self, bot: Any) -> int:
+        """One heartbeat; returns how many updates were taken over from replicas that are gone."""
+        held = sorted(self._claimed - self._unrecorded)
+        if held:
+            await self._db(inbox_heartbeat, owner=self.owner, update_ids=held)
+        taken = await self._db(inbox_take_over, owner=self.owner, lease_before=self._lease_before(),
+                               max_attempts=self.max_attempts)
+        queued = await self._queue_replay(taken, bot)
+        if queued:
+            log.warning("took over %d update(s) whose replica stopped renewing their lease", queued)
+        return queued
+
+    def _lease_before(self) -> datetime:
+        return datetime.now(UTC) - self.lease
+
+    async def _db(self, work: Callable[..., Any], **kwargs: Any) -> Any:
+        def run() -> Any:
+            with self.services.sessions.begin() as session:
+                return work(session, **kwargs)
+        return await asyncio.to_thread(run)
+
+    def _log_given_up(self, replay: Replay) -> None:
         for update_id in replay.given_up:
             log.error("giving up on update %s: its handling did not finish in %d attempts (kept in the "
                       "inbox as failed until it is purged)", update_id, self.max_attempts)
+
+    async def _queue_replay(self, replay: Replay, bot: Any) -> int:
+        self._log_given_up(replay)
         queued = 0
         for pending in replay.pending:
+            if pending.update_id in self._claimed:  # in hand already (its lease lapsed meanwhile)
+                continue
             try:
                 update = Update.de_json(pending.payload, bot)
             except Exception:
@@ -177,9 +263,6 @@ class UpdateInbox:
             self.services.note_replayed(pending.update_id)
             await self.queue.put_taken(update)
             queued += 1
-        if queued:
-            log.warning("replaying %d update(s) whose handling did not finish before the last stop", queued)
-        await self._purge()
         return queued
 
     # -- out --------------------------------------------------------------------------------------

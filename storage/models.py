@@ -114,7 +114,9 @@ class InboxUpdate(Base):
     ``payload`` is the update as Telegram sent it (a JSON object); it is kept only while the update
     is pending (and, for an operator to look at, when it was given up), and cleared once handled.
     ``attempts`` counts the starts that found the update still pending and handled it again.
-    ``owner`` names the process host that took it (each replica replays only its own).
+    ``owner`` names the process host that took it, ``claimed_at`` when it took it or last renewed its
+    lease (its heartbeat): a pending update whose lease expired (its replica died) is taken over by
+    any other replica.
     ``reading_id`` is the reading the update stored, so a replay can answer a stored photo."""
 
     __tablename__ = "update_inbox"
@@ -127,11 +129,13 @@ class InboxUpdate(Base):
     reading_id: Mapped[int | None] = mapped_column(BigInteger)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         CheckConstraint("state IN ('pending', 'done', 'failed')", name="state_known"),
         Index(None, "state", "owner", "update_id"),
         Index(None, "finished_at"),
+        Index(None, "state", "claimed_at"),
     )
 
 

@@ -2,7 +2,10 @@
 handled, replayed when a process died while handling them, and purged after a while.
 
 An update is a plain JSON object here (no Telegram types). The caller decides who it is
-(``owner``: one name per bot host, so a replica replays only what it took itself)."""
+(``owner``: one name per bot host). A pending update is leased, as fine-tune jobs are
+(worker/jobrows.py): ``claimed_at`` is set when it is taken and renewed by its owner's heartbeat
+(:func:`inbox_heartbeat`); one whose lease expired (its replica was killed, or replaced under another
+host name) is taken over by any replica (:func:`inbox_take_over`)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, null, select, update
+from sqlalchemy import delete, null, or_, select, update
 from sqlalchemy.orm import Session
 
 from storage.models import INBOX_DONE, INBOX_FAILED, INBOX_PENDING, InboxUpdate, utcnow
@@ -52,7 +55,7 @@ def inbox_receive(session: Session, *, update_id: int, payload: dict[str, Any], 
     """
     if insert_ignore(session, InboxUpdate.__table__, {  # type: ignore[arg-type]
             "update_id": update_id, "state": INBOX_PENDING, "payload": payload, "owner": owner,
-            "attempts": 0, "received_at": utcnow()}):
+            "attempts": 0, "received_at": utcnow(), "claimed_at": utcnow()}):
         return NEW
     row = session.scalars(
         select(InboxUpdate).where(InboxUpdate.update_id == update_id).with_for_update()
@@ -63,13 +66,14 @@ def inbox_receive(session: Session, *, update_id: int, payload: dict[str, Any], 
     if (row.state != INBOX_PENDING and stale_before is not None and row.finished_at is not None
             and row.finished_at < stale_before):
         row.state, row.owner, row.payload, row.attempts = INBOX_PENDING, owner, payload, 0
-        row.reading_id, row.received_at, row.finished_at = None, utcnow(), None
+        row.reading_id, row.received_at, row.finished_at, row.claimed_at = None, utcnow(), None, utcnow()
         session.flush()
         return NEW
     if row.state == INBOX_FAILED:
         if row.attempts >= max_attempts:
             return GIVEN_UP
         row.state, row.owner, row.payload, row.finished_at = INBOX_PENDING, owner, payload, None
+        row.claimed_at = utcnow()
         session.flush()
         return RETRY
     return str(row.state)
@@ -117,6 +121,32 @@ def inbox_take_pending(session: Session, *, owner: str | None, max_attempts: int
         .limit(limit)
         .with_for_update()
     ).all()
+    return _take(session, rows, owner=None, max_attempts=max_attempts)
+
+
+def inbox_take_over(session: Session, *, owner: str, lease_before: datetime, max_attempts: int,
+                    limit: int = 1000, update_ids: Sequence[int] | None = None) -> Replay:
+    """Take the pending updates whose lease expired (not renewed since ``lease_before``: the replica
+    that took them died, or was replaced under another name) into ``owner``'s hands, oldest first,
+    each with ``attempts`` counted up (given up on after ``max_attempts``, as at a start-up). Rows
+    another replica is taking over at the same moment are skipped (``SKIP LOCKED``); once taken,
+    their lease is fresh, so each is taken by one replica only. ``update_ids``: only these (one
+    Telegram delivered again)."""
+    query = select(InboxUpdate).where(
+        InboxUpdate.state == INBOX_PENDING,
+        or_(InboxUpdate.claimed_at.is_(None), InboxUpdate.claimed_at < lease_before))
+    if update_ids is not None:
+        query = query.where(InboxUpdate.update_id.in_(list(update_ids)))
+    rows = session.scalars(
+        query
+        .order_by(InboxUpdate.update_id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    return _take(session, rows, owner=owner, max_attempts=max_attempts)
+
+
+def _take(session: Session, rows: Sequence[InboxUpdate], *, owner: str | None, max_attempts: int) -> Replay:
     now = utcnow()
     pending: list[PendingUpdate] = []
     given_up: list[int] = []
@@ -126,9 +156,27 @@ def inbox_take_pending(session: Session, *, owner: str | None, max_attempts: int
             row.state, row.finished_at = INBOX_FAILED, now
             given_up.append(row.update_id)
             continue
+        row.claimed_at = now
+        if owner is not None:
+            row.owner = owner
         pending.append(PendingUpdate(row.update_id, dict(row.payload), row.attempts))
     session.flush()
     return Replay(pending, given_up)
+
+
+def inbox_heartbeat(session: Session, *, owner: str, update_ids: Iterable[int]) -> int:
+    """Renew the lease of the pending updates ``owner`` holds among these; returns how many it still
+    holds (one taken over meanwhile by another replica is not renewed)."""
+    ids = list(update_ids)
+    if not ids:
+        return 0
+    result = session.execute(
+        update(InboxUpdate)
+        .where(InboxUpdate.update_id.in_(ids), InboxUpdate.state == INBOX_PENDING, InboxUpdate.owner == owner)
+        .values(claimed_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0))
 
 
 def inbox_link_reading(session: Session, *, update_id: int, reading_id: int) -> None:

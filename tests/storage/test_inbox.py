@@ -18,11 +18,13 @@ from storage.repository.inbox import (
     inbox_done,
     inbox_failed,
     inbox_forget_sender,
+    inbox_heartbeat,
     inbox_link_reading,
     inbox_purge,
     inbox_reading,
     inbox_receive,
     inbox_states,
+    inbox_take_over,
     inbox_take_pending,
 )
 
@@ -237,3 +239,90 @@ def test_a_replay_after_a_long_stop_is_still_a_duplicate(factory: sessionmaker[S
         stale = datetime.now(UTC) - timedelta(days=1)
         assert not repo.mark_update_processed(s, update_id=9, stale_before=stale)
         assert repo.prune_processed_updates(s, older_than=stale) == 0
+
+
+def _lease_lapses(s: Session, update_id: int, seconds: float) -> None:
+    row = s.get(InboxUpdate, update_id)
+    assert row is not None and row.claimed_at is not None
+    row.claimed_at -= timedelta(seconds=seconds)
+
+
+def test_a_pending_update_whose_lease_expired_is_taken_over_once(factory: sessionmaker[Session]) -> None:
+    """Webhook replicas lease what they take: host-a is gone (killed, or replaced under another name),
+    its pending update is taken over by host-b once its lease is not renewed, never while it is."""
+    lease = timedelta(seconds=60)
+
+    def take_over(owner: str) -> Replay:
+        with factory.begin() as s:
+            return inbox_take_over(s, owner=owner, lease_before=datetime.now(UTC) - lease, max_attempts=3)
+
+    with factory.begin() as s:
+        receive(s, 1, owner="host-a")
+        receive(s, 2, owner="host-a")
+        inbox_done(s, update_ids=[2])
+    assert take_over("host-b") == Replay([], [])  # host-a's lease is fresh
+    with factory.begin() as s:
+        _lease_lapses(s, 1, 50)
+        assert inbox_heartbeat(s, owner="host-a", update_ids=[1, 2]) == 1  # host-a still beats: renewed
+        _lease_lapses(s, 1, 50)
+    assert take_over("host-b") == Replay([], [])
+    with factory.begin() as s:
+        _lease_lapses(s, 1, 61)  # host-a stopped beating
+    replay = take_over("host-b")
+    assert [(p.update_id, p.attempts, p.payload) for p in replay.pending] == [(1, 1, payload(1))]
+    assert take_over("host-c") == Replay([], [])  # host-b holds it now, with a fresh lease
+    with factory.begin() as s:
+        row = s.get(InboxUpdate, 1)
+        assert row is not None and (row.owner, row.state) == ("host-b", "pending")
+        assert inbox_heartbeat(s, owner="host-a", update_ids=[1]) == 0  # no longer host-a's
+        assert inbox_heartbeat(s, owner="host-b", update_ids=[1]) == 1
+        assert receive(s, 1, owner="host-a") == "pending"
+    for owner, attempts in (("host-c", 2), ("host-d", 3)):  # a poison update kills every replica
+        with factory.begin() as s:
+            _lease_lapses(s, 1, 61)
+        replay = take_over(owner)
+        if attempts < 3:
+            assert [(p.update_id, p.attempts) for p in replay.pending] == [(1, attempts)]
+        else:
+            assert replay == Replay([], [1])
+    with factory.begin() as s:
+        assert inbox_states(s, update_ids=[1]) == {1: "failed"}
+        receive(s, 3, owner="host-a")
+        _lease_lapses(s, 3, 61)
+        receive(s, 4, owner="host-a")
+        _lease_lapses(s, 4, 61)
+        replay = inbox_take_over(s, owner="host-b", lease_before=datetime.now(UTC) - lease, max_attempts=3,
+                                 update_ids=[4])  # Telegram delivered 4 again to host-b
+    assert [p.update_id for p in replay.pending] == [4] and take_over("host-c").pending[0].update_id == 3
+
+
+def test_a_start_up_takes_its_own_pending_updates_with_a_fresh_lease(factory: sessionmaker[Session]) -> None:
+    with factory.begin() as s:
+        receive(s, 1, owner="host-a")
+        _lease_lapses(s, 1, 3600)
+    with factory.begin() as s:
+        assert [p.update_id for p in inbox_take_pending(s, owner="host-a", max_attempts=3).pending] == [1]
+        assert inbox_take_over(s, owner="host-b", lease_before=datetime.now(UTC) - timedelta(seconds=60),
+                               max_attempts=3) == Replay([], [])
+
+
+def test_migration_0006_backfills_the_lease_of_pending_updates(db_url: str) -> None:
+    from sqlalchemy import create_engine, inspect
+
+    from storage.db import downgrade, upgrade_to_head
+
+    factory = sessionmaker(create_engine(db_url))
+    try:
+        with factory.begin() as s:
+            receive(s, 1)
+            receive(s, 2)
+            inbox_done(s, update_ids=[2])
+        downgrade(db_url, "0005")
+        with factory() as s:
+            assert "claimed_at" not in {c["name"] for c in inspect(s.connection()).get_columns("update_inbox")}
+        upgrade_to_head(db_url)
+        with factory() as s:
+            rows = {row.update_id: row for row in s.scalars(select(InboxUpdate))}
+            assert rows[1].claimed_at == rows[1].received_at and rows[2].claimed_at is None
+    finally:
+        factory.kw["bind"].dispose()

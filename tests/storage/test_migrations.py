@@ -14,7 +14,7 @@ from storage.db import downgrade, init_db, upgrade_to_head
 from storage.models import Base
 from tests.storage.conftest import BACKENDS, new_postgres_schema_url
 
-HEAD = "0005"
+HEAD = "0006"
 
 
 @pytest.fixture(params=BACKENDS)
