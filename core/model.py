@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -180,9 +181,10 @@ def merge_state(base: Checkpoint, personal: Checkpoint | None) -> dict[str, torc
     return state
 
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "base.pt"
+# Package data (core/weights/base.pt): found the same way in a checkout and in an installed wheel.
+DEFAULT_WEIGHTS = Path(str(resources.files("core") / "weights" / "base.pt"))
 
 
 def load_base(path: str | Path | None = None) -> Checkpoint:
-    """The base model: ``path``, else $DIGITBOT_BASE_WEIGHTS, else the shipped weights/base.pt."""
+    """The base model: ``path``, else $DIGITBOT_BASE_WEIGHTS, else the shipped core/weights/base.pt."""
     return Checkpoint.load(path or os.environ.get("DIGITBOT_BASE_WEIGHTS") or DEFAULT_WEIGHTS)

@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train-base", help="train the base model on MNIST")
     train.add_argument("--data", default=None, help="MNIST folder (IDX files, gz or not)")
-    train.add_argument("--out", default="weights/base.pt")
+    train.add_argument("--out", default="core/weights/base.pt")
     train.add_argument("--epochs", type=int, default=15)
     train.add_argument("--seed", type=int, default=1)
     train.add_argument("--threads", type=int, default=0)
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune = sub.add_parser("finetune", help="fine-tune a personal model on a folder of labelled images")
     tune.add_argument("--data", required=True, metavar="DIR", help="DIR/0 .. DIR/9 hold images of each digit")
     tune.add_argument("--out", required=True, metavar="PATH", help="where to write the personal checkpoint")
-    tune.add_argument("--base", default=None, help="base checkpoint (default weights/base.pt)")
+    tune.add_argument("--base", default=None, help="base checkpoint (default: the shipped core/weights/base.pt)")
     tune.add_argument("--seed", type=int, default=0)
     tune.set_defaults(func=_cmd_finetune)
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import re
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the checkout (tests, recipes); not used at run time
+# The shipped base model, package data of `core` (importing `core` itself is cheap: no torch).
+SHIPPED_BASE_WEIGHTS = Path(str(resources.files("core") / "weights" / "base.pt"))
 
 
 class Settings(BaseSettings):
@@ -29,14 +32,15 @@ class Settings(BaseSettings):
     emulator_allow_remote: bool = False  # let emulator_host be beyond loopback (0.0.0.0, a LAN address)
     admin_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)  # "123,456" or "[123, 456]"
 
-    # Storage. Default: an SQLite file under data_dir, migrated at start-up.
-    data_dir: Path = PROJECT_ROOT / "var"
+    # Storage. Default: an SQLite file under data_dir, migrated at start-up. data_dir is relative to the
+    # working directory (DIGITBOT_DATA_DIR to move it), never next to the code: installed, that is site-packages.
+    data_dir: Path = Path("var")
     database_url: str | None = None
     weights_dir: Path | None = None  # personal weights as files here instead of DB blobs
     max_samples_per_user: int = 20_000
 
     # Models and continual learning.
-    base_weights: Path = PROJECT_ROOT / "weights" / "base.pt"
+    base_weights: Path = SHIPPED_BASE_WEIGHTS
     finetune_interval_s: float = 60.0
     finetune_min_labels: int = 10
     celery_broker_url: str | None = None  # e.g. redis://127.0.0.1:6379/0 for scale-out workers

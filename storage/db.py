@@ -13,6 +13,7 @@ The factory's ``info`` carries the storage options the repository needs (``weigh
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,11 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from digitbot.settings import PROJECT_ROOT, Settings
+from digitbot.settings import Settings
 
-MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+# Shipped inside the package (package data), so an installed wheel migrates as the checkout does.
+# Wheels install unzipped: the resource is a real directory, which Alembic needs.
+MIGRATIONS_DIR = Path(str(resources.files("storage") / "migrations"))
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # PostgreSQL over a network that can fail (libpq parameters; the URL's query wins): a new connection
 # gives up after 5 s, and a peer that went silent is noticed by TCP keepalives / tcp_user_timeout,
@@ -128,7 +131,7 @@ def ensure_at_head(engine: Engine) -> None:
 
 
 def alembic_config(url: str | URL | None = None) -> Config:
-    """Alembic configuration for ``migrations/``; without a URL env.py uses the settings' URL."""
+    """Alembic configuration for ``storage/migrations/``; without a URL env.py uses the settings' URL."""
     config = Config(str(MIGRATIONS_DIR / "alembic.ini"))
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["configure_logger"] = False  # leave the application's logging alone
