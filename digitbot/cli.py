@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from core.recognize import PhotoReading
 
 
 def _cmd_train_base(args: argparse.Namespace) -> int:
@@ -68,14 +73,33 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             print(f"{name}: {record['digits']}   [{shown}]")
         else:
             print(f"{name}: no digits read ({reading_status})")
-        if args.explain and reading is not None and reading.preprocessed is not None:
-            from core.explain import explain_figure
-
-            out = Path(args.explain)
-            if len(args.images) > 1:
-                out = out.with_name(f"{out.stem}-{index}{out.suffix}")
-            explain_figure(reading.preprocessed, [p.probabilities for p in reading.predictions], out)
+        if args.explain:
+            _explain(args, index, name, reading)
     return 1 if failures == len(args.images) else 0
+
+
+def explain_path(explain: str, index: int, count: int) -> Path:
+    """Where `predict --explain OUT.png` writes the figure of image `index` (0-based) of `count`:
+    OUT.png for one image, OUT-1.png, OUT-2.png, ... (in argument order) for several."""
+    out = Path(explain)
+    return out if count == 1 else out.with_name(f"{out.stem}-{index + 1}{out.suffix or '.png'}")
+
+
+def _explain(args: argparse.Namespace, index: int, name: str, reading: PhotoReading | None) -> None:
+    """Write the --explain figure of one image and say where; no figure when nothing was decoded.
+
+    With --json the notes go to stderr, so stdout stays one JSON object per line."""
+    stream = sys.stderr if args.json else sys.stdout
+    pre = reading.preprocessed if reading is not None else None
+    if reading is None or pre is None or pre.gray is None:
+        why = "the file could not be read" if reading is None else f"not an image we can decode: {reading.status}"
+        print(f"{name}: no explanation figure ({why})", file=stream, flush=True)
+        return
+    from core.explain import explain_figure
+
+    out = explain_figure(pre, [p.probabilities for p in reading.predictions],
+                         explain_path(args.explain, index, len(args.images)))
+    print(f"{name}: explanation figure written to {out}", file=stream, flush=True)
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
@@ -182,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--user-model", default=None, help="a personal checkpoint (digitbot finetune)")
     predict.add_argument("--base", default=None, help="base checkpoint (default weights/base.pt)")
     predict.add_argument("--json", action="store_true", help="one JSON object per image per line")
-    predict.add_argument("--explain", default=None, metavar="OUT.png", help="write an explanation figure")
+    predict.add_argument("--explain", default=None, metavar="OUT.png",
+                         help="write an explanation figure (several images: OUT-1.png, OUT-2.png, ...)")
     predict.set_defaults(func=_cmd_predict)
 
     tune = sub.add_parser("finetune", help="fine-tune a personal model on a folder of labelled images")

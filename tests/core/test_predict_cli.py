@@ -72,3 +72,33 @@ def test_explain_figure_written(photos, tmp_path) -> None:
     out = tmp_path / "explain.png"
     _run(str(photos["row"]), "--explain", str(out))
     assert cv2.imread(str(out)) is not None
+
+
+def _run_text(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "digitbot.cli", "predict", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_explain_says_where_each_figure_went(photos, tmp_path) -> None:
+    out = tmp_path / "one.png"
+    done = _run_text(str(photos["row"]), "--explain", str(out))
+    assert f"{photos['row']}: explanation figure written to {out}" in done.stdout
+    out = tmp_path / "many.png"
+    done = _run_text(str(photos["row"]), str(photos["blank"]), "--explain", str(out))
+    first, second = tmp_path / "many-1.png", tmp_path / "many-2.png"
+    assert f"{photos['row']}: explanation figure written to {first}" in done.stdout
+    assert f"{photos['blank']}: explanation figure written to {second}" in done.stdout
+    assert cv2.imread(str(first)) is not None and cv2.imread(str(second)) is not None
+    assert not out.exists()
+
+
+def test_explain_skips_a_non_image_and_says_so(photos, tmp_path) -> None:
+    out = tmp_path / "explain.png"
+    done = _run_text(str(photos["corrupt"]), str(photos["row"]), str(tmp_path / "nope.png"), "--json",
+                     "--explain", str(out))
+    assert [json.loads(line)["path"] for line in done.stdout.splitlines()] == [
+        str(photos["corrupt"]), str(photos["row"]), str(tmp_path / "nope.png")]  # stdout stays JSON lines
+    assert f"{photos['corrupt']}: no explanation figure (not an image we can decode: not_an_image)" in done.stderr
+    assert f"{tmp_path / 'nope.png'}: no explanation figure (the file could not be read)" in done.stderr
+    assert f"{photos['row']}: explanation figure written to {tmp_path / 'explain-2.png'}" in done.stderr
+    assert sorted(p.name for p in tmp_path.glob("explain*.png")) == ["explain-2.png"]
