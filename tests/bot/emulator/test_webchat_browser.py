@@ -2,7 +2,8 @@
 draw a digit, see the answer with its buttons, press a correction, see the message edited, reply
 to the bot's message with the digit, ask /stats and see the chart.
 
-Runs when DIGITBOT_TEST_CHROMIUM names a Chromium binary (e.g. /usr/bin/chromium). With
+Runs whenever Chromium is installed (`chromium` on PATH, or /usr/bin/chromium); DIGITBOT_TEST_CHROMIUM
+names another binary. Skipped, saying why, when there is none or Playwright is missing. With
 DIGITBOT_SCREENSHOT=path it also saves a screenshot of the chat there (docs/screenshots/webchat.png).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +21,28 @@ from core.recognize import Recognizer
 from tests.bot.emulator.support import harness
 from tests.bot.support import running_bot
 
-CHROMIUM = os.environ.get("DIGITBOT_TEST_CHROMIUM", "")
+
+def find_chromium() -> str:
+    """DIGITBOT_TEST_CHROMIUM when set, else the installed Chromium, else ""."""
+    named = os.environ.get("DIGITBOT_TEST_CHROMIUM", "")
+    if named:
+        return named
+    for candidate in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return ""
+
+
+CHROMIUM = find_chromium()
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
+NO_PLAYWRIGHT = "Playwright is not installed (pip install playwright)"
 USER = 1001  # the page's default user; its private chat has the same id
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM or not Path(CHROMIUM).exists(),
-                       reason="set DIGITBOT_TEST_CHROMIUM to a Chromium binary"),
+                       reason=f"no Chromium binary ({CHROMIUM or 'chromium not on PATH, no /usr/bin/chromium'} "
+                              "not found); install chromium or set DIGITBOT_TEST_CHROMIUM to one"),
 ]
 
 
@@ -40,7 +56,7 @@ async def draw_seven(page: Any) -> None:
 
 
 def test_draw_send_see_answer_correct_it_and_see_stats(tmp_path: Path, recognizer: Recognizer) -> None:
-    playwright_api = pytest.importorskip("playwright.async_api")
+    playwright_api = pytest.importorskip("playwright.async_api", reason=NO_PLAYWRIGHT)
 
     async def scenario() -> None:
         async with running_bot(tmp_path, recognizer) as h, playwright_api.async_playwright() as playwright:
@@ -94,7 +110,7 @@ def test_draw_send_see_answer_correct_it_and_see_stats(tmp_path: Path, recognize
 
 
 def test_touch_strokes_draw_on_the_pad() -> None:
-    playwright_api = pytest.importorskip("playwright.async_api")
+    playwright_api = pytest.importorskip("playwright.async_api", reason=NO_PLAYWRIGHT)
 
     async def scenario() -> None:
         async with harness() as h, playwright_api.async_playwright() as playwright:
