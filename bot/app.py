@@ -21,6 +21,7 @@ from bot.handlers.commands import register_commands
 from bot.handlers.common import SERVICES_KEY
 from bot.handlers.errors import install_redaction
 from bot.handlers.stats import promotion_notifier
+from bot.health import HealthServer, MeteredServices, start_health_server
 from bot.inbox import InboxApplication, UpdateInbox
 from bot.services import BotServices
 from digitbot.settings import Settings
@@ -109,7 +110,7 @@ def build_services(settings: Settings, *, sessions: Any | None = None) -> BotSer
     from core.recognize import Recognizer
     from storage.db import init_db
 
-    return BotServices(
+    return MeteredServices(  # BotServices counting photos read and promotions for /metrics
         sessions=sessions or init_db(settings),
         recognizer=Recognizer(load_base(settings.base_weights), torch_threads=1),
         inference_threads=settings.inference_threads, finetune_min_labels=settings.finetune_min_labels,
@@ -147,7 +148,9 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None, with_w
         services.forget_update_markers()
     application = build_application(settings, services=services)
     worker = None
+    health: HealthServer | None = None
     try:
+        health = await _start_health(services, settings)
         await start_bot(application, settings)
         if with_worker:  # after the bot: a promotion waiting in the outbox can be announced at once
             worker = start_embedded(settings, notify=services.notify_model_promoted,
@@ -163,11 +166,28 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None, with_w
         await stop.wait()
     finally:
         await stop_bot(application)
+        if health is not None:
+            await health.stop()
         if worker is not None:
             await asyncio.to_thread(worker.stop)
         services.close()
         if emulator is not None:
             await emulator.stop()
+
+
+async def _start_health(services: BotServices, settings: Settings) -> HealthServer | None:
+    """/healthz, /readyz and /metrics on DIGITBOT_HEALTH_LISTEN:DIGITBOT_HEALTH_PORT (0: off). A port
+    already taken is logged and the bot runs without them."""
+    if not settings.health_port:
+        return None
+    try:
+        health = await start_health_server(services, host=settings.health_listen, port=settings.health_port)
+    except OSError as error:
+        log.error("health/metrics endpoints not started on %s:%s (%s); set DIGITBOT_HEALTH_PORT",
+                  settings.health_listen, settings.health_port, error.strerror or error)
+        return None
+    log.info("health and metrics on http://%s:%s/ (healthz, readyz, metrics)", settings.health_listen, health.port)
+    return health
 
 
 def run(settings: Settings, *, with_worker: bool = True) -> None:

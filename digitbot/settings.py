@@ -7,7 +7,7 @@ import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     emulator_host: str = "127.0.0.1"
     emulator_port: int = 8080
     emulator_allow_remote: bool = False  # let emulator_host be beyond loopback (0.0.0.0, a LAN address)
+    # /healthz, /readyz and /metrics (bot/health.py), in polling and webhook mode; port 0: off.
+    health_listen: str = "127.0.0.1"
+    health_port: int = 8090
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object a line (python-json-logger)
     admin_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)  # "123,456" or "[123, 456]"
 
     # Storage. Default: an SQLite file under data_dir, migrated at start-up. data_dir is relative to the
