@@ -23,6 +23,7 @@ from bot.handlers.errors import install_redaction
 from bot.handlers.stats import promotion_notifier
 from bot.health import HealthServer, MeteredServices, start_health_server
 from bot.inbox import InboxApplication, UpdateInbox
+from bot.logs import configure_logging, register_log_context
 from bot.services import BotServices
 from digitbot.settings import Settings
 
@@ -56,6 +57,7 @@ def build_application(settings: Settings, *, services: BotServices) -> AnyApplic
     application.bot_data[INBOX_KEY] = inbox
     if isinstance(application, InboxApplication):
         application.inbox = inbox
+    register_log_context(application, settings.telegram_token.get_secret_value())  # update id, hashed user
     register(application)
     register_admin(application, settings.admin_ids)
     return application
@@ -142,6 +144,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None, with_w
             "telegram_token": SecretStr(emulator.token), "telegram_base_url": emulator.bot_api_url,
             "telegram_base_file_url": emulator.file_api_url, "webhook_url": None})
     assert settings.telegram_token is not None
+    configure_logging(settings.log_format)  # text or JSON lines (DIGITBOT_LOG_FORMAT); redaction applies to both
     install_redaction(settings.telegram_token.get_secret_value())
     services = build_services(settings)
     if emulator is not None:
