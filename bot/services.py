@@ -58,11 +58,35 @@ class PhotoOutcome:
 
 @dataclass(frozen=True)
 class TrainOutcome:
-    # "queued" | "already_queued" | "not_enough_labels" | "unknown_user" | "scheduled"
+    # "queued" | "already_queued" | "not_enough_labels" | "no_new_labels" | "unknown_user" | "scheduled"
     reason: str
     labels: int = 0
     needed: int = 0
     interval_s: float = 0.0
+    job_id: int | None = None  # the queued (or already open) fine-tune job
+
+
+@dataclass(frozen=True)
+class FinetuneStatus:
+    """Where one fine-tune job of a user stands (for /train's answer and /stats)."""
+
+    job_id: int
+    state: str  # "queued" | "running" | "succeeded" | "failed"
+    outcome: str | None  # when succeeded: "promoted" (or "promoted+notified") | "rejected"
+    requested_at: datetime
+    finished_at: datetime | None
+    version: int | None = None  # the model version it trained
+    accuracy_before: float | None = None  # held-out accuracy of the model the user had
+    accuracy_after: float | None = None  # and of the new one
+    active_version: int | None = None  # the user's live personal model now (None: the base model)
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("succeeded", "failed")
+
+    @property
+    def promoted(self) -> bool:
+        return self.state == "succeeded" and (self.outcome or "").startswith("promoted")
 
 
 class FinetuneRequester(Protocol):
@@ -348,9 +372,19 @@ class BotServices:
         if self.request_finetune_fn is None:
             return TrainOutcome("scheduled", interval_s=self.finetune_interval_s)
         result = await asyncio.to_thread(self.request_finetune_fn, telegram_id)
+        job_id = getattr(result, "job_id", None)
         return TrainOutcome(str(result.reason), labels=int(getattr(result, "labels", 0)),
                             needed=int(getattr(result, "needed", self.finetune_min_labels)),
-                            interval_s=self.finetune_interval_s)
+                            interval_s=self.finetune_interval_s,
+                            job_id=int(job_id) if isinstance(job_id, int) else None)
+
+    async def finetune_status(self, telegram_id: int, job_id: int | None = None) -> FinetuneStatus | None:
+        """That fine-tune job of the user (None: the latest one), or None when there is none."""
+        def work() -> FinetuneStatus | None:
+            with self.sessions() as session:
+                return _finetune_status(session, telegram_id, job_id)
+
+        return await asyncio.to_thread(work)
 
     # --- promotion notifications (called by the fine-tune worker, from any thread) ------------
     def set_notifier(self, notify: Callable[[int, dict[str, Any]], None]) -> None:
@@ -361,6 +395,33 @@ class BotServices:
             log.warning("promotion for user %s not announced: the bot is not running", telegram_id)
             return
         self._notify(telegram_id, summary)
+
+
+def _finetune_status(session: Session, telegram_id: int, job_id: int | None) -> FinetuneStatus | None:
+    from sqlalchemy import select
+
+    from storage.models import FinetuneJob, ModelVersion, User
+
+    query = select(FinetuneJob).join(User, User.id == FinetuneJob.user_id).where(User.telegram_id == telegram_id)
+    if job_id is not None:
+        query = query.where(FinetuneJob.id == job_id)
+    job = session.scalars(query.order_by(FinetuneJob.created_at.desc(), FinetuneJob.id.desc()).limit(1)).first()
+    if job is None:
+        return None
+    metrics = job.metrics or {}
+
+    def number(key: str) -> float | None:
+        value = metrics.get(key)
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    version = metrics.get("version")
+    if not isinstance(version, int) and job.model_version_id is not None:
+        trained = session.get(ModelVersion, job.model_version_id)
+        version = trained.version if trained is not None else None
+    active = repo.active_model_version(session, user_id=job.user_id)
+    return FinetuneStatus(job.id, job.state, job.outcome, job.created_at, job.finished_at,
+                          version if isinstance(version, int) else None, number("heldout_before"),
+                          number("heldout_after"), active.version if active is not None else None)
 
 
 def _stale_before(retention: timedelta) -> datetime:

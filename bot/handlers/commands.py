@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from telegram import Bot, BotCommand, Update
-from telegram.error import TelegramError
+from telegram.error import Forbidden, TelegramError
 from telegram.ext import ContextTypes
 
-from bot.handlers.common import edit_message, is_private, services_of, user_translator
-from bot.i18n import LANGUAGE_NAMES, SUPPORTED_LANGUAGES, resolve_language, translator
+from bot.handlers.common import TELEGRAM_LANGUAGE_KEY, edit_message, is_private, services_of, user_translator
+from bot.i18n import LANGUAGE_NAMES, SUPPORTED_LANGUAGES, Translator, resolve_language, translator
 from bot.keyboards import forget_keyboard, language_keyboard, parse_forget_action, parse_language_action
+from bot.services import FinetuneStatus
 
 log = logging.getLogger(__name__)
 _forget_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -21,6 +24,10 @@ _forget_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValu
 # on one of them leaves that count showing instead of replacing it with "Already done".
 _confirmations_done: OrderedDict[tuple[int, int], None] = OrderedDict()
 _CONFIRMATIONS_REMEMBERED = 4096
+# /train watches the job it queued and answers with the outcome: a promotion is announced by the
+# worker (bot/handlers/stats.py send_promotion); a rejection or a final failure is told here.
+TRAIN_WATCH_EVERY_S = 5.0
+TRAIN_WATCH_FOR_S = 3 * 3600.0
 
 
 def N_(message: str) -> str:
@@ -202,17 +209,88 @@ async def on_train(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     minutes = max(1, round(outcome.interval_s / 60))
     texts = {
         "queued": _("Fine-tune requested: I'm training a personal model on your {labels} labelled digits and "
-                    "will tell you if it does better than the current one.", labels=outcome.labels),
-        "already_queued": _("A fine-tune for you is already queued or running; I'll tell you when it's done."),
+                    "will tell you how it went (it replaces your current model only if it does better).",
+                    labels=outcome.labels),
+        "already_queued": _("A fine-tune for you is already queued or running; I'll tell you how it went."),
         "not_enough_labels": _("I need at least {needed} labelled digits before I can fine-tune; you have "
                                "{labels}. Send photos and confirm or correct my answers.",
                                needed=outcome.needed, labels=outcome.labels),
         "unknown_user": _("I have no labelled digits from you yet. Send photos and confirm or correct my "
                           "answers, then ask again."),
+        "no_new_labels": _("Your current model was trained on all your labels already; correct or confirm a few "
+                           "more digits and ask again."),
     }
     await message.reply_text(texts.get(outcome.reason, _(
         "Fine-tuning runs automatically about every {minutes} min once you have enough new labels.",
         minutes=minutes)))
+    if outcome.reason in ("queued", "already_queued") and outcome.job_id is not None:
+        watch_finetune(context, _TrainWatch(message.chat_id, user.id, outcome.job_id,
+                                            time.monotonic() + TRAIN_WATCH_FOR_S))
+
+
+@dataclass(frozen=True)
+class _TrainWatch:
+    chat_id: int
+    telegram_id: int
+    job_id: int
+    until: float  # time.monotonic() after which we stop watching
+
+
+def watch_finetune(context: ContextTypes.DEFAULT_TYPE, watch: _TrainWatch) -> None:
+    """Check the job every TRAIN_WATCH_EVERY_S and tell the user how it ended (once per job)."""
+    job_queue = context.job_queue
+    if job_queue is None:
+        log.warning("no JobQueue: the outcome of fine-tune job %s is not told", watch.job_id)
+        return
+    name = f"train-watch:{watch.chat_id}:{watch.job_id}"
+    if job_queue.get_jobs_by_name(name):
+        return
+    job_queue.run_repeating(_check_finetune, interval=TRAIN_WATCH_EVERY_S, first=TRAIN_WATCH_EVERY_S,
+                            data=watch, name=name)
+
+
+async def _check_finetune(context: ContextTypes.DEFAULT_TYPE) -> None:
+    job = context.job
+    assert job is not None
+    watch: _TrainWatch = job.data  # type: ignore[assignment]
+    status = await services_of(context).finetune_status(watch.telegram_id, watch.job_id)
+    if status is None:  # the job is gone (the user used /forget)
+        job.schedule_removal()
+        return
+    if not status.done:
+        if time.monotonic() > watch.until:
+            log.warning("fine-tune job %s still %s; no longer watched", watch.job_id, status.state)
+            job.schedule_removal()
+        return
+    job.schedule_removal()
+    if status.promoted:
+        return  # the worker announces promotions (send_promotion), with the details
+    seen = context.application.user_data.get(watch.telegram_id, {}).get(TELEGRAM_LANGUAGE_KEY)
+    _ = translator(await services_of(context).language(watch.telegram_id, seen))
+    if status.state == "failed":
+        text = _("The fine-tune you asked for failed, so nothing changed: your current model keeps answering. "
+                 "Try /train again later.")
+    else:
+        text = finetune_outcome_text(status, _)
+    try:
+        await context.bot.send_message(watch.chat_id, text)
+    except Forbidden:
+        log.info("fine-tune outcome not told: user %s blocked the bot", watch.telegram_id)
+
+
+def _percent(value: float | None) -> str:
+    return f"{value:.0%}" if value is not None else "—"
+
+
+def finetune_outcome_text(status: FinetuneStatus, _: Translator) -> str:
+    """A finished fine-tune that did not promote: not better, the current model is kept."""
+    kept = (_("your personal model v{version}", version=status.active_version) if status.active_version is not None
+            else _("the base model"))
+    if status.accuracy_before is not None and status.accuracy_after is not None:
+        return _("Fine-tune finished: the new model was not better ({after} on your held-out digits, "
+                 "{before} before), so I kept {kept}.", after=_percent(status.accuracy_after),
+                 before=_percent(status.accuracy_before), kept=kept)
+    return _("Fine-tune finished: the new model was not better, so I kept {kept}.", kept=kept)
 
 
 async def on_unknown_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

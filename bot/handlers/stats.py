@@ -1,4 +1,4 @@
-"""/stats (text and a chart image) and the "your personal model went live" notification."""
+"""/stats (text, the last fine-tune, and a chart image) and the "your personal model went live" notification."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from telegram.ext import Application, ContextTypes
 
 from bot.charts import AccuracyPoint, ChartData, render_stats_chart
 from bot.handlers.common import TELEGRAM_LANGUAGE_KEY, services_of, user_translator
-from bot.i18n import translator
-from bot.services import confusion_matrix, promotions
+from bot.i18n import Translator, translator
+from bot.services import FinetuneStatus, confusion_matrix, promotions
 from bot.views import stats_text
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,11 @@ async def on_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     _ = await user_translator(update, context)
     card, stats = await services_of(context).stats(user.id)
-    await message.reply_text(stats_text(card, _))
+    last = await services_of(context).finetune_status(user.id)
+    text = stats_text(card, _)
+    if last is not None:
+        text += "\n" + last_finetune_text(last, _)
+    await message.reply_text(text)
     if card.labelled == 0:
         return
     chart = ChartData(
@@ -38,6 +42,26 @@ async def on_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     png = await asyncio.to_thread(render_stats_chart, chart, _)
     await message.reply_photo(png, caption=_("Accuracy over time (your personal model's promotions marked) "
                                              "and what you wrote vs what I answered."))
+
+
+def last_finetune_text(status: FinetuneStatus, _: Translator) -> str:
+    """/stats' line about the user's latest fine-tune and how it ended."""
+    when = (status.finished_at or status.requested_at).strftime("%Y-%m-%d %H:%M UTC")
+    details = {"when": when, "version": status.version if status.version is not None else "?",
+               "before": _percent(status.accuracy_before), "after": _percent(status.accuracy_after)}
+    if status.state == "queued":
+        return _("Last fine-tune: asked {when}, waiting to run.", **details)
+    if status.state == "running":
+        return _("Last fine-tune: asked {when}, training now.", **details)
+    if status.state == "failed":
+        return _("Last fine-tune ({when}): failed; your model did not change.", **details)
+    if status.promoted:
+        return _("Last fine-tune ({when}): v{version} went live ({after} on your held-out digits, "
+                 "{before} before).", **details)
+    kept = (_("your personal model v{version}", version=status.active_version) if status.active_version is not None
+            else _("the base model"))
+    return _("Last fine-tune ({when}): v{version} was not better ({after} on your held-out digits, {before} "
+             "before), so I kept {kept}.", kept=kept, **details)
 
 
 def _percent(value: Any) -> str:
