@@ -134,7 +134,7 @@ def main() -> None:
           f"in {time.perf_counter() - start:.0f}s")
     ckpt = load_base()
     model = for_inference(ckpt.build())  # as core.recognize serves it (BN folded, channels-last)
-    weights = os.environ.get("DIGITBOT_BASE_WEIGHTS", "weights/base.pt")
+    weights = os.environ.get("DIGITBOT_BASE_WEIGHTS", "core/weights/base.pt")
     print(f"model: {weights} (MNIST test accuracy {ckpt.metrics.get('mnist_test_accuracy', 'n/a')})")
     print(f"load average before the run: {os.getloadavg()[0]:.1f}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "

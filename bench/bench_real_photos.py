@@ -95,7 +95,7 @@ def make_seed() -> Engine:
 
 
 def _weights() -> str:
-    return os.environ.get("DIGITBOT_BASE_WEIGHTS", "weights/base.pt")
+    return os.environ.get("DIGITBOT_BASE_WEIGHTS", "core/weights/base.pt")
 
 
 def _decode(data: bytes) -> np.ndarray | None:

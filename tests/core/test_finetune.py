@@ -173,7 +173,7 @@ def test_real_base_personal_model_helps_a_styled_user_and_keeps_mnist(mnist_dir:
     from core.personal_data import DEV_STYLES, styled_user
 
     if not DEFAULT_WEIGHTS.exists():
-        pytest.skip("weights/base.pt not trained yet")
+        pytest.skip("core/weights/base.pt not trained yet")
     base = load_base(DEFAULT_WEIGHTS)
     name = "dev-back-flag1"  # flagged 1s the base reads as 7s: about half its answers are wrong
     user = styled_user(name, DEV_STYLES[name], n=300)

@@ -18,7 +18,7 @@ from digitbot.cli import main
 def test_finetune_command_writes_a_personal_model_and_reports_before_after(
         tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if not DEFAULT_WEIGHTS.exists():
-        pytest.skip("weights/base.pt not trained yet")
+        pytest.skip("core/weights/base.pt not trained yet")
     user = styled_user("dev-back-flag1", DEV_STYLES["dev-back-flag1"], n=60)
     data = tmp_path / "labelled"
     for index, (image, label) in enumerate(zip(user.images, user.labels, strict=True)):
@@ -39,7 +39,7 @@ def test_finetune_command_writes_a_personal_model_and_reports_before_after(
 def test_finetune_command_with_too_few_images_writes_nothing(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     if not DEFAULT_WEIGHTS.exists():
-        pytest.skip("weights/base.pt not trained yet")
+        pytest.skip("core/weights/base.pt not trained yet")
     (tmp_path / "data" / "4").mkdir(parents=True)
     cv2.imwrite(str(tmp_path / "data" / "4" / "a.png"), _bar_digit())
     out = tmp_path / "me.pt"
