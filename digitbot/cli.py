@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="read the digits in images")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--user-model", default=None, help="a personal checkpoint (digitbot finetune)")
-    predict.add_argument("--base", default=None, help="base checkpoint (default weights/base.pt)")
+    predict.add_argument("--base", default=None, help="base checkpoint (default: the shipped core/weights/base.pt)")
     predict.add_argument("--json", action="store_true", help="one JSON object per image per line")
     predict.add_argument("--explain", default=None, metavar="OUT.png",
                          help="write an explanation figure (several images: OUT-1.png, OUT-2.png, ...)")

@@ -11,7 +11,12 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 echo "check_wheel: building the wheel"
-"$python" -m pip wheel -q --no-deps -w "$work/dist" "$checkout"
+# From a copy of the working tree's files (tracked and not ignored): setuptools builds in place, and a
+# stale build/ folder in the checkout would put files in the wheel that the tree no longer has.
+mkdir -p "$work/src"
+git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do if [[ -e $f ]]; then printf '%s\0' "$f"; fi; done \
+    | tar --null -T - -cf - | tar -xf - -C "$work/src"
+"$python" -m pip wheel -q --no-deps -w "$work/dist" "$work/src"
 wheel=$(ls "$work"/dist/digitbot-*.whl)
 "$python" - "$wheel" <<'EOF'
 import sys
