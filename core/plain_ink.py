@@ -27,7 +27,7 @@ from core.grouping import (
     split_touching,
 )
 from core.grouping import stroke_width as measure_stroke
-from core.segment import DigitRegion, Segmentation, polarity_inverted
+from core.segment import DigitRegion, Segmentation, polarity_inverted, shrunk
 
 # The paper is a median over a window half the photo's short side, computed at this long side.
 PAPER_LONG_SIDE = 96
@@ -50,11 +50,7 @@ MIN_HEIGHT_OF_PHOTO = 0.04
 
 def _paper(gray: np.ndarray) -> np.ndarray:
     height, width = gray.shape
-    scale = min(1.0, PAPER_LONG_SIDE / max(height, width))
-    small = gray
-    if scale < 1:
-        small = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
-                           interpolation=cv2.INTER_AREA)
+    small = shrunk(gray, PAPER_LONG_SIDE)
     size = max(3, round(min(small.shape) * 0.5)) | 1
     # The median ignores ink covering less than half of its window; a small dilation then
     # lifts it to the paper's light side, so that grain and texture are not half "ink".

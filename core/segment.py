@@ -63,18 +63,23 @@ def _odd(value: float, minimum: int = 3) -> int:
     return size if size % 2 else size + 1
 
 
+def shrunk(gray: np.ndarray, long_side: float) -> np.ndarray:
+    """`gray` brought down (INTER_AREA) to at most `long_side` pixels on its long side."""
+    height, width = gray.shape
+    scale = min(1.0, long_side / max(height, width))
+    if scale >= 1:
+        return gray
+    return cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
+                      interpolation=cv2.INTER_AREA)
+
+
 def polarity_inverted(gray: np.ndarray) -> bool:
     """Whether the photo is light ink on a dark background.
 
     Ink is the sparse part of the picture: compare how far pixels fall below and rise above a
     large median (the median ignores the ink and keeps the edges of the desk and of shadows).
     """
-    height, width = gray.shape
-    scale = min(1.0, BG_LONG_SIDE / max(height, width))
-    small = gray
-    if scale < 1:
-        small = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
-                           interpolation=cv2.INTER_AREA)
+    small = shrunk(gray, BG_LONG_SIDE)
     noise = np.full(small.shape, 12, np.uint8)
 
     def darker_lighter(median: np.ndarray) -> tuple[int, int]:
@@ -231,10 +236,7 @@ def _segment(gray: np.ndarray, kernel: int) -> tuple[np.ndarray, np.ndarray, lis
 def _estimate_pen_width(gray: np.ndarray) -> float:
     """Pen width in pixels of `gray`, from a quick coarse pass at low resolution."""
     scale = min(1.0, ESTIMATE_LONG_SIDE / max(gray.shape))
-    small = gray
-    if scale < 1:
-        small = cv2.resize(gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))),
-                           interpolation=cv2.INTER_AREA)
+    small = shrunk(gray, ESTIMATE_LONG_SIDE)
     mask = ink_mask(ink_map(small, _odd(max(small.shape) * 0.14, 7)))
     height, width = mask.shape
     labels, groups = components(mask)
