@@ -150,9 +150,10 @@ class Recognizer:
                   and (reading_score(scored[i][0]) < 1 - SEGMENT_BONUS or pre.unread_ink > MAX_UNREAD_INK)]
         for i in unsure:
             look_again(prepared[i])
-        for i, predictions in zip(unsure, self._classify_candidates([prepared[i] for i in unsure], personal),
-                                  strict=True):
-            scored[i] = predictions
+        # core.segment's candidate (the first) is classified already; only the new ones are left.
+        again = self._classify_candidates([prepared[i] for i in unsure], personal, first=1)
+        for i, predictions in zip(unsure, again, strict=True):
+            scored[i] = scored[i][:1] + predictions
         readings = []
         for pre, per_candidate in zip(prepared, scored, strict=True):
             if pre.status != "ok":
@@ -191,15 +192,16 @@ class Recognizer:
         candidate.digits = [c for option in ordered for c in option[2]]
         return [p for option in ordered for p in option[3]]
 
-    def _classify_candidates(self, prepared: Sequence[Preprocessed], personal: PersonalModel | None
-                             ) -> list[list[list[DigitPrediction]]]:
-        """Per photo, per candidate: the predictions for its digits (all classified in one batch)."""
-        crops = [crop.image for pre in prepared for candidate in pre.candidates for crop in candidate.digits]
+    def _classify_candidates(self, prepared: Sequence[Preprocessed], personal: PersonalModel | None,
+                             first: int = 0) -> list[list[list[DigitPrediction]]]:
+        """Per photo, per candidate from `first` on: the predictions for its digits (all classified
+        in one batch)."""
+        crops = [crop.image for pre in prepared for candidate in pre.candidates[first:] for crop in candidate.digits]
         predictions = self.classify(crops, personal) if crops else []
         result, cursor = [], 0
         for pre in prepared:
             per_candidate = []
-            for candidate in pre.candidates:
+            for candidate in pre.candidates[first:]:
                 per_candidate.append(predictions[cursor:cursor + len(candidate.digits)])
                 cursor += len(candidate.digits)
             result.append(per_candidate)
