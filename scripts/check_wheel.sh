@@ -2,6 +2,7 @@
 # Build the wheel, install it in a fresh venv outside the checkout, and use it from there: migrate an
 # SQLite database (`digitbot db upgrade`) and read a generated PNG (`digitbot predict`). Catches package
 # data that the wheel lacks (storage/migrations/, core/weights/base.pt) and state written next to the code.
+# The install is scripts/install_app.sh, the same step as the Dockerfile's (TORCH_INDEX_URL: where torch comes from).
 # Usage: bash scripts/check_wheel.sh [PYTHON]   (default python3; about 1-2 min with torch on the local disk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,9 +31,8 @@ stray = sorted(n for n in names if n.startswith(("var/", "weights/", "migrations
 assert not missing and not stray, f"wheel lacks {missing}, has stray {stray}"
 EOF
 
-echo "check_wheel: installing $(basename "$wheel") into a fresh venv"
-"$python" -m venv "$work/venv"
-"$work/venv/bin/pip" install -q --disable-pip-version-check "$wheel" 2>&1 | grep -v "is ignored: it is neither" || true
+echo "check_wheel: installing $(basename "$wheel") into a fresh venv with scripts/install_app.sh (the Dockerfile's install step)"
+bash "$checkout/scripts/install_app.sh" "$work/venv" "$wheel" "$python"
 "$work/venv/bin/pip" show -q digitbot >/dev/null  # the install above succeeded
 
 # From a directory outside the checkout (not on sys.path), with no .env and no DIGITBOT_* overrides.
