@@ -59,9 +59,12 @@ class DigitNet(nn.Module):
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """The trainable part during fine-tuning: conv3 block and the classifier."""
+        return self.fc2(self.dropout(self.penultimate(h)))
+
+    def penultimate(self, h: torch.Tensor) -> torch.Tensor:
+        """Trunk features -> the classifier's input (fc1 after ReLU): the personal memory's space."""
         h = F.max_pool2d(F.relu(self.bn3(self.conv3(h))), 2)
-        h = self.dropout(F.relu(self.fc1(h.flatten(1))))
-        return self.fc2(h)
+        return F.relu(self.fc1(h.flatten(1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk(x))
@@ -104,9 +107,13 @@ class Checkpoint:
     config: ModelConfig = field(default_factory=ModelConfig)
     metrics: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    # A personal model's memory of the user's labelled crops (core.memory.PersonalMemory.to_dict)
+    memory: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {} if self.memory is None else {"memory": self.memory}
         return {
+            **extra,
             "format": "digitbot-checkpoint-v1",
             "state_dict": self.state_dict,
             "config": dataclasses.asdict(self.config),
@@ -126,6 +133,7 @@ class Checkpoint:
             config=ModelConfig(**config),
             metrics=dict(data.get("metrics", {})),
             meta=dict(data.get("meta", {})),
+            memory=data.get("memory"),
         )
 
     def to_bytes(self) -> bytes:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from core.memory import PersonalMemory
 from core.model import Checkpoint, DigitNet, for_inference, merge_state, normalize
 from core.row_split import cut, piece_counts
 
@@ -67,20 +68,29 @@ class PhotoReading:
 
 
 class PersonalModel:
-    """A user's fine-tuned head with its calibration; merged with the base weights on first use."""
+    """What a user has taught the bot: a fine-tuned head with its calibration (merged with the base
+    weights on first use) and/or the memory of their labelled digits (core.memory). Either may be
+    absent: before the first fine-tune a user has only the memory."""
 
-    def __init__(self, checkpoint: Checkpoint, *, version: int | None = None) -> None:
+    def __init__(self, checkpoint: Checkpoint | None, *, version: int | None = None,
+                 memory: PersonalMemory | None = None) -> None:
         self.checkpoint = checkpoint
         self.version = version
-        self.temperature = float(checkpoint.meta.get("temperature", 1.0))
-        self.threshold = float(checkpoint.meta.get("threshold", DEFAULT_PERSONAL_THRESHOLD))
+        if memory is None and checkpoint is not None and checkpoint.memory is not None:
+            memory = PersonalMemory.from_dict(checkpoint.memory)
+        self.memory = memory
+        meta = checkpoint.meta if checkpoint is not None else {}
+        self.temperature = float(meta.get("temperature", 1.0))
+        self.threshold = float(meta.get("threshold", DEFAULT_PERSONAL_THRESHOLD))
         self._model: DigitNet | None = None
 
     @classmethod
-    def from_bytes(cls, blob: bytes, *, version: int | None = None) -> PersonalModel:
-        return cls(Checkpoint.from_bytes(blob), version=version)
+    def from_bytes(cls, blob: bytes, *, version: int | None = None,
+                   memory: PersonalMemory | None = None) -> PersonalModel:
+        return cls(Checkpoint.from_bytes(blob), version=version, memory=memory)
 
     def model(self, base: Checkpoint, device: torch.device) -> DigitNet:
+        assert self.checkpoint is not None, "a memory-only personal model has no head"
         if self._model is None:
             model = DigitNet(base.config)
             model.load_state_dict(merge_state(base, self.checkpoint))
@@ -103,24 +113,37 @@ class Recognizer:
             base_temperature if base_temperature is not None else base.meta.get("temperature", 1.0))
 
     @torch.inference_mode()
-    def probabilities(self, images: np.ndarray, personal: PersonalModel | None = None
-                      ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Calibrated class probabilities (N,10) of the base and (if given) the personal model."""
+    def embed(self, images: np.ndarray) -> torch.Tensor:
+        """The base model's penultimate features (N,D) of uint8 crops (the personal memory's space)."""
+        return self.model.penultimate(self._trunk(images))
+
+    def _trunk(self, images: np.ndarray) -> torch.Tensor:
         x = normalize(torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))).to(self.device)
-        x = x.contiguous(memory_format=torch.channels_last)
-        trunk = self.model.trunk(x)
-        base = F.softmax(self.model.head(trunk) / self.base_temperature, dim=1).cpu().numpy()
-        if personal is None:
-            return base, None
-        head = personal.model(self.base, self.device).head(trunk)
-        return base, F.softmax(head / personal.temperature, dim=1).cpu().numpy()
+        return self.model.trunk(x.contiguous(memory_format=torch.channels_last))
+
+    @torch.inference_mode()
+    def probabilities(self, images: np.ndarray, personal: PersonalModel | None = None
+                      ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Calibrated class probabilities (N,10) of the base, (if given) the personal head, and the
+        memory's per-class evidence (N,10) for these digits (None without a memory)."""
+        trunk = self._trunk(images)
+        features = self.model.penultimate(trunk)
+        base = F.softmax(self.model.fc2(features) / self.base_temperature, dim=1)
+        own = votes = None
+        if personal is not None and personal.checkpoint is not None:
+            head = personal.model(self.base, self.device).head(trunk)
+            own = F.softmax(head / personal.temperature, dim=1).cpu().numpy()
+        if personal is not None and personal.memory is not None and len(personal.memory):
+            remembered = personal.memory.embeddings(id(self.model), self.embed)
+            votes = personal.memory.evidence(features, remembered).cpu().numpy()
+        return base.cpu().numpy(), own, votes
 
     def classify(self, images: np.ndarray | Sequence[np.ndarray],
                  personal: PersonalModel | None = None) -> list[DigitPrediction]:
         stacked = np.stack(list(images)) if not isinstance(images, np.ndarray) else images
         if len(stacked) == 0:
             return []
-        base, own = self.probabilities(stacked, personal)
+        base, own, votes = self.probabilities(stacked, personal)
         results = []
         for i in range(len(stacked)):
             base_digit = int(base[i].argmax())
@@ -129,6 +152,9 @@ class Recognizer:
                 probs, source = own[i], PERSONAL
             else:
                 probs, source = base[i], BASE
+            if votes is not None and personal is not None and personal.memory is not None:
+                probs = personal.memory.blend(probs, votes[i])
+                source = PERSONAL if int(probs.argmax()) != base_digit else source
             digit = int(probs.argmax())
             results.append(DigitPrediction(
                 digit=digit, confidence=float(probs[digit]), source=source, base_digit=base_digit,

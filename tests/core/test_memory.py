@@ -1,0 +1,96 @@
+"""The personal memory: one correction changes the next reading of a look-alike, and nothing else."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.data import load_mnist
+from core.memory import MemoryConfig, PersonalMemory
+from core.model import Checkpoint, load_base
+from core.recognize import BASE, PERSONAL, PersonalModel, Recognizer
+
+
+@pytest.fixture(scope="module")
+def recognizer() -> Recognizer:
+    return Recognizer(load_base())
+
+
+def _unsure_digits(recognizer: Recognizer, digits: tuple[np.ndarray, np.ndarray]) -> list[int]:
+    """Indices of MNIST test digits the base reads with a real runner-up (confidence < 0.97)."""
+    predictions = recognizer.classify(digits[0])
+    return [i for i, p in enumerate(predictions) if p.confidence < 0.97]
+
+
+def test_empty_memory_reads_as_the_base(recognizer: Recognizer, digits) -> None:
+    images, _ = digits
+    plain = recognizer.classify(images[:50])
+    remembered = recognizer.classify(images[:50], PersonalModel(None, memory=PersonalMemory(
+        np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64))))
+    assert [p.probabilities for p in remembered] == [p.probabilities for p in plain]
+
+
+def test_one_correction_changes_the_next_reading_of_a_look_alike(recognizer: Recognizer, digits) -> None:
+    images, _ = digits
+    unsure = _unsure_digits(recognizer, digits)
+    assert unsure, "the first 200 MNIST test digits hold no unsure reading"
+    index = unsure[0]
+    before = recognizer.classify(images[index:index + 1])[0]
+    corrected = before.runner_up()
+    # the user corrects this digit to the runner-up; a slightly shifted copy of it comes next
+    memory = PersonalMemory(images[index:index + 1], np.array([corrected]))
+    look_alike = np.roll(images[index], 1, axis=1)[None]
+    after = recognizer.classify(look_alike, PersonalModel(None, memory=memory))[0]
+    assert after.digit == corrected and after.source == PERSONAL
+    assert after.base_digit == before.digit  # the base's own view is still reported
+
+
+def test_unrelated_digits_are_not_moved(recognizer: Recognizer, digits) -> None:
+    images, labels = digits
+    ones = np.flatnonzero(labels == 1)[:3]
+    zeros = np.flatnonzero(labels == 0)[:20]
+    memory = PersonalMemory(images[ones], np.full(3, 7))  # the user's "1"s taught as 7s
+    readings = recognizer.classify(images[zeros], PersonalModel(None, memory=memory))
+    assert all(p.digit == 0 and p.source == BASE for p in readings)
+
+
+def test_memory_costs_mnist_at_most_three_tenths_of_a_point(recognizer: Recognizer, mnist_dir) -> None:
+    """A hard writer's 100 labels remembered (a styled dev writer from MNIST training digits), read
+    against 2,000 MNIST test digits: the calibrated blend may cost at most 0.3 points."""
+    from core.personal_data import DEV_STYLES, styled_user
+
+    writer = styled_user("dev-back-flag1", DEV_STYLES["dev-back-flag1"], n=100)
+    mnist_images, mnist_labels = load_mnist(train=False, directory=mnist_dir)
+    images, labels = mnist_images[:2000].numpy(), mnist_labels[:2000].numpy()
+    memory = PersonalMemory(writer.images, writer.labels)
+    base = np.array([p.digit for p in recognizer.classify(images)])
+    served = np.array([p.digit for p in recognizer.classify(images, PersonalModel(None, memory=memory))])
+    assert np.mean(served == labels) >= np.mean(base == labels) - 0.003
+    # and it did learn the writer: their own digits are read at least as well
+    own_base = np.mean([p.digit == y for p, y in zip(recognizer.classify(writer.images), writer.labels,
+                                                      strict=True)])
+    own_served = np.mean([p.digit == y for p, y in zip(
+        recognizer.classify(writer.images, PersonalModel(None, memory=memory)), writer.labels, strict=True)])
+    assert own_served > own_base
+
+
+def test_memory_travels_in_the_personal_checkpoint(tmp_path, digits) -> None:
+    images, labels = digits
+    memory = PersonalMemory(images[:5], labels[:5])
+    head = {k: v for k, v in load_base().state_dict.items() if k.startswith("fc2.")}
+    path = tmp_path / "me.pt"
+    Checkpoint(state_dict=head, meta={"temperature": 1.0}, memory=memory.to_dict()).save(path)
+    loaded = PersonalModel.from_bytes(path.read_bytes())
+    assert loaded.memory is not None
+    assert np.array_equal(loaded.memory.images, images[:5]) and np.array_equal(loaded.memory.labels, labels[:5])
+
+
+def test_memory_keeps_the_most_recent_labels_and_checks_shapes(digits) -> None:
+    images, labels = digits
+    memory = PersonalMemory(images[:10], labels[:10], MemoryConfig(max_samples=4))
+    assert len(memory) == 4 and np.array_equal(memory.labels, labels[6:10])
+    with pytest.raises(ValueError):
+        PersonalMemory(images[:3], labels[:2])
+    with pytest.raises(ValueError):
+        PersonalMemory.from_dict({"format": "something else", "images": torch.zeros(0)})
