@@ -74,20 +74,7 @@ def _percent(value: float | None) -> str:
 
 def reading_text(card: ReadingCard, _: Translator) -> str:
     """The reply to a photo: what was read, how sure, what was recorded, what to do next."""
-    lines: list[str] = []
-    if len(card.digits) == 1:
-        digit = card.digits[0]
-        lines.append(_("I read: {digit} ({confidence} sure)", digit=digit.digit,
-                       confidence=_percent(digit.confidence)))
-    else:
-        lines.append(_("I read: {digits}", digits=card.text))
-        lines.append("  ".join(
-            _("#{position}: {digit} ({confidence})", position=i + 1, digit=d.digit,
-              confidence=_percent(d.confidence))
-            for i, d in enumerate(card.digits)
-        ))
-    if card.personal_version is not None:
-        lines.append(_("Your personal model v{version} answered.", version=card.personal_version))
+    lines = _read_lines(card, _)
     if card.labelled:
         lines.append("")
         lines.append(_recorded_line(card, _))
@@ -111,6 +98,38 @@ def reading_text(card: ReadingCard, _: Translator) -> str:
                        "You can also reply to this message with the right digits, e.g. {example}.",
                        example=card.text))
     return "\n".join(lines)
+
+
+def picker_text(card: ReadingCard, position: int, _: Translator) -> str:
+    """The answer while the 0-9 picker is open for one position of a row: which digit is being fixed."""
+    lines = _read_lines(card, _)
+    if card.labelled:
+        lines += ["", _recorded_line(card, _)]
+    digit = card.digits[position]
+    lines.append("")
+    lines.append(_("✎ Fixing digit {position} of {count} (now {digit}): tap the right digit, or ⬅️ Back.",
+                   position=position + 1, count=len(card.digits),
+                   digit=digit.label if digit.label is not None else digit.digit))
+    return "\n".join(lines)
+
+
+def _read_lines(card: ReadingCard, _: Translator) -> list[str]:
+    """What was read, with its confidence, and which model answered."""
+    lines: list[str] = []
+    if len(card.digits) == 1:
+        digit = card.digits[0]
+        lines.append(_("I read: {digit} ({confidence} sure)", digit=digit.digit,
+                       confidence=_percent(digit.confidence)))
+    else:
+        lines.append(_("I read: {digits}", digits=card.text))
+        lines.append("  ".join(
+            _("#{position}: {digit} ({confidence})", position=i + 1, digit=d.digit,
+              confidence=_percent(d.confidence))
+            for i, d in enumerate(card.digits)
+        ))
+    if card.personal_version is not None:
+        lines.append(_("Your personal model v{version} answered.", version=card.personal_version))
+    return lines
 
 
 def _recorded_line(card: ReadingCard, _: Translator) -> str:

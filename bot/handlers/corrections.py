@@ -12,7 +12,7 @@ from bot.handlers.common import edit_message, is_private, reading_lock, services
 from bot.i18n import Translator
 from bot.keyboards import ReadingAction, digit_picker_keyboard, parse_reading_action, reading_keyboard
 from bot.services import BadLabel, NotFound, NotOwner
-from bot.views import ReadingCard, reading_text
+from bot.views import ReadingCard, picker_text, reading_text
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +96,14 @@ async def _show(action: ReadingAction, card: ReadingCard, query: CallbackQuery, 
     message = query.message
     overview = reading_keyboard(card.reading_id, card.predicted, card.labels, _, true_text=card.true_text)
     if action.kind == "pick" and action.position is not None:
-        if message is not None:
+        if message is not None:  # the text says which position the picker is fixing while it is open
             picker = digit_picker_keyboard(card.reading_id, action.position, card.labels[action.position], _)
-            await edit_message(query, None, reply_markup=picker)
+            await edit_message(query, picker_text(card, action.position, _), reply_markup=picker)
         await query.answer(_("Which digit is #{position}?", position=action.position + 1))
         return
     if action.kind == "back":
         if message is not None:
-            await edit_message(query, None, reply_markup=overview)
+            await edit_message(query, reading_text(card, _), reply_markup=overview)
         await query.answer()
         return
     if message is not None:

@@ -94,11 +94,21 @@ def test_row_of_digits_corrected_by_reply_and_by_position(tmp_path: Path, recogn
             assert _labels(h, ANN, rid) == [4, 2, 7, 1]
             assert "Recorded: 4271" in (await h.message(ANN, mid))["text"]
 
+            await h.press(ANN, ANN, mid, f"p:{rid}:0")  # the picker's message says which position it fixes
+            picking = await h.message(ANN, mid)
+            assert "Fixing digit 1 of 4 (now 4)" in picking["text"] and "Recorded: 4271" in picking["text"]
+            await h.press(ANN, ANN, mid, f"b:{rid}")  # ⬅️ Back: the overview and its text again
+            back = await h.message(ANN, mid)
+            assert "Fixing" not in back["text"] and "Recorded: 4271" in back["text"]
+            assert _buttons(back)[1:5] == [f"p:{rid}:{pos}" for pos in range(4)]
             await h.press(ANN, ANN, mid, f"p:{rid}:2")  # pick position 3, then the digit
-            assert _buttons(await h.message(ANN, mid)) == [f"d:{rid}:2:{d}" for d in range(10)] + [f"b:{rid}"]
+            picking = await h.message(ANN, mid)
+            assert _buttons(picking) == [f"d:{rid}:2:{d}" for d in range(10)] + [f"b:{rid}"]
+            assert "Fixing digit 3 of 4 (now 7)" in picking["text"]
             await h.press(ANN, ANN, mid, f"d:{rid}:2:9")
             assert _labels(h, ANN, rid) == [4, 2, 9, 1]
             assert "Recorded: 4291" in (await h.message(ANN, mid))["text"]
+            assert "Fixing" not in (await h.message(ANN, mid))["text"]  # the picker closed with the digit
             captioned = await h.photo_reply(ANN, ANN, digits_photo("38"), caption="３8")
             assert "Recorded: 38" in captioned["text"]  # a caption of the right length labels at once
             assert _labels(h, ANN, _reading_id(captioned)) == [3, 8]

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from bot.i18n import translator
-from bot.views import DigitCard, ReadingCard, StatsCard, reading_text, stats_text
+from bot.views import DigitCard, ReadingCard, StatsCard, picker_text, reading_text, stats_text
 
 en, zh = translator("en"), translator("zh_CN")
 
@@ -56,3 +56,15 @@ def test_stats_text() -> None:
                      "4: 50% of 6", "4 read as 9 ×3", "right 95%; the base model alone would have been right 70%"):
         assert expected in text
     assert "个人模型：v2" in stats_text(stats, zh) and "4 被认成 9 ×3" in stats_text(stats, zh)
+
+
+def test_the_picker_says_which_position_it_fixes() -> None:
+    row = _card(DigitCard(4, 0.9, "base"), DigitCard(7, 0.5, "base", runner_up=1), DigitCard(2, 0.9, "base"))
+    text = picker_text(row, 1, en)
+    assert text.startswith("I read: 472")
+    assert text.endswith("✎ Fixing digit 2 of 3 (now 7): tap the right digit, or ⬅️ Back.")
+    assert "Tap ✅" not in text and "not sure" not in text  # the overview's instructions are for the overview
+    corrected = _card(DigitCard(4, 0.9, "base"), DigitCard(7, 0.9, "base", label=1))
+    text = picker_text(corrected, 1, en)
+    assert "Recorded: 41" in text and "Fixing digit 2 of 2 (now 1)" in text  # the label, not the reading
+    assert "正在改第2位（共2位，现在是 1）" in picker_text(corrected, 1, zh)
