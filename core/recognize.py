@@ -16,7 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from core.memory import PersonalMemory
-from core.model import Checkpoint, DigitNet, for_inference, merge_state, normalize
+from core.model import Checkpoint, DigitNet, for_inference, head_state, merge_state, normalize
 from core.row_split import cut, piece_counts
 
 if TYPE_CHECKING:
@@ -76,6 +76,8 @@ class PersonalModel:
                  memory: PersonalMemory | None = None) -> None:
         self.checkpoint = checkpoint
         self.version = version
+        # a memory-only file (digitbot finetune with too few labels) has no head weights
+        self.has_head = checkpoint is not None and bool(head_state(checkpoint.state_dict))
         if memory is None and checkpoint is not None and checkpoint.memory is not None:
             memory = PersonalMemory.from_dict(checkpoint.memory)
         self.memory = memory
@@ -90,7 +92,7 @@ class PersonalModel:
         return cls(Checkpoint.from_bytes(blob), version=version, memory=memory)
 
     def model(self, base: Checkpoint, device: torch.device) -> DigitNet:
-        assert self.checkpoint is not None, "a memory-only personal model has no head"
+        assert self.checkpoint is not None and self.has_head, "a memory-only personal model has no head"
         if self._model is None:
             model = DigitNet(base.config)
             model.load_state_dict(merge_state(base, self.checkpoint))
@@ -130,7 +132,7 @@ class Recognizer:
         features = self.model.penultimate(trunk)
         base = F.softmax(self.model.fc2(features) / self.base_temperature, dim=1)
         own = votes = None
-        if personal is not None and personal.checkpoint is not None:
+        if personal is not None and personal.has_head:
             head = personal.model(self.base, self.device).head(trunk)
             own = F.softmax(head / personal.temperature, dim=1).cpu().numpy()
         if personal is not None and personal.memory is not None and len(personal.memory):

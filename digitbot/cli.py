@@ -150,7 +150,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from core.finetune import FinetuneConfig, finetune_user
-    from core.model import load_base
+    from core.memory import PersonalMemory
+    from core.model import Checkpoint, load_base
     from core.personal_data import load_labelled_folder
 
     images, labels, skipped = load_labelled_folder(args.data)
@@ -158,17 +159,27 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         print(f"skipped {line}")
     print(f"{len(labels)} labelled images from {args.data} (digits present: "
           f"{sorted(set(labels.tolist())) or 'none'})")
-    result = finetune_user(load_base(args.base), images, labels, config=FinetuneConfig(seed=args.seed))
+    base = load_base(args.base)
+    result = finetune_user(base, images, labels, config=FinetuneConfig(seed=args.seed))
     metrics = result.metrics
+    # The file always carries the memory of these digits: it changes readings of look-alikes at
+    # once, also when there are too few labels for a fine-tune or the gate keeps the base.
+    memory = PersonalMemory(images, labels).to_dict()
     if "heldout_after" not in metrics:
-        print(f"no personal model written: {result.decision.reason}")
-        return 1
+        print(f"no fine-tune: {result.decision.reason}")
+        if not len(labels):
+            return 1
+        Checkpoint(state_dict={}, config=base.config, meta={"kind": "memory"}, memory=memory).save(args.out)
+        print(f"wrote {args.out}: the memory of these {len(labels)} digits only "
+              f"(use: digitbot predict IMAGE --user-model {args.out})")
+        return 0
     print(f"held-out part of {args.data} ({int(metrics['n_holdout'])} images): accuracy before "
           f"{metrics['heldout_before']:.1%} (base model), after {metrics['heldout_after']:.1%} "
           f"(personal model with base fallback; personal alone {metrics['heldout_personal']:.1%})")
     print(f"MNIST test subset ({int(metrics['mnist_subset'])}): base {metrics['mnist_base_accuracy']:.2%}, "
           f"personal {metrics['mnist_accuracy']:.2%}, combined {metrics['mnist_combined_accuracy']:.2%}")
     print(f"gate: {result.decision.reason}")
+    result.checkpoint.memory = memory
     result.checkpoint.save(args.out)
     print(f"wrote {args.out} (use: digitbot predict IMAGE --user-model {args.out})")
     return 0

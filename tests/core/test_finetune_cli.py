@@ -34,17 +34,38 @@ def test_finetune_command_writes_a_personal_model_and_reports_before_after(
     personal = PersonalModel.from_bytes(out.read_bytes())
     assert personal.checkpoint.meta["kind"] == "personal"
     assert not any(k.startswith(("conv1.", "conv2.")) for k in personal.checkpoint.state_dict)
+    assert personal.has_head and personal.memory is not None and len(personal.memory) == 60
 
 
-def test_finetune_command_with_too_few_images_writes_nothing(tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_finetune_command_with_no_images_writes_nothing(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "data" / "4").mkdir(parents=True)
+    out = tmp_path / "me.pt"
+    assert main(["finetune", "--data", str(tmp_path / "data"), "--out", str(out)]) == 1
+    assert "too few" in capsys.readouterr().out and not out.exists()
+
+
+def test_finetune_command_with_too_few_images_writes_the_memory_only(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Too few labels for a fine-tune still teach the bot: the file holds their memory, and a
+    look-alike of the labelled digit is read as labelled."""
     if not DEFAULT_WEIGHTS.exists():
         pytest.skip("core/weights/base.pt not trained yet")
     (tmp_path / "data" / "4").mkdir(parents=True)
     cv2.imwrite(str(tmp_path / "data" / "4" / "a.png"), _bar_digit())
     out = tmp_path / "me.pt"
-    assert main(["finetune", "--data", str(tmp_path / "data"), "--out", str(out)]) == 1
-    assert "too few" in capsys.readouterr().out and not out.exists()
+    assert main(["finetune", "--data", str(tmp_path / "data"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "too few" in printed and "memory of these 1 digits" in printed
+    personal = PersonalModel.from_bytes(out.read_bytes())
+    assert not personal.has_head and personal.memory is not None and personal.memory.labels.tolist() == [4]
+    from core.model import load_base
+    from core.recognize import Recognizer
+
+    recognizer = Recognizer(load_base())
+    look_alike = np.roll(_bar_digit(), 1, axis=1)[None]
+    assert recognizer.classify(look_alike)[0].digit != 4  # a bare bar is a 1 to the base
+    assert recognizer.classify(look_alike, personal)[0].digit == 4
 
 
 def _bar_digit() -> np.ndarray:
