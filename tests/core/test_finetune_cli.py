@@ -32,7 +32,7 @@ def test_finetune_command_writes_a_personal_model_and_reports_before_after(
     assert "skipped" in printed and "junk.png" in printed
     assert "accuracy before" in printed and "after" in printed and "gate:" in printed
     personal = PersonalModel.from_bytes(out.read_bytes())
-    assert personal.checkpoint.meta["kind"] == "personal"
+    assert personal.checkpoint is not None and personal.checkpoint.meta["kind"] == "personal"
     assert not any(k.startswith(("conv1.", "conv2.")) for k in personal.checkpoint.state_dict)
     assert personal.has_head and personal.memory is not None and len(personal.memory) == 60
 
