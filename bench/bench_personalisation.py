@@ -31,6 +31,7 @@ FIRST_NEW = 100  # new samples start after the largest label count
 
 
 def mnist_row(probe: MnistProbe, personal: PersonalModel, base_temperature: float) -> dict[str, float]:
+    assert personal.checkpoint is not None
     logits = probe.logits(head_state(personal.checkpoint.state_dict))
     personal_probs = calibrated_probabilities(logits, personal.temperature)
     base_probs = calibrated_probabilities(probe.base_logits, base_temperature)

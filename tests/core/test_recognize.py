@@ -53,6 +53,7 @@ def test_unsure_personal_model_falls_back_to_base(base: Checkpoint) -> None:
 
 def test_personal_model_round_trip(base: Checkpoint) -> None:
     personal = _personal(base, favour=7)
+    assert personal.checkpoint is not None
     restored = PersonalModel.from_bytes(personal.checkpoint.to_bytes(), version=2)
     assert restored.version == 2 and restored.threshold == 0.9
     assert Recognizer(base).classify(_images(2), restored)[0].digit == 7
