@@ -62,9 +62,11 @@ def renew_lease(session: Session, *, job_id: int, attempt: int) -> bool:
     return int(getattr(result, "rowcount", 0)) == 1
 
 
-def queued_job_ids(session: Session, *, limit: int = 1000) -> list[int]:
-    return list(session.scalars(
-        select(FinetuneJob.id).where(FinetuneJob.state == QUEUED).order_by(FinetuneJob.id).limit(limit)))
+def queued_jobs(session: Session, *, limit: int = 1000) -> dict[int, int]:
+    """Queued job id -> its attempts so far (a job re-queued after a run has more than when first queued)."""
+    rows = session.execute(select(FinetuneJob.id, FinetuneJob.attempts).where(FinetuneJob.state == QUEUED)
+                           .order_by(FinetuneJob.id).limit(limit))
+    return {int(job_id): int(attempts) for job_id, attempts in rows}
 
 
 def open_job_id(session: Session, *, user_id: int) -> int | None:

@@ -148,8 +148,11 @@ class LocalDispatcher:
 
 class CeleryDispatcher:
     """Publishes queued jobs to Celery. A job still queued `republish_after_s` after it was sent
-    (default: 5 leases, at least 10 minutes) is sent again, as its message may have been lost with
-    a Redis restart; a duplicate message is harmless (the claim is a compare-and-set)."""
+    (default: 5 leases, at least 10 minutes) is sent again, as its message may have been lost; a
+    duplicate message is harmless (the claim is a compare-and-set). A Redis broker that restarted
+    (a new `run_id`: without persistence it lost every message it held) has every queued job
+    published again at the next sweep instead (issue 13: before, a job whose message sat in Redis
+    when it was SIGKILLed waited the 10 minutes)."""
 
     def __init__(self, settings: Settings, *, republish_after_s: float | None = None) -> None:
         from worker.celery_app import make_celery
@@ -160,6 +163,7 @@ class CeleryDispatcher:
         self._republish_after_s = republish_after_s if republish_after_s is not None \
             else max(600.0, 5 * settings.finetune_lease_s)
         self._published: dict[int, float] = {}
+        self._broker_run_id: str | None = None
 
     def __call__(self, job_ids: Sequence[int]) -> list[int]:
         from worker.celery_app import publish
@@ -167,6 +171,8 @@ class CeleryDispatcher:
         now = time.monotonic()
         queued = set(job_ids)
         self._published = {j: t for j, t in self._published.items() if j in queued}
+        if queued:  # before publishing: the messages sent next go to the server with this run id
+            self._forget_if_broker_restarted()
         due = [j for j in dict.fromkeys(job_ids)
                if now - self._published.get(j, -float("inf")) >= self._republish_after_s]
         size = max(1, self._batch_size)
@@ -182,8 +188,40 @@ class CeleryDispatcher:
             sent.extend(batch)
         return sent
 
+    def forget(self, job_ids: Sequence[int]) -> None:
+        """These jobs were queued again after a run (the sweep tells): publish them at once."""
+        for job_id in job_ids:
+            self._published.pop(job_id, None)
+
+    def _forget_if_broker_restarted(self) -> None:
+        run_id = broker_run_id(self._broker_url)
+        if run_id is None:  # not Redis, or unreachable now: publishing will tell
+            return
+        if self._broker_run_id is not None and run_id != self._broker_run_id and self._published:
+            log.warning("Celery broker %s restarted: publishing the %d queued fine-tune job(s) sent "
+                        "before again (their messages may be lost)", _redact(self._broker_url),
+                        len(self._published))
+            self._published.clear()
+        self._broker_run_id = run_id
+
     def shutdown(self, wait: bool = True) -> None:
         self._celery.close()
+
+
+def broker_run_id(broker_url: str) -> str | None:
+    """The Redis server's `run_id` (a new one at every start), or None: not a Redis URL, or unreachable."""
+    if urlsplit(broker_url).scheme not in ("redis", "rediss"):
+        return None
+    import redis
+
+    try:
+        client = redis.Redis.from_url(broker_url, socket_connect_timeout=3, socket_timeout=3)
+        try:
+            return str(client.info("server")["run_id"])
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, KeyError):
+        return None
 
 
 @dataclass

@@ -83,6 +83,7 @@ class Sweeper:
         self.orphan_grace_s = orphan_grace_s
         self._lock = threading.Lock()
         self._orphans_swept_at: float | None = None  # time.monotonic() of the last orphan sweep
+        self._queued_attempts: dict[int, int] = {}  # queued jobs at the last sweep -> their attempts
 
     def sweep(self) -> SweepReport:
         with self._lock:  # a wake-up sweep waits for the scheduled one instead of overlapping it
@@ -109,7 +110,16 @@ class Sweeper:
                         report.created.append(job.id)
 
         with self.session_factory() as session:
-            queued = jobrows.queued_job_ids(session)
+            attempts = jobrows.queued_jobs(session)
+        queued = list(attempts)
+        # Jobs queued again since the last sweep (a worker died or failed: more attempts, or not
+        # queued last time): the dispatcher must not count them as sent (issue 13: the Celery
+        # dispatcher published such a job again only after `republish_after_s`, 10 minutes).
+        requeued = [j for j, n in attempts.items() if n > 0 and self._queued_attempts.get(j) != n]
+        self._queued_attempts = attempts
+        forget = getattr(self.dispatch, "forget", None)
+        if requeued and forget is not None:
+            forget(requeued)
         if queued:
             report.dispatched = list(self.dispatch(queued))
             handed = set(report.dispatched)
