@@ -334,12 +334,13 @@ def main() -> None:
     parser.add_argument("--finetune-min-labels", type=int, default=10)
     parser.add_argument("--lease-s", type=float, default=20.0, help="fine-tune job lease (dead worker detection)")
     parser.add_argument("--scenarios", default="steady,faults", help="steady, faults, or both")
-    default_weights = ROOT / "weights" / "base.pt"
-    parser.add_argument("--weights", type=Path,
-                        default=default_weights if default_weights.exists() else ROOT / "runs" / "dev_base.pt")
+    from digitbot.settings import SHIPPED_BASE_WEIGHTS
+
+    parser.add_argument("--weights", type=Path, default=SHIPPED_BASE_WEIGHTS, help="base model (the shipped one)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--keep-logs", type=Path, help="copy the bot's and the worker's logs here")
+    parser.add_argument("--keep-logs", type=Path, help="copy the bot's and the worker's logs here (and the "
+                        "scenario's database when a label was lost or duplicated)")
     args = parser.parse_args()
 
     from core.data import load_mnist
@@ -358,6 +359,10 @@ def main() -> None:
                 args.keep_logs.mkdir(parents=True, exist_ok=True)
                 for log in Path(tmp).glob("*.log"):
                     shutil.copy(log, args.keep_logs / log.name)
+                (args.keep_logs / "reports.json").write_text(json.dumps(reports, indent=2))
+                for report in reports:  # the database too, when something is to be explained
+                    if report["labels_lost"] or report["labels_duplicated"]:
+                        shutil.copy(Path(tmp) / f"{report['scenario']}.db", args.keep_logs)
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "machine": f"{os.cpu_count()} CPUs, load average {os.getloadavg()}", "weights": str(args.weights),
               "command": " ".join([".venv/bin/python -m bench.bench_reliability_load", *sys.argv[1:]]),
