@@ -8,6 +8,19 @@ core.recognize exactly as served), the answer served after the gate (combined if
 base), and MNIST test accuracy (all 10,000) of the base, the personal model and the combined rule.
 
     .venv/bin/python bench/bench_personalisation.py --split eval --out docs/bench_personalisation.json
+
+``--photos`` (issue 12): writers the base misreads, as thin-pen photos (core.photo_writers), read
+through the whole photo pipeline exactly as the bot does (core.recognize.Recognizer.read_many on the
+photo bytes). The user's labels are their first k photos: the crops the pipeline cut from them
+(base reading; a photo where it found no digit or the wrong number gives none), with the true
+digit. Each writer's photos after the first max(--label-counts) are read by the base, the memory
+alone, the fine-tuned head alone (threshold 0), and as served (head + memory if the gate promoted
+it, else the memory alone); every miss is split into segmentation (wrong digit count) and
+classification (one digit found, wrong class). MNIST test (all 10,000) through Recognizer.classify
+with the memory-only and the served personal model.
+
+    .venv/bin/python -m bench.bench_personalisation --photos --split eval --threads 1 --out var/photo_eval.json
+    .venv/bin/python -m bench.bench_personalisation --photos --max-users 1 --samples 10 --label-counts 0,5  # smoke
 """
 
 from __future__ import annotations
@@ -17,14 +30,18 @@ import json
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
 from core.calibrate import MnistProbe, calibrated_probabilities, combine
+from core.data import load_mnist
 from core.finetune import FinetuneConfig, finetune_user, head_state
-from core.model import load_base
+from core.memory import PersonalMemory
+from core.model import Checkpoint, load_base
 from core.personal_data import simulated_users
-from core.recognize import PersonalModel, Recognizer
+from core.photo_writers import CLASSIFICATION, SEGMENTATION, PhotoWriter, labelled_crops, miss_kind, photo_writers
+from core.recognize import PersonalModel, PhotoReading, Recognizer
 
 LABEL_COUNTS = (10, 20, 50, 100)
 FIRST_NEW = 100  # new samples start after the largest label count
@@ -56,8 +73,20 @@ def main() -> None:
     parser.add_argument("--user-seed", type=int, default=0, help="which simulated samples")
     parser.add_argument("--max-users", type=int, default=0, help="only the first N users (smoke runs)")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    parser.add_argument("--photos", action="store_true",
+                        help="thin-pen photo writers through the photo pipeline (issue 12); --samples is then "
+                             "the number of new photos per writer (default 100)")
+    parser.add_argument("--label-counts", default=None,
+                        help="--photos: comma-separated label counts (default 0,1,5,10,20,50,100)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.photos:
+        cv2.setNumThreads(args.threads)
+        counts = tuple(int(k) for k in args.label_counts.split(",")) if args.label_counts else PHOTO_LABEL_COUNTS
+        samples = 100 if args.samples == parser.get_default("samples") else args.samples
+        photo_rows = run_photos(args.split, counts, samples, args.max_users, args.seed, args.user_seed, args.out)
+        print_photo_summary(photo_rows, counts)
+        return
 
     base = load_base()
     probe = MnistProbe(base, subset=0, device="cpu")  # all 10,000 MNIST test digits
@@ -117,6 +146,160 @@ def print_summary(rows: list[dict]) -> None:
     for k in (50, 100):
         per_user = [(1 - r["served"]) / max(1 - r["base"], 1e-9) for r in rows if r["labels"] == k]
         print(f"k={k}: per-user error ratio served/base: " + ", ".join(f"{x:.2f}" for x in per_user))
+
+
+# --- thin-pen photo writers (issue 12) ------------------------------------------------------------
+
+PHOTO_LABEL_COUNTS = (0, 1, 5, 10, 20, 50, 100)
+READ_CHUNK = 32  # photos per Recognizer.read_many call (the bot reads one at a time; same answers)
+MODELS = ("base", "memory", "personal", "served")
+
+
+def read_all(recognizer: Recognizer, photos: list[bytes], personal: PersonalModel | None) -> list[PhotoReading]:
+    return [reading for start in range(0, len(photos), READ_CHUNK)
+            for reading in recognizer.read_many(photos[start:start + READ_CHUNK], personal)]
+
+
+def outcome_counts(readings: list[PhotoReading], labels: list[list[int]]) -> dict[str, float]:
+    kinds = [miss_kind(r, y) for r, y in zip(readings, labels, strict=True)]
+    n = max(len(kinds), 1)
+    seg, cls = kinds.count(SEGMENTATION), kinds.count(CLASSIFICATION)
+    return {"error": (seg + cls) / n, "segmentation": seg, "classification": cls}
+
+
+def mnist_accuracy(recognizer: Recognizer, images: np.ndarray, labels: np.ndarray,
+                   personal: PersonalModel | None) -> float:
+    digits = [p.digit for start in range(0, len(images), 2048)
+              for p in recognizer.classify(images[start:start + 2048], personal)]
+    return float(np.mean(np.array(digits) == labels))
+
+
+def photo_writer_rows(writer: PhotoWriter, recognizer: Recognizer, base: Checkpoint, counts: tuple[int, ...],
+                      samples: int, config: FinetuneConfig, mnist: tuple[np.ndarray, np.ndarray],
+                      mnist_base: float) -> list[dict]:
+    """One writer's rows, one per label count (see the module docstring)."""
+    first_new = max(counts)
+    new = range(first_new, min(len(writer), first_new + samples))
+    started = time.perf_counter()
+    label_photos, new_photos = writer.photos(range(first_new)), writer.photos(new)
+    render_seconds = time.perf_counter() - started
+    new_bytes, new_labels = [p.data for p in new_photos], [p.labels for p in new_photos]
+    label_readings = read_all(recognizer, [p.data for p in label_photos], None)
+    base_counts = outcome_counts(read_all(recognizer, new_bytes, None), new_labels)
+    rows = []
+    for k in counts:
+        crops, crop_labels = labelled_crops(label_readings[:k], [p.labels for p in label_photos[:k]])
+        memory = PersonalMemory(crops, crop_labels)
+        memory_only = PersonalModel(None, memory=memory)
+        outcome = {"base": base_counts}
+        promoted, reason, trained, seconds = False, "no labels", False, 0.0
+        mnist_memory = mnist_served = mnist_base
+        if k == 0:
+            outcome.update(memory=base_counts, personal=base_counts, served=base_counts)
+        else:
+            outcome["memory"] = outcome_counts(read_all(recognizer, new_bytes, memory_only), new_labels)
+            mnist_memory = mnist_accuracy(recognizer, *mnist, memory_only)
+            tick = time.perf_counter()
+            result = finetune_user(base, crops, crop_labels, config=config, device="cpu")
+            seconds = time.perf_counter() - tick
+            promoted, reason = bool(result.decision.promote), result.decision.reason
+            trained = "best_step" in result.metrics
+            if trained:
+                head_only = PersonalModel(result.checkpoint)
+                head_only.threshold = 0.0
+                outcome["personal"] = outcome_counts(read_all(recognizer, new_bytes, head_only), new_labels)
+            else:  # too few crops for a fine-tune: the head is the base's
+                outcome["personal"] = base_counts
+            if promoted:
+                served = PersonalModel(result.checkpoint, memory=memory)
+                outcome["served"] = outcome_counts(read_all(recognizer, new_bytes, served), new_labels)
+                mnist_served = mnist_accuracy(recognizer, *mnist, served)
+            else:
+                outcome["served"], mnist_served = outcome["memory"], mnist_memory
+        row = {"user": writer.name, "labels": k, "crops": len(crop_labels), "new_photos": len(new_bytes),
+               "promoted": promoted, "trained": trained, "reason": reason, "finetune_seconds": seconds,
+               "render_seconds": render_seconds, "mnist_base": mnist_base, "mnist_memory": mnist_memory,
+               "mnist_served": mnist_served}
+        for model in MODELS:
+            row.update({f"{model}_{key}": value for key, value in outcome[model].items()})
+        rows.append(row)
+        print(f"{writer.name:24s} k={k:3d} crops={len(crop_labels):3d}  " + "  ".join(
+            f"{m} {row[f'{m}_error']:.1%} ({row[f'{m}_segmentation']}s/{row[f'{m}_classification']}c)"
+            for m in MODELS) + f"  MNIST {mnist_base:.2%} -> served {mnist_served:.2%}  "
+            f"{'promoted' if promoted else 'kept'} ({seconds:.1f}s: {reason})", flush=True)
+    return rows
+
+
+def run_photos(split: str, counts: tuple[int, ...], samples: int, max_users: int, seed: int,
+               user_seed: int, out: str | None = None) -> list[dict]:
+    """All rows; written to ``out`` (JSON) after each writer."""
+    base = load_base()
+    recognizer = Recognizer(base)
+    mnist_images, mnist_labels = load_mnist(train=False)
+    mnist = (mnist_images.numpy(), mnist_labels.numpy())
+    mnist_base = mnist_accuracy(recognizer, *mnist, None)
+    config = FinetuneConfig(seed=seed)
+    writers = photo_writers(split, n=max(counts) + samples, seed=user_seed)
+    rows: list[dict] = []
+    for writer in writers[:max_users or len(writers)]:
+        rows += photo_writer_rows(writer, recognizer, base, counts, samples, config, mnist, mnist_base)
+        if out:
+            Path(out).write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def print_photo_summary(rows: list[dict], counts: tuple[int, ...]) -> None:
+    """Per-writer table, averages over writers, and the issue-12 targets."""
+    print("\n| writer | labels | crops | base error (seg/cls) | memory | personal | served | promoted "
+          "| MNIST served - base |")
+    print("|---|---:|---:|---:|---:|---:|---:|:---:|---:|")
+    for r in rows:
+        cells = " | ".join(f"{r[f'{m}_error']:.1%} ({r[f'{m}_segmentation']}/{r[f'{m}_classification']})"
+                           for m in MODELS)
+        print(f"| {r['user']} | {r['labels']} | {r['crops']} | {cells} | {'yes' if r['promoted'] else 'no'} | "
+              f"{100 * (r['mnist_served'] - r['mnist_base']):+.2f} |")
+    print("\nAverages over writers (error; mean segmentation / classification misses per writer):\n")
+    print("| labels | base | memory | personal | served | served / base error | promoted "
+          "| MNIST memory - base (worst) | MNIST served - base (worst) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for k in counts:
+        chosen = [r for r in rows if r["labels"] == k]
+        if not chosen:
+            continue
+
+        def cell(model: str, chosen: list[dict] = chosen) -> str:
+            return (f"{np.mean([r[f'{model}_error'] for r in chosen]):.1%} "
+                    f"({np.mean([r[f'{model}_segmentation'] for r in chosen]):.1f}/"
+                    f"{np.mean([r[f'{model}_classification'] for r in chosen]):.1f})")
+
+        ratio = np.mean([r["served_error"] for r in chosen]) / max(np.mean([r["base_error"] for r in chosen]), 1e-9)
+        print(f"| {k} | {cell('base')} | {cell('memory')} | {cell('personal')} | {cell('served')} | {ratio:.2f} | "
+              f"{sum(r['promoted'] for r in chosen)}/{len(chosen)} | "
+              f"{100 * min(r['mnist_memory'] - r['mnist_base'] for r in chosen):+.2f} | "
+              f"{100 * min(r['mnist_served'] - r['mnist_base'] for r in chosen):+.2f} |")
+    print("\nTargets (issue 12), writers with base error >= 10%:")
+    hard = {r["user"] for r in rows if r["labels"] == counts[0] and r["base_error"] >= 0.10}
+    picked = [r for r in rows if r["user"] in hard]
+    print(f"  writers: {len(hard)} of {len({r['user'] for r in rows})}")
+
+    def at(k: int) -> list[dict]:
+        return [r for r in picked if r["labels"] == k]
+
+    if at(10):
+        base_cls = sum(r["base_classification"] for r in at(10))
+        memory_cls = sum(r["memory_classification"] for r in at(10))
+        print(f"  classification misses after 10 labels, memory vs base: {memory_cls} vs {base_cls} "
+              f"({1 - memory_cls / max(base_cls, 1):.0%} fewer; target >= 25%)")
+    for k, bound in ((50, 1 / 2), (100, 1 / 3)):
+        if at(k):
+            ratio = np.mean([r["served_error"] for r in at(k)]) / max(np.mean([r["base_error"] for r in at(k)]), 1e-9)
+            per = ", ".join(f"{r['served_error'] / max(r['base_error'], 1e-9):.2f}" for r in at(k))
+            print(f"  served / base error after {k} labels: {ratio:.2f} (target <= {bound:.2f}); per writer: {per}")
+    if picked:
+        worst = min(r["mnist_served"] - r["mnist_base"] for r in picked)
+        print(f"  worst MNIST change, served: {100 * worst:+.2f} points (target >= -0.30)")
+        worse = [f"{r['user']}@{r['labels']}" for r in picked if r["served_error"] > r["base_error"]]
+        print(f"  served worse than the base: {', '.join(worse) or 'none'}")
 
 
 if __name__ == "__main__":
