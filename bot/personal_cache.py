@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Hashable
 from typing import Generic, TypeVar
 
 Model = TypeVar("Model")
-WeightsKey = tuple[int, int, str]  # (model version row id, version number, weights sha256)
+# What the cached model was built from. bot.services uses ((model version row id, version number,
+# weights sha256) of the active head, or None; the revision of the user's labels, which make up
+# their memory: storage.repository.label_revision).
+WeightsKey = Hashable
 DEFAULT_SIZE = 64
 _DROPS_REMEMBERED = 4096  # recent /forget calls remembered for loads still in flight
 

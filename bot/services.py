@@ -21,6 +21,7 @@ from bot.i18n import resolve_language
 from bot.inbox import RETENTION
 from bot.personal_cache import PersonalModelCache
 from bot.views import DigitCard, ReadingCard, StatsCard
+from core.memory import PersonalMemory
 from core.recognize import PersonalModel, PhotoReading, Recognizer
 from storage import repository as repo
 from storage.errors import CorruptWeights, InvalidLabel, NotYourSample, QuotaExceeded, UnknownSample
@@ -240,26 +241,37 @@ class BotServices:
         return PhotoOutcome(status="ok", card=self._card(session, view, telegram_id))
 
     def _personal_model(self, telegram_id: int) -> tuple[int | None, PersonalModel | None]:
-        """(model version id, model) of the user's active personal model, cached by its weights."""
+        """(model version id, model) of what the user has taught the bot: their active personal head
+        (if any) and the memory of their labelled digits (so a correction changes the very next
+        reading of a look-alike). Cached by the exact weights and the labels' revision."""
         generation = self.personal_models.generation()
         with self.sessions() as session:
             user = repo.get_user(session, telegram_id=telegram_id)
-            active = repo.active_model_version(session, user_id=user.id) if user is not None else None
-            if user is None or active is None:
+            if user is None:
                 self.personal_models.discard_user(telegram_id)
                 return None, None
-            key = (active.id, active.version, active.weights_sha256)
+            active = repo.active_model_version(session, user_id=user.id)
+            revision = repo.label_revision(session, user_id=user.id)
+            if active is None and revision[0] == 0:
+                self.personal_models.discard_user(telegram_id)
+                return None, None
+            weights = None if active is None else (active.id, active.version, active.weights_sha256)
+            key = (weights, revision)
             cached = self.personal_models.get(telegram_id, key)
             if cached is not None:
-                return active.id, cached
-            try:
-                blob = repo.load_weights(session, user_id=user.id, version_id=active.id)
-                model = PersonalModel.from_bytes(blob, version=active.version)
-            except (CorruptWeights, ValueError, RuntimeError) as error:  # answer with the base model
-                log.error("personal model %s unusable, the base model answers: %s", active.id, error)
-                return None, None
+                return (active.id if active is not None else None), cached
+            labelled = repo.training_set(session, user_id=user.id)
+            memory = PersonalMemory(labelled.images, labelled.labels) if len(labelled) else None
+            model = PersonalModel(None, memory=memory)
+            if active is not None:
+                try:
+                    blob = repo.load_weights(session, user_id=user.id, version_id=active.id)
+                    model = PersonalModel.from_bytes(blob, version=active.version, memory=memory)
+                except (CorruptWeights, ValueError, RuntimeError) as error:  # the base model answers
+                    log.error("personal model %s unusable, the base model answers: %s", active.id, error)
+                    active = None
         self.personal_models.put(telegram_id, key, model, generation=generation)
-        return active.id, model
+        return (active.id if active is not None else None), model
 
     async def attach_message(self, reading_id: int, chat_id: int, message_id: int) -> None:
         def work() -> None:

@@ -22,6 +22,7 @@ from storage.repository.finetune import (
 from storage.repository.labels import (
     current_label_count,
     label_reading,
+    label_revision,
     label_sample,
     training_set,
     undo_label,
@@ -68,6 +69,7 @@ __all__ = [
     "get_user_by_id",
     "jobs_for_user",
     "label_reading",
+    "label_revision",
     "label_sample",
     "load_weights",
     "mark_started_private",

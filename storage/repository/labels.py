@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from storage.errors import InvalidLabel, UnknownSample
@@ -141,6 +141,17 @@ def current_label_count(session: Session, *, user_id: int, since: datetime | Non
     if since is not None:
         query = query.where(Label.created_at >= since)
     return len(list(session.scalars(query)))
+
+
+def label_revision(session: Session, *, user_id: int) -> tuple[int, int]:
+    """A cheap fingerprint of the user's current labels, (count, sum of label ids): any new label,
+    correction (a new row supersedes one) or undo (a row goes, an old one comes back) changes it, so
+    whatever was built from ``training_set`` is rebuilt exactly when it would differ."""
+    count, total = session.execute(
+        select(func.count(Label.id), func.coalesce(func.sum(Label.id), 0))
+        .where(Label.user_id == user_id, Label.superseded_at.is_(None))
+    ).one()
+    return int(count), int(total)
 
 
 def training_set(session: Session, *, user_id: int) -> TrainingSet:
