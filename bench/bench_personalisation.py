@@ -36,9 +36,9 @@ import torch
 
 from core.calibrate import MnistProbe, calibrated_probabilities, combine
 from core.data import load_mnist
-from core.finetune import FinetuneConfig, finetune_user, head_state
+from core.finetune import FinetuneConfig, finetune_user
 from core.memory import PersonalMemory
-from core.model import Checkpoint, load_base
+from core.model import Checkpoint, head_state, load_base
 from core.personal_data import simulated_users
 from core.photo_writers import CLASSIFICATION, SEGMENTATION, PhotoWriter, labelled_crops, miss_kind, photo_writers
 from core.recognize import PersonalModel, PhotoReading, Recognizer
