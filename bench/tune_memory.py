@@ -69,15 +69,19 @@ def main() -> None:
         for user, probs, features in prepared:
             new = slice(FIRST_NEW, None)
             base_error = float(np.mean(probs[new].argmax(1) != user.labels[new]))
+            errors = []
             for k in LABEL_COUNTS:
                 memory = PersonalMemory(user.images[:k], user.labels[:k], config)
                 remembered = torch.nn.functional.normalize(features[:k], dim=1)
-                ratios[k].append(error(memory, probs[new], features[new], remembered, user.labels[new])
-                                 / max(base_error, 1e-9))
+                errors.append(error(memory, probs[new], features[new], remembered, user.labels[new]))
+                ratios[k].append(errors[-1] / max(base_error, 1e-9))
                 if k == LABEL_COUNTS[-1]:
                     drop = mnist_base - (1 - error(memory, mnist_probs, mnist_features, remembered,
                                                    mnist_labels_np))
                     worst_mnist = max(worst_mnist, drop)
+            if not args.grid:
+                print(f"  {user.name:<20} base error {base_error:.1%}; with the memory of k labels: " + "  ".join(
+                    f"{k}: {e:.1%}" for k, e in zip(LABEL_COUNTS, errors, strict=True)))
         summary = "  ".join(f"k={k}: {np.mean(v):.2f}" for k, v in ratios.items())
         print(f"width {config.width:<5} strength {config.strength:<5} error/base {summary}  "
               f"worst MNIST drop {100 * worst_mnist:.2f} points", flush=True)
