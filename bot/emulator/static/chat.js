@@ -3,7 +3,80 @@
 
 const api = "/emulator/api";
 const $ = (id) => document.getElementById(id);
-const view = { version: null, chatId: null, replyTo: null, seenAnswers: new Set(), poll: null, botId: null };
+const view = { version: null, chatId: null, replyTo: null, seenAnswers: new Set(), poll: null, botId: null,
+               status: "emulator" };
+
+// ---- the page's own words, in the language of the "language" menu --------------------------
+const UI_TEXT = {
+  en: {
+    emulator: "local Bot API emulator", connected: "connected", unreachable: "emulator unreachable, retrying…",
+    userId: "user id", name: "name", language: "language", chat: "chat",
+    languageTitle: "your Telegram language; choosing one with /lang in the chat sets it too",
+    privateChat: "private chat with the bot", groupChat: "group chat (-100)",
+    drawTitle: "Draw a digit", clear: "Clear", sendDrawing: "Send drawing", drawFirst: "Draw a digit first",
+    photoTitle: "Or send a photo", caption: "caption", captionPlaceholder: "the digits in it, e.g. 4271 (optional)",
+    asDocument: "send as a file (document)", commands: "Commands", replyingTo: "replying to",
+    textPlaceholder: "Message or /command — click a bot message to reply to it", send: "Send",
+    empty: "Draw a digit and press “Send drawing”, upload a photo, or type /start.",
+    typing: "digitbot is typing…", replyHint: "click to reply to this message",
+    enlarge: "click to enlarge", closeImage: "click or press Esc to close",
+  },
+  zh: {
+    emulator: "本地 Bot API 模拟器", connected: "已连接", unreachable: "连不上模拟器，正在重试…",
+    userId: "用户 ID", name: "名字", language: "语言", chat: "聊天",
+    languageTitle: "你的 Telegram 语言；在聊天里用 /lang 选择语言也会改这里",
+    privateChat: "和机器人私聊", groupChat: "群聊 (-100)",
+    drawTitle: "写一个数字", clear: "清除", sendDrawing: "发送手写", drawFirst: "请先写一个数字",
+    photoTitle: "或者发一张照片", caption: "说明", captionPlaceholder: "照片里的数字，例如 4271（可不填）",
+    asDocument: "作为文件发送", commands: "命令", replyingTo: "回复",
+    textPlaceholder: "消息或 /命令 — 点机器人的消息可以回复它", send: "发送",
+    empty: "写一个数字后点“发送手写”，或上传照片，或输入 /start。",
+    typing: "digitbot 正在输入…", replyHint: "点击回复这条消息",
+    enlarge: "点击放大", closeImage: "点击或按 Esc 关闭",
+  },
+};
+
+const uiLanguage = () => ($("user-lang").value.toLowerCase().startsWith("zh") ? "zh" : "en");
+const t = (key) => UI_TEXT[uiLanguage()][key] || UI_TEXT.en[key] || key;
+
+function applyUiLanguage() {
+  document.documentElement.lang = uiLanguage() === "zh" ? "zh-Hans" : "en";
+  for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
+  for (const node of document.querySelectorAll("[data-i18n-placeholder]")) node.placeholder = t(node.dataset.i18nPlaceholder);
+  for (const node of document.querySelectorAll("[data-i18n-title]")) node.title = t(node.dataset.i18nTitle);
+  $("lightbox").title = t("closeImage");
+  setStatus(view.status);
+}
+
+function setStatus(key) {
+  view.status = key;
+  $("status").textContent = t(key);
+}
+
+// The bot's /lang choice, as the page's language menu says it: "l:<catalogue>" is the callback data of
+// the bot's /lang buttons (bot/keyboards.py); `/lang en`, `/lang zh`, `/lang 中文`, ... typed.
+const MENU_LANGUAGE = { en: "en", zh: "zh-hans" };
+
+function chosenLanguage(callbackData) {
+  const match = /^l:([A-Za-z]+)/.exec(callbackData || "");
+  return match ? MENU_LANGUAGE[match[1].toLowerCase()] || null : null;
+}
+
+function typedLanguage(text) {
+  const match = /^\/lang(?:@\w+)?\s+(\S+)/i.exec(text.trim());
+  if (!match) return null;
+  const choice = match[1];
+  if (choice === "中文") return MENU_LANGUAGE.zh;
+  if (choice === "English") return MENU_LANGUAGE.en;
+  return MENU_LANGUAGE[choice.replace("_", "-").toLowerCase().split("-")[0]] || null;
+}
+
+function followLanguage(value) {
+  if (!value || $("user-lang").value === value) return;
+  $("user-lang").value = value;
+  applyUiLanguage();
+  saveUser().catch((error) => toast(error.message, true));  // Telegram's language_code follows too
+}
 
 async function call(method, path, body) {
   const options = { method };
@@ -75,13 +148,31 @@ const images = new Map();  // file_id -> <img>: re-renders reuse loaded images i
 
 function photoElement(sizes) {
   const best = sizes.filter((s) => Math.max(s.width, s.height) <= 1280).pop() || sizes[sizes.length - 1];
-  if (images.has(best.file_id)) return images.get(best.file_id);
+  if (images.has(best.file_id)) {
+    images.get(best.file_id).title = t("enlarge");
+    return images.get(best.file_id);
+  }
   const img = document.createElement("img");
   images.set(best.file_id, img);
   img.src = `${api}/files/${best.file_id}`;
   img.alt = "photo";
   img.className = "photo";
+  img.addEventListener("click", (event) => { event.stopPropagation(); openLightbox(img); });
+  img.title = t("enlarge");
   return img;
+}
+
+// ---- tap an image to see it full size (e.g. the /stats chart) -------------------------------
+function openLightbox(img) {
+  const box = $("lightbox");
+  $("lightbox-image").src = img.src;
+  $("lightbox-image").alt = img.alt;
+  box.hidden = false;
+}
+
+function closeLightbox() {
+  $("lightbox").hidden = true;
+  $("lightbox-image").removeAttribute("src");
 }
 
 function summary(message) {
@@ -148,7 +239,7 @@ function renderMessage(message, chat) {
     + (message.edit_date ? " · edited" : "");
   bubble.append(meta);
   if (fromBot) {
-    bubble.title = "click to reply to this message";
+    bubble.title = t("replyHint");
     bubble.addEventListener("click", () => setReply(message));
   }
   return bubble;
@@ -158,17 +249,25 @@ function render(snapshot, initial) {
   const box = $("messages");
   // #messages is a column-reverse box: newest first in the DOM, pinned to the bottom as it grows.
   box.replaceChildren(...snapshot.messages.map((m) => renderMessage(m, snapshot.chat || {})).reverse());
-  if (!snapshot.messages.length) box.innerHTML = '<p class="muted empty">Draw a digit and press “Send drawing”, upload a photo, or type /start.</p>';
+  if (!snapshot.messages.length) {
+    const hint = document.createElement("p");
+    hint.className = "muted empty";
+    hint.textContent = t("empty");
+    box.replaceChildren(hint);
+  }
   const typing = $("typing");
   typing.hidden = !snapshot.chat_action;
-  typing.textContent = snapshot.chat_action === "typing" ? "digitbot is typing…" : `digitbot: ${snapshot.chat_action}…`;
+  typing.textContent = snapshot.chat_action === "typing" ? t("typing") : `digitbot: ${snapshot.chat_action}…`;
   for (const answer of snapshot.callback_answers) {
-    if (answer.answered && !view.seenAnswers.has(answer.callback_query_id)) {
-      view.seenAnswers.add(answer.callback_query_id);
-      if (initial || !answer.text || answer.user_id !== userId()) continue;  // not news to this user
-      if (answer.show_alert) alert(answer.text);
-      else toast(answer.text);
-    }
+    if (!answer.answered || view.seenAnswers.has(answer.callback_query_id)) continue;
+    view.seenAnswers.add(answer.callback_query_id);
+    if (answer.user_id !== userId()) continue;
+    // The bot answered this user's /lang button: the language menu (and the page) follow the choice,
+    // also when the page is opened later on this chat.
+    followLanguage(chosenLanguage(answer.data));
+    if (initial || !answer.text) continue;  // not news to this user
+    if (answer.show_alert) alert(answer.text);
+    else toast(answer.text);
   }
 }
 
@@ -190,10 +289,10 @@ async function pollLoop(signal, chatId) {
       const initial = view.version === null;
       view.version = payload.result.version;
       render(payload.result, initial);
-      $("status").textContent = "connected";
+      setStatus("connected");
     } catch (error) {
       if (signal.aborted) return;
-      $("status").textContent = "emulator unreachable, retrying…";
+      setStatus("unreachable");
       await new Promise((resolve) => setTimeout(resolve, 2000));
     }
   }
@@ -214,16 +313,18 @@ async function press(message, button) {
   } catch (error) { toast(error.message, true); }
 }
 
-async function sendFile(blob, fileName, asDocument) {
+async function sendFile(blob, fileName, asDocument, caption = "") {
   const form = new FormData();
   form.append("user_id", String(userId()));
   form.append("as_document", asDocument ? "true" : "false");
+  if (caption.trim()) form.append("caption", caption.trim());
   if (view.replyTo) form.append("reply_to", String(view.replyTo));
   form.append("file", blob, fileName);
   try {
     await call("POST", `chats/${view.chatId}/file`, form);
     setReply(null);
-  } catch (error) { toast(error.message, true); }
+    return true;
+  } catch (error) { toast(error.message, true); return false; }
 }
 
 async function sendText(event) {
@@ -234,6 +335,7 @@ async function sendText(event) {
     await call("POST", `chats/${view.chatId}/text`, { user_id: userId(), text, reply_to: view.replyTo });
     $("text").value = "";
     setReply(null);
+    followLanguage(typedLanguage(text));
   } catch (error) { toast(error.message, true); }
 }
 
@@ -271,7 +373,7 @@ function setUpPad() {
   pad.addEventListener("pointercancel", stop);
   $("clear").addEventListener("click", clear);
   $("send-drawing").addEventListener("click", () => {
-    if (pad.dataset.empty) { toast("Draw a digit first", true); return; }
+    if (pad.dataset.empty) { toast(t("drawFirst"), true); return; }
     pad.toBlob((blob) => sendFile(blob, "drawing.png", false), "image/png");
   });
 }
@@ -280,11 +382,16 @@ async function start() {
   setUpPad();
   $("text-form").addEventListener("submit", sendText);
   $("reply-cancel").addEventListener("click", () => setReply(null));
-  $("file").addEventListener("change", () => {
+  $("file").addEventListener("change", async () => {
     const file = $("file").files[0];
-    if (file) sendFile(file, file.name, $("as-document").checked);
     $("file").value = "";
+    // The caption goes with the photo, as in Telegram: digits only ("4271") record the reading at once.
+    if (file && await sendFile(file, file.name, $("as-document").checked, $("caption").value)) $("caption").value = "";
   });
+  $("lightbox").addEventListener("click", closeLightbox);
+  document.addEventListener("keydown", (event) => { if (event.key === "Escape" && !$("lightbox").hidden) closeLightbox(); });
+  $("user-lang").addEventListener("change", applyUiLanguage);
+  applyUiLanguage();
   for (const id of ["user-id", "user-name", "user-lang", "chat-kind"]) {
     $(id).addEventListener("change", () => saveUser().catch((error) => toast(error.message, true)));
   }

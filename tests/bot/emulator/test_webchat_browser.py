@@ -144,3 +144,87 @@ def test_touch_strokes_draw_on_the_pad() -> None:
                 await browser.close()
 
     asyncio.run(scenario())
+
+
+def test_caption_picker_position_lang_menu_and_enlarged_chart(tmp_path: Path, recognizer: Recognizer) -> None:
+    """Issue 14's first-hour rough edges: a photo sent with a caption from the page is recorded at once;
+    the picker's message says which position it fixes; /lang switches the page's language menu and
+    words; the /stats chart opens full size when clicked."""
+    playwright_api = pytest.importorskip("playwright.async_api", reason=NO_PLAYWRIGHT)
+    from tests.bot.support import digits_photo
+
+    async def scenario() -> None:
+        async with running_bot(tmp_path, recognizer) as h, playwright_api.async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            try:
+                page = await browser.new_page(viewport={"width": 1180, "height": 1060})
+                page_errors: list[str] = []
+                page.on("pageerror", lambda error: page_errors.append(str(error)))
+                await page.goto(h.server.page_url)
+                await page.wait_for_selector("#status:text('connected')", timeout=10_000)
+
+                # A photo with its digits as the caption: recorded without a tap.
+                await page.fill("#caption", "38")
+                await page.set_input_files("#file", files=[{"name": "38.jpg", "mimeType": "image/jpeg",
+                                                            "buffer": digits_photo("38")}])
+                await page.wait_for_selector(".message.bot .text:has-text('Recorded: 38')", timeout=20_000)
+                sent = next(m for m in await h.users.messages(USER) if "photo" in m)
+                assert sent["caption"] == "38" and await page.input_value("#caption") == ""
+                await page.wait_for_selector(".message.user .text:text-is('38')")  # shown under the photo
+
+                # A row of digits: open the picker for #2; the message says so until ⬅️ Back.
+                await page.set_input_files("#file", files=[{"name": "row.jpg", "mimeType": "image/jpeg",
+                                                            "buffer": digits_photo("4271")}])
+                # (the answer with a 4th position: the first photo's answer has positions too)
+                answer = page.locator(".message.bot:has(button[data-callback^='p:'][data-callback$=':3'])")
+                await answer.wait_for(timeout=20_000)
+                row = page.locator(f".message.bot[data-message-id='{await answer.get_attribute('data-message-id')}']")
+                await row.locator("button[data-callback^='p:'][data-callback$=':1']").click()
+                await row.locator(".text:has-text('Fixing digit 2 of 4')").wait_for(timeout=20_000)
+                assert await row.locator("button[data-callback^='d:']").count() == 10
+                await row.locator("button[data-callback^='b:']").click()
+                await row.locator("button[data-callback^='p:']").first.wait_for(timeout=20_000)
+                assert "Fixing" not in await row.locator(".text").inner_text()
+
+                # /lang -> 中文: the menu and the page's own words switch, and so does Telegram's language.
+                assert await page.inner_text("h2[data-i18n='drawTitle']") == "Draw a digit"
+                await page.fill("#text", "/lang")
+                await page.press("#text", "Enter")
+                await page.click(".message.bot .keyboard button[data-callback='l:zh_CN']", timeout=20_000)
+                await page.wait_for_function("document.getElementById('user-lang').value === 'zh-hans'",
+                                             timeout=20_000)
+                assert await page.inner_text("h2[data-i18n='drawTitle']") == "写一个数字"
+                assert await page.get_attribute("#caption", "placeholder") == "照片里的数字，例如 4271（可不填）"
+                assert await page.get_attribute("html", "lang") == "zh-Hans"
+                users = {u["id"]: u for u in (await h.users.info())["users"]}
+                assert users[USER]["language_code"] == "zh-hans"
+                await page.fill("#text", "/lang en")  # typed, not tapped
+                await page.press("#text", "Enter")
+                await page.wait_for_function("document.getElementById('user-lang').value === 'en'", timeout=20_000)
+                assert await page.inner_text("h2[data-i18n='drawTitle']") == "Draw a digit"
+                # Opened again later, the page follows the last /lang button this user pressed.
+                await page.reload()
+                await page.wait_for_function("document.getElementById('user-lang').value === 'zh-hans'",
+                                             timeout=20_000)
+
+                # /stats: the chart opens full size on a click, and closes with Esc.
+                await page.fill("#text", "/stats")
+                await page.press("#text", "Enter")
+                chart = page.locator(".message.bot img.photo").last
+                await chart.wait_for(timeout=30_000)
+                await page.wait_for_function(
+                    "[...document.querySelectorAll('.message.bot img.photo')].every(i => i.complete)")
+                shown = await chart.bounding_box()
+                await chart.click()
+                await page.wait_for_selector("#lightbox:visible")
+                big = await page.locator("#lightbox-image").bounding_box()
+                assert big["height"] > shown["height"] * 1.5  # the 1024x1280 chart, as large as the window allows
+                assert await page.evaluate("document.getElementById('lightbox-image').naturalWidth") == 1024
+                assert not await page.is_visible("#reply-bar")  # enlarging is not replying
+                await page.keyboard.press("Escape")
+                await page.wait_for_selector("#lightbox", state="hidden")
+                assert page_errors == []
+            finally:
+                await browser.close()
+
+    asyncio.run(scenario())
