@@ -110,6 +110,8 @@ def test_compose_environment_names_are_settings_and_point_at_the_compose_service
     assert str(settings.data_dir) in {v["target"] for v in services["bot"]["volumes"]}
     assert services["worker"]["environment"]["DIGITS_MNIST_DIR"] in {
         v["target"] for v in services["worker"]["volumes"] if v.get("read_only")}
+    # Replicas share no state volume (each decompresses MNIST into its own cache).
+    assert not [v for v in services["worker"]["volumes"] if v["type"] == "volume"]
 
 
 def test_compose_refuses_to_start_the_bot_without_a_token() -> None:
