@@ -203,7 +203,7 @@ def photo_writer_rows(writer: PhotoWriter, recognizer: Recognizer, base: Checkpo
             result = finetune_user(base, crops, crop_labels, config=config, device="cpu")
             seconds = time.perf_counter() - tick
             promoted, reason = bool(result.decision.promote), result.decision.reason
-            trained = "best_step" in result.metrics
+            trained = "best_step" in result.checkpoint.metrics  # a rejected result never trained
             if trained:
                 head_only = PersonalModel(result.checkpoint)
                 head_only.threshold = 0.0
