@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--photos", action="store_true",
                         help="thin-pen photo writers through the photo pipeline (issue 12); --samples is then "
                              "the number of new photos per writer (default 100)")
+    parser.add_argument("--writers", default=None,
+                        help="--photos: comma-separated writer indices of the split (to run writers in parallel)")
     parser.add_argument("--label-counts", default=None,
                         help="--photos: comma-separated label counts (default 0,1,5,10,20,50,100)")
     args = parser.parse_args()
@@ -84,7 +86,9 @@ def main() -> None:
         cv2.setNumThreads(args.threads)
         counts = tuple(int(k) for k in args.label_counts.split(",")) if args.label_counts else PHOTO_LABEL_COUNTS
         samples = 100 if args.samples == parser.get_default("samples") else args.samples
-        photo_rows = run_photos(args.split, counts, samples, args.max_users, args.seed, args.user_seed, args.out)
+        only = [int(i) for i in args.writers.split(",")] if args.writers else None
+        photo_rows = run_photos(args.split, counts, samples, args.max_users, args.seed, args.user_seed, args.out,
+                                only)
         print_photo_summary(photo_rows, counts)
         return
 
@@ -231,8 +235,8 @@ def photo_writer_rows(writer: PhotoWriter, recognizer: Recognizer, base: Checkpo
 
 
 def run_photos(split: str, counts: tuple[int, ...], samples: int, max_users: int, seed: int,
-               user_seed: int, out: str | None = None) -> list[dict]:
-    """All rows; written to ``out`` (JSON) after each writer."""
+               user_seed: int, out: str | None = None, only: list[int] | None = None) -> list[dict]:
+    """All rows; written to ``out`` (JSON) after each writer. ``only``: these writer indices."""
     base = load_base()
     recognizer = Recognizer(base)
     mnist_images, mnist_labels = load_mnist(train=False)
@@ -241,7 +245,8 @@ def run_photos(split: str, counts: tuple[int, ...], samples: int, max_users: int
     config = FinetuneConfig(seed=seed)
     writers = photo_writers(split, n=max(counts) + samples, seed=user_seed)
     rows: list[dict] = []
-    for writer in writers[:max_users or len(writers)]:
+    chosen = [writers[i] for i in only] if only is not None else writers[:max_users or len(writers)]
+    for writer in chosen:
         rows += photo_writer_rows(writer, recognizer, base, counts, samples, config, mnist, mnist_base)
         if out:
             Path(out).write_text(json.dumps(rows, indent=1))
