@@ -78,6 +78,8 @@ def main() -> None:
                              "the number of new photos per writer (default 100)")
     parser.add_argument("--writers", default=None,
                         help="--photos: comma-separated writer indices of the split (to run writers in parallel)")
+    parser.add_argument("--summary", nargs="+", default=None, metavar="JSON",
+                        help="--photos: only print the tables of runs saved with --out (merged)")
     parser.add_argument("--label-counts", default=None,
                         help="--photos: comma-separated label counts (default 0,1,5,10,20,50,100)")
     args = parser.parse_args()
@@ -86,6 +88,10 @@ def main() -> None:
         cv2.setNumThreads(args.threads)
         counts = tuple(int(k) for k in args.label_counts.split(",")) if args.label_counts else PHOTO_LABEL_COUNTS
         samples = 100 if args.samples == parser.get_default("samples") else args.samples
+        if args.summary:
+            saved = [row for path in args.summary for row in json.loads(Path(path).read_text())]
+            print_photo_summary(saved, tuple(k for k in counts if any(r["labels"] == k for r in saved)))
+            return
         only = [int(i) for i in args.writers.split(",")] if args.writers else None
         photo_rows = run_photos(args.split, counts, samples, args.max_users, args.seed, args.user_seed, args.out,
                                 only)
