@@ -36,6 +36,11 @@ MIN_INK = 30
 # Ink must stand this many times above the paper's grain (see grain()): blank grainy paper peaks
 # at 5-6 times it, the faintest writing of the real-photo dev set at 13 times.
 GRAIN_FACTOR = 8
+# How far (share of the long side) faint ink is followed from sure ink (see _mask). Chosen on
+# simulated photos (120 singles + 80 rows per style, seeds 31/32/131/132; 0.015 and 0.06 read fewer
+# rows; unlimited growth followed cheque guilloche into the digits). With the top-hat, against the
+# former 2-pixel reach: classic 95.8%/92.5% -> 95.8%/93.8%, thin pen 74.2%/48.7% -> 77.5%/53.7%.
+GROW_SHARE = 0.03
 # Pieces shorter than this share of the tallest piece are specks, dots, commas and dashes.
 MIN_HEIGHT_SHARE = 0.25
 # Horizontal runs of ink longer than this share of the width are lines, not strokes of a digit.
@@ -78,8 +83,22 @@ def _mask(ink: np.ndarray, grain: float) -> np.ndarray:
     threshold, _ = cv2.threshold(ink, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     threshold = max(float(threshold), MIN_INK, GRAIN_FACTOR * grain)
     strong = (ink > threshold).astype(np.uint8) * 255
-    weak = (ink > 0.5 * threshold).astype(np.uint8) * 255
-    return cv2.bitwise_and(weak, cv2.dilate(strong, np.ones((5, 5), np.uint8)))
+    # Faint ink is only what stands out at the pen's scale (a top-hat a few pen widths across): a
+    # shadow's broad penumbra is as dark as a pencil line but is no line.
+    pen = measure_stroke(strong // 255) if cv2.countNonZero(strong) else 1.0
+    size = 2 * max(2, round(2 * pen)) + 1
+    lines = cv2.morphologyEx(ink, cv2.MORPH_TOPHAT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
+    weak = ((ink > 0.5 * threshold) & (lines > 0.5 * threshold)).astype(np.uint8) * 255
+    # Hysteresis, grown from the sure ink through the faint ink by at most GROW_SHARE of the photo's
+    # long side: a stroke whose pressure fades (a ballpoint's tail, a pencil's light upstroke) is
+    # kept whole, but a faint pattern touching the digit (a cheque's guilloche) is not followed far.
+    kept, kernel = strong, np.ones((3, 3), np.uint8)
+    for _ in range(max(2, round(GROW_SHARE * max(ink.shape)))):
+        grown = cv2.bitwise_and(cv2.dilate(kept, kernel), weak)
+        if np.array_equal(grown, kept):
+            break
+        kept = grown
+    return kept
 
 
 def _without_long_lines(mask: np.ndarray) -> np.ndarray:
