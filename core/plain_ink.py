@@ -94,7 +94,7 @@ def _mask(ink: np.ndarray, grain: float) -> np.ndarray:
     # kept whole, but a faint pattern touching the digit (a cheque's guilloche) is not followed far.
     kept, kernel = strong, np.ones((3, 3), np.uint8)
     for _ in range(max(2, round(GROW_SHARE * max(ink.shape)))):
-        grown = cv2.bitwise_and(cv2.dilate(kept, kernel), weak)
+        grown: np.ndarray = cv2.bitwise_and(cv2.dilate(kept, kernel), weak)
         if np.array_equal(grown, kept):
             break
         kept = grown
