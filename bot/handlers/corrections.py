@@ -68,11 +68,21 @@ async def _act(action: ReadingAction, query: CallbackQuery, update: Update, cont
 
 
 def _belongs_to_message(card: ReadingCard, query: CallbackQuery) -> bool:
-    """Buttons act only on the reading shown in the message they are attached to."""
+    """Buttons act only on the reading shown in the message they are attached to: the reading's
+    answer, or another answer of ours to the owner's message in that chat. A photo is answered twice
+    when the bot is killed between sending its answer and linking it to the reading (the update
+    inbox answers it again at the restart and links the second one); the first answer's buttons
+    must still record the user's label (issue 13: they said "This button doesn't work any more"
+    and the label was lost, tests/reliability/test_bot_restart.py)."""
     message = query.message
     if message is None or card.bot_message_id is None:
         return True  # inline-mode message or reply not attached yet: the owner check suffices
-    return message.chat.id == card.chat_id and message.message_id == card.bot_message_id
+    if message.chat.id != card.chat_id:
+        return False
+    if message.message_id == card.bot_message_id:
+        return True
+    replied = message.reply_to_message if isinstance(message, Message) else None
+    return replied is not None and replied.from_user is not None and replied.from_user.id == card.owner_telegram_id
 
 
 async def _apply(action: ReadingAction, card: ReadingCard, update: Update,

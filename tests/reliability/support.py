@@ -202,7 +202,8 @@ def _held(kind: str) -> None:
 def install_holds(holds: set[str]) -> None:
     """Make the bot stop dead inside its handlers: "read" in photo recognition (nothing stored yet),
     "label" inside a label's transaction (nothing stored yet), "stored" right after a photo's reading
-    was committed (before the answer is sent)."""
+    was committed (before the answer is sent), "answered" right after a photo's answer was sent
+    (before it is linked to its reading)."""
     from bot.services import BotServices
 
     if "read" in holds:
@@ -224,6 +225,13 @@ def install_holds(holds: set[str]) -> None:
             await asyncio.to_thread(_held, "stored")
             return outcome
         BotServices.read_photo = held_read_photo  # type: ignore[method-assign]
+    if "answered" in holds:
+        attach_message = BotServices.attach_message
+
+        async def held_attach_message(self: BotServices, reading_id: int, chat_id: int, message_id: int) -> None:
+            await asyncio.to_thread(_held, "answered")
+            await attach_message(self, reading_id, chat_id, message_id)
+        BotServices.attach_message = held_attach_message  # type: ignore[method-assign]
 
 
 def held_bot_main(argv: list[str]) -> int:

@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from sqlalchemy import select
 
 from bot.emulator import EmulatorClient, EmulatorServer
 from core.model import DEFAULT_WEIGHTS, Checkpoint, DigitNet
 from digitbot.settings import PROJECT_ROOT
 from storage.db import session_factory, upgrade_to_head
-from storage.models import InboxUpdate
+from storage.models import InboxUpdate, Reading
 from storage.repository.service import service_counts
 from tests.bot.support import digits_photo
 from tests.reliability.support import HOLD_DIR_ENV, HOLD_ENV
@@ -284,3 +285,44 @@ def test_hard_kill_after_a_photo_was_stored_answers_it_from_the_stored_reading(
         assert service_counts(session)["readings"] == len(photos)  # answered from the stored readings
     sessions.kw["bind"].dispose()
     assert _inbox_states(db_url) == {"done": len(photos)}
+
+
+def test_hard_kill_between_an_answer_and_its_link_keeps_that_answers_buttons_working(
+        emulator: Emulator, tmp_path: Path) -> None:
+    """The bot is killed after sending a photo's answer, before linking it to its reading: at the
+    restart the inbox answers the photo again from the stored reading (a second message), and the
+    user taps the first answer they got. That tap must be recorded. (It was answered "This button
+    doesn't work any more", the label was not stored: the load benchmark's lost labels, issue 13.)"""
+    db_url = f"sqlite:///{tmp_path / 'bot.db'}"
+    upgrade_to_head(db_url)
+    users = emulator.users
+    emulator.run(users.set_user(USER, language_code="en"))
+    bot = _start_bot(emulator, tmp_path, db_url, hold="answered")
+    photo = emulator.run(users.send_photo(USER, USER, digits_photo("7")))
+    _wait_held(tmp_path, bot, answered=1)
+    bot.send_signal(signal.SIGKILL)
+    bot.wait(30)
+    (first,) = [m for m in emulator.run(users.messages(USER))
+                if m["from"]["is_bot"] and m.get("reply_to_message", {}).get("message_id") == photo]
+    bot = _start_bot(emulator, tmp_path, db_url)
+    try:
+        deadline = time.monotonic() + 60
+        while _answers(emulator, [photo])[photo] < 2:  # answered again from the stored reading...
+            assert time.monotonic() < deadline, "the photo was not answered again after the restart"
+            time.sleep(0.2)
+        sessions = session_factory(db_url)
+        with sessions() as session:  # ...and that second answer linked to the reading
+            while session.scalar(select(Reading.bot_message_id)) is None:
+                assert time.monotonic() < deadline, "the second answer was never linked"
+                time.sleep(0.2)
+                session.expire_all()
+        query = _confirm(emulator, first)  # the user taps the answer they had
+        assert _wait_callbacks(emulator, [query]) == [True]
+        answer = emulator.run(users.callback_answer(query))
+        assert answer["text"].startswith("Recorded: "), answer
+        with sessions() as session:
+            assert service_counts(session)["labels"] == 1
+        sessions.kw["bind"].dispose()
+    finally:
+        bot.terminate()
+        bot.wait(60)
