@@ -8,7 +8,9 @@ on the emulator's state directly, as bench.bench_bot_load's LocalUsers do, so th
 CPU on HTTP). A user whose photo or label gets no answer in --answer-timeout-s does what a person
 would: sends it again. At the end the database is compared with what the users sent:
 
-* labels lost: readings whose stored current labels differ from the labels the user gave;
+* labels lost: readings whose stored current labels differ from the labels the user gave (a tap
+  answered with an alert, e.g. "This button doesn't work any more", is not taken as recorded: the
+  user taps again, and the alerts are counted in refused_taps);
 * labels duplicated: label rows beyond one per labelled digit (a retried tap must not add a row);
 * photos: answered, unanswered (resent), readings stored without an answer attached (orphans).
 
@@ -66,6 +68,7 @@ class Users:
         self._waiters: dict[tuple[int, int], asyncio.Future[dict[str, Any]]] = {}
         self._next: dict[int, list[tuple[int, str, asyncio.Future[dict[str, Any]]]]] = {}
         self.late_answers = 0
+        self.refused_taps: list[str] = []  # alerts the bot answered a label tap with
         original = self.state.add_message
         bot_id = self.state.bot_user["id"]
 
@@ -104,12 +107,17 @@ class Users:
         return waiter
 
     async def answer(self, user: int, message_id: int, data: str, timeout: float) -> bool:
+        """True when the bot took the tap: answered, and not with an alert ("This button doesn't work
+        any more", "try again": the label was not recorded; counted in `refused_taps`)."""
         query = self.state.press_button(user, user, message_id, data)
         deadline = time.monotonic() + timeout
         while not query.answered:
             if time.monotonic() > deadline:
                 return False
             await asyncio.sleep(0.02)
+        if (query.answer or {}).get("show_alert"):
+            self.refused_taps.append(str((query.answer or {}).get("text", ""))[:60])
+            return False
         return True
 
 
@@ -300,7 +308,7 @@ async def scenario(name: str, args: Any, photos: list[Any], with_faults: bool, w
     report = {"scenario": name, "users": args.users, "photos_per_user": args.photos, "seconds": round(seconds, 1),
               "photos_sent": tally.photos_sent, "photos_answered": tally.photos_answered,
               "photos_resent": tally.photos_resent, "late_answers": users.late_answers,
-              "problem_answers": dict(tally.problem_answers),
+              "problem_answers": dict(tally.problem_answers), "refused_taps": dict(Counter(users.refused_taps)),
               "label_retries": tally.label_retries, "reply_latency_ms": _ms(tally.photo_latency),
               "label_latency_ms": _ms(tally.label_latency), "events": events, **verify(db_url, tally)}
     print(json.dumps(report), flush=True)
