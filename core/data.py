@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -71,11 +72,18 @@ def mnist_root(directory: str | Path | None = None) -> Path:
         if target.exists():
             continue
         source = _find(directory, name)
-        tmp = raw / f".{name}.tmp"
+        # A private temporary name: processes sharing the cache (workers on one volume) may
+        # decompress the same file at once; each replaces the target atomically with a whole copy.
+        fd, tmp_name = tempfile.mkstemp(dir=raw, prefix=f".{name}.", suffix=".tmp")
+        tmp = Path(tmp_name)
         opener = gzip.open if source.suffix == ".gz" else open
-        with opener(source, "rb") as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        tmp.replace(target)
+        try:
+            with opener(source, "rb") as src, os.fdopen(fd, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            tmp.replace(target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return root
 
 
