@@ -23,10 +23,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
 from bot.services import BotServices, PhotoOutcome
-from storage.models import INBOX_PENDING, InboxUpdate
+from storage.repository.inbox import inbox_pending_count
 from storage.repository.service import service_counts
 
 log = logging.getLogger(__name__)
@@ -66,10 +65,8 @@ class MeteredServices(BotServices):
 
 def count_pending_updates(services: BotServices) -> int:
     """Updates in the durable inbox not yet handled (all replicas)."""
-    # TODO(storage): belongs in storage/repository/service.py next to service_counts.
     with services.sessions() as session:
-        return int(session.scalar(select(func.count()).select_from(InboxUpdate)
-                                  .where(InboxUpdate.state == INBOX_PENDING)) or 0)
+        return inbox_pending_count(session)
 
 
 class DatabaseGauges(Collector):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, null, or_, select, update
+from sqlalchemy import delete, func, null, or_, select, update
 from sqlalchemy.orm import Session
 
 from storage.models import INBOX_DONE, INBOX_FAILED, INBOX_PENDING, InboxUpdate, utcnow
@@ -177,6 +177,12 @@ def inbox_heartbeat(session: Session, *, owner: str, update_ids: Iterable[int]) 
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0))
+
+
+def inbox_pending_count(session: Session) -> int:
+    """Updates in the durable inbox not yet handled (all replicas)."""
+    return int(session.scalar(select(func.count()).select_from(InboxUpdate)
+                              .where(InboxUpdate.state == INBOX_PENDING)) or 0)
 
 
 def inbox_link_reading(session: Session, *, update_id: int, reading_id: int) -> None:
