@@ -48,6 +48,12 @@ class PersonalModelCache(Generic[Model]):
                 self._entries.move_to_end((telegram_id, key))
             return model
 
+    def latest(self, telegram_id: int) -> Model | None:
+        """The user's entry whatever its key (what a rebuilt model can reuse), without touching its
+        recency."""
+        with self._lock:
+            return next((model for (user, _), model in self._entries.items() if user == telegram_id), None)
+
     def put(self, telegram_id: int, key: WeightsKey, model: Model, *, generation: int) -> bool:
         """Keep ``model`` unless the user was dropped after ``generation``; False if not kept. The
         user's other entries (older versions) go: only the active model is worth keeping."""

@@ -261,7 +261,12 @@ class BotServices:
             if cached is not None:
                 return (active.id if active is not None else None), cached
             labelled = repo.training_set(session, user_id=user.id)
-            memory = PersonalMemory(labelled.images, labelled.labels) if len(labelled) else None
+            memory = None
+            if len(labelled):
+                memory = PersonalMemory(labelled.images, labelled.labels, ids=labelled.sample_ids)
+                previous = self.personal_models.latest(telegram_id)
+                if previous is not None and previous.memory is not None:
+                    memory.adopt(previous.memory)
             model = PersonalModel(None, memory=memory)
             if active is not None:
                 try:

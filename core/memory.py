@@ -43,14 +43,20 @@ class MemoryConfig:
 class PersonalMemory:
     """The user's labelled crops (uint8 (N,28,28), white on black) and their labels (N,)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, config: MemoryConfig | None = None) -> None:
+    def __init__(self, images: np.ndarray, labels: np.ndarray, config: MemoryConfig | None = None, *,
+                 ids: np.ndarray | None = None) -> None:
+        """``ids``: a stable id per sample (the bot's sample ids), so that a memory rebuilt after a
+        new label reuses the features of the samples it already had (see ``adopt``)."""
         self.config = config or MemoryConfig()
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if len(images) != len(labels) or (ids is not None and len(ids) != len(labels)):
+            raise ValueError(f"{len(images)} images, {len(labels)} labels, "
+                             f"{'no' if ids is None else len(ids)} ids")
         keep = slice(max(0, len(labels) - self.config.max_samples), len(labels))
         self.images = np.ascontiguousarray(images[keep], dtype=np.uint8).reshape(-1, 28, 28)
         self.labels = np.asarray(labels[keep], dtype=np.int64)
+        self.ids = None if ids is None else np.asarray(ids[keep], dtype=np.int64)
         self._embeddings: dict[int, torch.Tensor] = {}  # per embedding model, normalised
+        self._adopted: dict[int, dict[int, torch.Tensor]] = {}  # per embedding model: sample id -> row
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -59,8 +65,23 @@ class PersonalMemory:
         """The remembered crops' normalised features under ``embed``, computed once per ``key`` (the
         embedding model's identity: a recognizer keeps one model for its lifetime)."""
         if key not in self._embeddings:
-            self._embeddings[key] = F.normalize(embed(self.images).float(), dim=1)
+            known = self._adopted.pop(key, {})
+            ids = self.ids if self.ids is not None else np.full(len(self), -1)
+            missing = [i for i, sample in enumerate(ids.tolist()) if sample not in known]
+            fresh = F.normalize(embed(self.images[missing]).float(), dim=1) if missing else None
+            rows = list(fresh) if fresh is not None else []
+            new = iter(rows)
+            ordered = [known[sample] if sample in known else next(new) for sample in ids.tolist()]
+            self._embeddings[key] = torch.stack(ordered) if ordered else torch.zeros(0, 1)
         return self._embeddings[key]
+
+    def adopt(self, previous: PersonalMemory) -> None:
+        """Take over the features ``previous`` computed for samples (by id) this memory also holds:
+        after one more label only that sample's features are computed, not all of them again."""
+        if previous.ids is None or self.ids is None:
+            return
+        for key, rows in previous._embeddings.items():
+            self._adopted[key] = dict(zip(previous.ids.tolist(), rows, strict=True))
 
     def evidence(self, queries: torch.Tensor, remembered: torch.Tensor) -> torch.Tensor:
         """(M,10) summed kernel weights per class for query features (M,D) against the memory's."""

@@ -94,3 +94,22 @@ def test_memory_keeps_the_most_recent_labels_and_checks_shapes(digits) -> None:
         PersonalMemory(images[:3], labels[:2])
     with pytest.raises(ValueError):
         PersonalMemory.from_dict({"format": "something else", "images": torch.zeros(0)})
+
+
+def test_a_rebuilt_memory_computes_only_the_new_samples_features(recognizer: Recognizer, digits) -> None:
+    images, labels = digits
+    embedded: list[int] = []
+
+    def embed(crops: np.ndarray) -> torch.Tensor:
+        embedded.append(len(crops))
+        return recognizer.embed(crops)
+
+    before = PersonalMemory(images[:3], labels[:3], ids=np.array([11, 12, 13]))
+    before.embeddings(1, embed)
+    # one more label, and sample 12 corrected: same crop, new label
+    after = PersonalMemory(images[:4], np.array([labels[0], 9, labels[2], labels[3]]), ids=np.array([11, 12, 13, 14]))
+    after.adopt(before)
+    rows = after.embeddings(1, embed)
+    assert embedded == [3, 1]
+    fresh = PersonalMemory(images[:4], labels[:4]).embeddings(2, recognizer.embed)
+    assert torch.allclose(rows, fresh, atol=1e-5)
