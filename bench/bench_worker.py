@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import create_engine, insert, make_url, text
 
-from core.finetune import FinetuneResult, GateDecision, head_state
+from core.finetune import FinetuneMetrics, FinetuneResult, GateDecision, head_state
 from core.model import Checkpoint, DigitNet
 from digitbot.settings import Settings
 from storage import repository as repo
@@ -39,7 +39,7 @@ HEAD = head_state(DigitNet().state_dict())
 
 def instant_trainer(base: Checkpoint, images: np.ndarray, labels: np.ndarray, **_: Any) -> FinetuneResult:
     checkpoint = Checkpoint(state_dict=HEAD, meta={"kind": "personal", "temperature": 1.0, "threshold": 0.9})
-    metrics = {"heldout_before": 0.5, "heldout_after": 0.9, "n_labels": float(len(labels))}
+    metrics = FinetuneMetrics(heldout_before=0.5, heldout_after=0.9, n_labels=len(labels))
     return FinetuneResult(checkpoint, GateDecision(True, "bench"), metrics)
 
 

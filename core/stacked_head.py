@@ -49,6 +49,12 @@ class StackedHead:
                shared: torch.Tensor | None = None) -> torch.Tensor:
         """(U, B + S, 10) logits: ``own`` (U, B, 7, 7, C) samples per user, then ``shared``
         (S, 7, 7, C) samples seen by every user. Either may be None."""
+        return self.classify(params, self.pooled(params, own, shared), None)
+
+    def pooled(self, params: dict[str, torch.Tensor], own: torch.Tensor | None,
+               shared: torch.Tensor | None = None) -> torch.Tensor:
+        """(U, B + S, F) the classifier's input (conv3 block, max-pooled, flattened in (c, y, x)
+        order as fc1 expects) for ``own`` then ``shared`` samples (as ``logits``)."""
         weight = params["conv3.weight"]  # (U, O, C, 3, 3)
         users, out_channels = weight.shape[:2]
         # rows ordered (ky, kx, c) to match im2col's columns
@@ -68,6 +74,20 @@ class StackedHead:
         h = torch.relu(h * scale[:, None, :] + shift[:, None, :])
         h = h.reshape(users, -1, 7, 7, out_channels)[:, :, :6, :6]
         h = h.reshape(users, h.shape[1], 3, 2, 3, 2, out_channels).amax(dim=(3, 5))  # 2x2 max-pool, floor
-        h = h.permute(0, 1, 4, 2, 3).reshape(users, h.shape[1], -1)  # (c, y, x) order, as fc1 expects
-        h = torch.relu(torch.baddbmm(params["fc1.bias"][:, None, :], h, params["fc1.weight"].transpose(1, 2)))
+        return h.permute(0, 1, 4, 2, 3).reshape(users, h.shape[1], -1)  # (c, y, x) order, as fc1 expects
+
+    def classify(self, params: dict[str, torch.Tensor], own: torch.Tensor | None,
+                 shared: torch.Tensor | None = None) -> torch.Tensor:
+        """(U, B + S, 10) logits from classifier inputs: ``own`` (U, B, F) per user, then ``shared``
+        (S, F) seen by every user (one GEMM against all users' fc1 at once). Either may be None."""
+        weight = params["fc1.weight"]  # (U, H, F)
+        users, hidden = weight.shape[:2]
+        parts = []
+        if own is not None:
+            parts.append(torch.bmm(own, weight.transpose(1, 2)))
+        if shared is not None:
+            flat = shared @ weight.permute(2, 0, 1).reshape(weight.shape[2], users * hidden)
+            parts.append(flat.view(-1, users, hidden).transpose(0, 1))
+        h = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (U, B+S, H)
+        h = torch.relu(h + params["fc1.bias"][:, None, :].to(h.dtype))
         return torch.baddbmm(params["fc2.bias"][:, None, :], h, params["fc2.weight"].transpose(1, 2))

@@ -165,7 +165,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     # The file always carries the memory of these digits: it changes readings of look-alikes at
     # once, also when there are too few labels for a fine-tune or the gate keeps the base.
     memory = PersonalMemory(images, labels).to_dict()
-    if "heldout_after" not in metrics:
+    if metrics.heldout_after is None:
         print(f"no fine-tune: {result.decision.reason}")
         if not len(labels):
             return 1
@@ -173,11 +173,12 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}: the memory of these {len(labels)} digits only "
               f"(use: digitbot predict IMAGE --user-model {args.out})")
         return 0
-    print(f"held-out part of {args.data} ({int(metrics['n_holdout'])} images): accuracy before "
-          f"{metrics['heldout_before']:.1%} (base model), after {metrics['heldout_after']:.1%} "
-          f"(personal model with base fallback; personal alone {metrics['heldout_personal']:.1%})")
-    print(f"MNIST test subset ({int(metrics['mnist_subset'])}): base {metrics['mnist_base_accuracy']:.2%}, "
-          f"personal {metrics['mnist_accuracy']:.2%}, combined {metrics['mnist_combined_accuracy']:.2%}")
+    print(f"held-out readings of {args.data}, cross-validated ({metrics.folds} folds: each of the "
+          f"{metrics.n_holdout} images read by a model trained without it): accuracy before "
+          f"{metrics.heldout_before:.1%} (base model), after {metrics.heldout_after:.1%} "
+          f"(personal model with base fallback; personal alone {metrics.heldout_personal or 0:.1%})")
+    print(f"MNIST test subset ({metrics.mnist_subset}): base {metrics.mnist_base_accuracy or 0:.2%}, "
+          f"personal {metrics.mnist_accuracy or 0:.2%}, combined {metrics.mnist_combined_accuracy or 0:.2%}")
     print(f"gate: {result.decision.reason}")
     result.checkpoint.memory = memory
     result.checkpoint.save(args.out)

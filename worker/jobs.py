@@ -32,7 +32,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -61,7 +61,7 @@ class JobOutcome:
     user_id: int | None = None
     telegram_id: int | None = None
     model_version_id: int | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # FinetuneMetrics.to_dict() (with version, reason)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -328,21 +328,19 @@ def _load(session_factory: Any, claim: jobrows.Claim) -> tuple[UserSamples, int 
 
 def _finish(session_factory: Any, claim: jobrows.Claim, result: FinetuneResult,
             parent_id: int | None) -> JobOutcome:
-    metrics: dict[str, Any] = {k: v for k, v in result.metrics.items()
-                               if isinstance(v, int | float | str | bool)}
     promote = bool(result.decision.promote)
     with session_factory.begin() as session:
         if not jobrows.holds(session, job_id=claim.job_id, attempt=claim.attempt):
             return JobOutcome(claim.job_id, LOST, "lease lost before finishing", claim.user_id,
                               claim.telegram_id)
         version = repo.add_model_version(session, user_id=claim.user_id, parent_id=parent_id,
-                                         weights=result.checkpoint.to_bytes(), metrics=metrics)
+                                         weights=result.checkpoint.to_bytes(), metrics=result.metrics.to_dict())
         if promote:
             repo.promote_model_version(session, user_id=claim.user_id, version_id=version.id)
         else:
             repo.reject_model_version(session, user_id=claim.user_id, version_id=version.id,
                                       reason=result.decision.reason)
-        metrics.update(version=version.version, reason=result.decision.reason)
+        metrics = replace(result.metrics, version=version.version, reason=result.decision.reason).to_dict()
         state = PROMOTED if promote else REJECTED
         repo.finish_job(session, job_id=claim.job_id, metrics=metrics, outcome=state,
                         model_version_id=version.id)

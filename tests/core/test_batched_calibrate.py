@@ -83,3 +83,18 @@ def test_stacked_head_is_digitnet_head_for_every_user() -> None:
         for user, net in enumerate(nets):
             expected = torch.cat([net.head(own[user]), net.head(shared)])
             torch.testing.assert_close(logits[user], expected, atol=1e-5, rtol=1e-5)
+    # conv3 frozen: the classifier inputs computed once (pooled) give the same logits through
+    # classify, for per-user samples and for shared ones (one GEMM against every user's fc1)
+    head = StackedHead(nets[0])
+    pooled = head.pooled(params, channels_last(own.flatten(0, 1)).view(3, 5, 7, 7, 64), channels_last(shared))
+    first = {n: p[:1].expand_as(p) for n, p in params.items()}  # shared inputs need the same conv3
+    shared_inputs = head.pooled(first, None, channels_last(shared))[0]
+    torch.testing.assert_close(head.classify(params, pooled, None), logits, atol=1e-5, rtol=1e-5)
+    mixed = head.classify({**params, **{n: first[n] for n in ("conv3.weight", "bn3.weight", "bn3.bias")}},
+                          pooled[:, :5], shared_inputs)
+    with torch.no_grad():
+        for user, net in enumerate(nets):
+            net.conv3.load_state_dict(nets[0].conv3.state_dict())
+            net.bn3.load_state_dict(nets[0].bn3.state_dict())
+            expected = torch.cat([net.fc2(torch.relu(net.fc1(pooled[user, :5]))), net.head(shared)])
+            torch.testing.assert_close(mixed[user], expected, atol=1e-4, rtol=1e-4)

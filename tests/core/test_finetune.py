@@ -1,25 +1,26 @@
-"""core.finetune: freezing, determinism, hold-out split, learning, and the promotion gate."""
+"""core.finetune: freezing, determinism, k folds, learning, metrics, and the promotion gate."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from core.batched_finetune import UserSamples, finetune_users
 from core.calibrate import MnistProbe
 from core.finetune import (
     FinetuneConfig,
+    FinetuneMetrics,
     ReplayBank,
     check_samples,
     finetune_user,
+    fold_assignment,
     gate,
     gate_metrics,
     head_state,
     merge_state,
-    prepare_user,
-    split_holdout,
-    train_head,
-    trunk_features,
 )
 from core.model import FROZEN_PREFIXES, Checkpoint, DigitNet, normalize
 
@@ -64,24 +65,29 @@ def base() -> Checkpoint:
     return random_base()
 
 
-def test_training_leaves_trunk_and_all_batchnorm_statistics_bit_identical(base: Checkpoint) -> None:
+def test_training_moves_only_the_trained_parameters_and_never_batchnorm_statistics(base: Checkpoint) -> None:
     images, labels = pattern_digits(30, seed=1)
-    prepared = prepare_user(images, labels, TINY)
-    replay, _ = tiny_bank_and_probe(base)
-    model = base.build()
-    anchor = {k: v.detach().clone() for k, v in model.named_parameters()}
-    train = trunk_features(model, prepared.train_images, torch.device("cpu"))
-    hold = trunk_features(model, prepared.holdout_images, torch.device("cpu"))
-    head, _ = train_head(model, train, prepared, replay, hold, anchor, TINY)
-
-    after = model.state_dict()
-    for name, value in base.state_dict.items():
-        if name.startswith(FROZEN_PREFIXES) or "running_" in name or "num_batches" in name:
-            assert torch.equal(after[name], value), name
-    assert not model.training
-    assert any(not torch.equal(after[n], base.state_dict[n]) for n in ("conv3.weight", "fc2.weight"))
+    replay, probe = tiny_bank_and_probe(base)
+    result = finetune_user(base, images, labels, config=TINY, replay=replay, probe=probe, device="cpu")
+    head = result.checkpoint.state_dict
     assert set(head) == set(head_state(base.state_dict))
     assert not any(k.startswith(FROZEN_PREFIXES) for k in head)
+    for name in head:
+        if "running_" in name or "num_batches" in name:
+            assert torch.equal(head[name], base.state_dict[name]), name
+    # the default trains the classifier only: conv3 and bn3 stay bit-identical
+    assert TINY.trainable == ("fc1.", "fc2.") and result.metrics.best_step and result.metrics.best_step > 0
+    for name in ("conv3.weight", "bn3.weight", "bn3.bias"):
+        assert torch.equal(head[name], base.state_dict[name]), name
+    assert not torch.equal(head["fc2.weight"], base.state_dict["fc2.weight"])
+    # the whole head can be trained too (conv3 through the stacked im2col path)
+    whole = FinetuneConfig(**{**TINY.__dict__, "trainable": ("conv3.", "bn3.", "fc1.", "fc2.")})
+    full = finetune_user(base, images, labels, config=whole, replay=replay, probe=probe, device="cpu")
+    assert full.metrics.best_step and full.metrics.best_step > 0
+    assert not torch.equal(full.checkpoint.state_dict["conv3.weight"], base.state_dict["conv3.weight"])
+    for name in head:
+        if "running_" in name or "num_batches" in name:
+            assert torch.equal(full.checkpoint.state_dict[name], base.state_dict[name]), name
 
 
 def test_personal_checkpoint_holds_only_the_head_and_merges_back(base: Checkpoint) -> None:
@@ -97,9 +103,43 @@ def test_personal_checkpoint_holds_only_the_head_and_merges_back(base: Checkpoin
     for name in base.state_dict:
         expected = restored.state_dict[name] if name in restored.state_dict else base.state_dict[name]
         assert torch.equal(merged[name], expected)
-    for key in ("heldout_before", "heldout_after", "mnist_accuracy", "mnist_base_accuracy", "n_labels"):
-        assert key in ckpt.metrics
+    assert FinetuneMetrics.from_dict(restored.metrics) == result.metrics
+    m = result.metrics
+    # every labelled sample is read out of fold once, by a model that did not train on it
+    assert m.n_labels == m.n_train == m.n_holdout == 30 and m.folds == TINY.folds
+    assert m.mnist_subset == 40 and m.heldout_before is not None and m.mnist_accuracy is not None
     assert result.decision == gate_metrics(result.metrics)
+
+
+def test_one_user_is_a_batch_of_one_whoever_else_is_in_the_batch(base: Checkpoint) -> None:
+    replay, probe = tiny_bank_and_probe(base)
+    users = [UserSamples(*pattern_digits(n, seed=20 + n)) for n in (12, 25, 3, 18)]
+    batched = finetune_users(base, users, config=TINY, device="cpu", chunk_size=3, replay=replay, probe=probe)
+    assert not batched[2].decision.promote and "too few" in batched[2].decision.reason
+    for user, together in zip(users, batched, strict=True):
+        alone = finetune_user(base, user.images, user.labels, config=TINY, replay=replay, probe=probe, device="cpu")
+        for name, value in alone.checkpoint.state_dict.items():
+            # float rounding differs with the batch shape; Adam turns it into steps of up to lr
+            torch.testing.assert_close(together.checkpoint.state_dict[name], value, atol=1e-3, rtol=1e-3)
+        assert together.metrics.best_step == alone.metrics.best_step
+        assert together.metrics.n_holdout == alone.metrics.n_holdout
+        assert together.decision.promote == alone.decision.promote
+    first, second = (r.checkpoint.state_dict["fc2.weight"] for r in batched[:2])
+    assert not torch.equal(first, second)
+
+
+def test_a_returning_user_is_compared_on_the_digits_their_current_model_never_saw(base: Checkpoint) -> None:
+    replay, probe = tiny_bank_and_probe(base)
+    images, labels = pattern_digits(40, seed=6)
+    first = finetune_user(base, images[:20], labels[:20], config=TINY, replay=replay, probe=probe, device="cpu")
+    assert first.metrics.n_labels == 20
+    again = finetune_user(base, images, labels, current=first.checkpoint, config=TINY, replay=replay,
+                          probe=probe, device="cpu")
+    assert again.metrics.n_labels == 40 and again.metrics.n_holdout == 20  # samples 20..39
+    # too few new ones (< MIN_FRESH): all samples
+    close = finetune_user(base, images[:25], labels[:25], current=first.checkpoint, config=TINY, replay=replay,
+                          probe=probe, device="cpu")
+    assert close.metrics.n_holdout == 25
 
 
 def test_same_seed_same_weights_and_other_seed_differs(base: Checkpoint) -> None:
@@ -117,28 +157,58 @@ def test_fine_tuning_learns_the_users_digits(base: Checkpoint) -> None:
     replay, probe = tiny_bank_and_probe(base)
     config = FinetuneConfig(**{**TINY.__dict__, "steps": 40, "eval_every": 10})
     result = finetune_user(base, images, labels, config=config, replay=replay, probe=probe, device="cpu")
-    assert result.metrics["heldout_personal"] > result.metrics["heldout_before"] + 0.3
-    assert result.metrics["best_step"] > 0
+    m = result.metrics
+    assert m.heldout_personal is not None and m.heldout_before is not None
+    # out of fold: read by fold models that never saw those digits
+    assert m.heldout_personal > m.heldout_before + 0.3
+    assert m.best_step is not None and m.best_step > 0
 
 
-def test_split_holdout_is_stratified_disjoint_and_deterministic() -> None:
-    labels = np.repeat(np.arange(10), 10)
-    config = FinetuneConfig(holdout_fraction=0.2)
-    train, held = split_holdout(labels, config)
-    assert len(held) == 20 and len(train) == 80
-    assert set(train).isdisjoint(held) and set(train) | set(held) == set(range(100))
-    assert np.bincount(labels[held], minlength=10).tolist() == [2] * 10
-    assert np.array_equal(held, split_holdout(labels, config)[1])
-    small_train, small_held = split_holdout(np.array([1, 2, 3, 4, 5]), FinetuneConfig(min_holdout=2))
-    assert len(small_held) == 2 and len(small_train) == 3
+def test_folds_are_stratified_deterministic_and_independent_of_the_batch() -> None:
+    rng = np.random.default_rng(1)
+    config = FinetuneConfig(folds=5)
+    for n in (5, 12, 37, 100):
+        labels = rng.integers(0, 10, (20, n))
+        labels[:4] = rng.integers(0, 3, (4, n))  # few distinct digits, too
+        folds = fold_assignment(labels, config)
+        assert np.array_equal(folds, fold_assignment(labels, config))
+        for user in range(len(labels)):
+            sizes = np.bincount(folds[user], minlength=5)
+            assert sizes.max() - sizes.min() <= 1 and sizes.sum() == n
+            for digit in range(10):  # each digit spread over the folds as evenly as it can be
+                per_fold = np.bincount(folds[user][labels[user] == digit], minlength=5)
+                assert per_fold.max() - per_fold.min() <= 1
+            np.testing.assert_array_equal(folds[user], fold_assignment(labels[user:user + 1], config)[0])
+    other = fold_assignment(labels, FinetuneConfig(folds=5, seed=1))
+    assert not np.array_equal(other, folds)
 
 
 def test_too_few_or_bad_samples_are_rejected_with_a_reason_not_an_exception(base: Checkpoint) -> None:
     images, labels = pattern_digits(3, seed=5)
     result = finetune_user(base, images, labels, config=TINY, device="cpu")
     assert not result.decision.promote and "too few" in result.decision.reason
+    assert result.metrics.n_labels == 3 and result.metrics.heldout_after is None
     assert "bad samples" in (check_samples(np.zeros((4, 20, 20), np.uint8), np.zeros(4), TINY) or "")
     assert "0-9" in (check_samples(np.zeros((9, 28, 28), np.uint8), np.full(9, 11), TINY) or "")
+
+
+def test_metrics_round_trip_and_read_rows_written_by_the_old_code() -> None:
+    metrics = FinetuneMetrics(n_labels=60, n_train=60, n_holdout=60, folds=5, heldout_before=0.5,
+                              heldout_after=0.75, mnist_subset=2000, best_step=40, version=3, reason="promoted: x")
+    assert FinetuneMetrics.from_dict(metrics.to_dict()) == metrics
+    assert "heldout_nll_after" not in metrics.to_dict()  # unset fields are left out of the JSON
+    old = {"n_labels": 60.0, "n_train": 48.0, "n_holdout": 12.0, "heldout_before": 0.667, "heldout_after": 0.833,
+           "mnist_accuracy": 0.987, "mnist_base_accuracy": 0.99, "mnist_subset": 2000.0, "best_step": 30.0,
+           "version": 2, "reason": "rejected: ...", "heldout_combined": 0.9, "train_seconds": "junk"}
+    parsed = FinetuneMetrics.from_dict(old)
+    assert parsed.n_labels == 60 and parsed.n_holdout == 12 and parsed.mnist_subset == 2000 and parsed.version == 2
+    assert isinstance(parsed.n_holdout, int) and parsed.folds is None and parsed.train_seconds is None
+    assert parsed.heldout_after == pytest.approx(0.833) and parsed.reason == "rejected: ..."
+    assert FinetuneMetrics.from_dict({}) == FinetuneMetrics() and FinetuneMetrics.from_dict(None).n_labels == 0
+    assert "best_step" in parsed and "heldout_nll_after" not in parsed
+    # the old row's gate: held-out 66.7% -> 83.3%, MNIST exactly 0.30 points down: promoted now
+    assert gate_metrics(parsed).promote
+    assert not gate_metrics(FinetuneMetrics(n_labels=5)).promote
 
 
 def test_gate_promotes_only_a_better_candidate_within_the_mnist_bound() -> None:
@@ -148,22 +218,30 @@ def test_gate_promotes_only_a_better_candidate_within_the_mnist_bound() -> None:
     assert not worse.promote and "not better" in worse.reason
     forgetting = gate(heldout_before=0.6, heldout_after=0.95, mnist_base=0.995, mnist_candidate=0.991)
     assert not forgetting.promote and "MNIST" in forgetting.reason and "0.40 points" in forgetting.reason
-    tie = dict(heldout_before=0.8, heldout_after=0.8, mnist_base=0.99, mnist_candidate=0.99)
+    # the bound is inclusive, in whole probe digits: 6 of 2,000 down is 0.30 points, 7 is not
+    assert gate(heldout_before=0.667, heldout_after=0.833, mnist_base=1980 / 2000, mnist_candidate=1974 / 2000,
+                n_compared=12, mnist_subset=2000).promote
+    # float32 accuracies (as torch computes them) of the same counts
+    assert gate(heldout_before=0.5, heldout_after=0.6, mnist_base=float(np.float32(0.99)),
+                mnist_candidate=float(np.float32(0.987)), mnist_subset=2000).promote
+    assert not gate(heldout_before=0.667, heldout_after=0.833, mnist_base=1980 / 2000,
+                    mnist_candidate=1973 / 2000, n_compared=12, mnist_subset=2000).promote
+    # ties in the count of right answers (e.g. both 100%): the out-of-fold NLL decides
+    tie: dict[str, Any] = dict(heldout_before=1.0, heldout_after=1.0, mnist_base=0.99, mnist_candidate=0.99,
+                               n_compared=60, mnist_subset=2000)
     assert not gate(**tie).promote
-    # a slightly lower NLL does not break a tie, nor a higher one
-    assert not gate(**tie, heldout_nll_before=0.5, heldout_nll_after=0.3).promote
-    assert not gate(**tie, heldout_nll_before=0.3, heldout_nll_after=0.5).promote
-    # a halved NLL does, unless the current model was already near-certain on the held-out part
-    halved = gate(**tie, heldout_nll_before=0.14, heldout_nll_after=0.005)
-    assert halved.promote and "same accuracy" in halved.reason
-    assert not gate(**tie, heldout_nll_before=0.008, heldout_nll_after=0.0).promote
-    # never when the held-out accuracy went down or MNIST drops past the bound
+    surer = gate(**tie, heldout_nll_before=0.20, heldout_nll_after=0.05)
+    assert surer.promote and "surer" in surer.reason and "60/60" in surer.reason
+    assert not gate(**tie, heldout_nll_before=0.05, heldout_nll_after=0.045).promote  # within the margin
+    assert not gate(**tie, heldout_nll_before=0.05, heldout_nll_after=0.20).promote
+    # never when fewer digits are right, whatever the NLL, or MNIST drops past the bound
     assert not gate(heldout_before=0.9, heldout_after=0.8, mnist_base=0.99, mnist_candidate=0.99,
                     heldout_nll_before=0.5, heldout_nll_after=0.1).promote
     assert not gate(heldout_before=0.8, heldout_after=0.8, mnist_base=0.99, mnist_candidate=0.985,
                     heldout_nll_before=0.5, heldout_nll_after=0.1).promote
-    edge = gate(heldout_before=0.5, heldout_after=0.6, mnist_base=0.990, mnist_candidate=0.987)
-    assert edge.promote  # exactly 0.3 points down is still within the bound
+    # one digit more of 60 is a promotion
+    assert gate(heldout_before=50 / 60, heldout_after=51 / 60, mnist_base=0.99, mnist_candidate=0.99,
+                n_compared=60, mnist_subset=2000).promote
 
 
 @pytest.mark.slow

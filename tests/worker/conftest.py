@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.finetune import FinetuneResult, GateDecision, head_state
+from core.finetune import FinetuneMetrics, FinetuneResult, GateDecision, head_state
 from core.model import Checkpoint, DigitNet
 from digitbot.settings import Settings
 from storage import repository as repo
@@ -89,9 +89,9 @@ def fake_trainer(*, promote: bool = True, reason: str = "held-out accuracy 0.50 
             calls.append(len(labels))
         checkpoint = Checkpoint(state_dict=head_state(DigitNet().state_dict()),
                                 meta={"kind": "personal", "temperature": 1.0, "threshold": 0.9})
-        metrics = {"heldout_before": 0.5, "heldout_after": 0.9 if promote else 0.4, "mnist_accuracy": 0.99,
-                   "n_labels": float(len(labels)), "n_holdout": 4.0}
-        checkpoint.metrics = dict(metrics)
+        metrics = FinetuneMetrics(heldout_before=0.5, heldout_after=0.9 if promote else 0.4, mnist_accuracy=0.99,
+                                  n_labels=len(labels), n_holdout=len(labels), folds=5)
+        checkpoint.metrics = metrics.to_dict()
         return FinetuneResult(checkpoint=checkpoint, decision=GateDecision(promote, reason), metrics=metrics)
     return train
 
