@@ -403,13 +403,15 @@ class BotServices:
 
         return await asyncio.to_thread(work)
 
-    # --- promotion notifications (called by the fine-tune worker, from any thread) ------------
+    # --- fine-tune outcome notifications (called by the fine-tune worker, from any thread) ----
     def set_notifier(self, notify: Callable[[int, dict[str, Any]], None]) -> None:
         self._notify = notify
 
     def notify_model_promoted(self, telegram_id: int, summary: dict[str, Any]) -> None:
+        """Tell the user how a fine-tune ended: a promotion, or (``summary["promoted"]`` False) that
+        their current model was kept (worker.jobrows.summary_of; every outcome is told once)."""
         if self._notify is None:
-            log.warning("promotion for user %s not announced: the bot is not running", telegram_id)
+            log.warning("fine-tune outcome for user %s not told: the bot is not running", telegram_id)
             return
         self._notify(telegram_id, summary)
 

@@ -263,8 +263,8 @@ async def _check_finetune(context: ContextTypes.DEFAULT_TYPE) -> None:
             job.schedule_removal()
         return
     job.schedule_removal()
-    if status.promoted:
-        return  # the worker announces promotions (send_promotion), with the details
+    if status.state == "succeeded":
+        return  # the worker's outbox tells every outcome once, promoted or kept (stats.send_promotion)
     seen = context.application.user_data.get(watch.telegram_id, {}).get(TELEGRAM_LANGUAGE_KEY)
     _ = translator(await services_of(context).language(watch.telegram_id, seen))
     if status.state == "failed":

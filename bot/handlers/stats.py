@@ -1,4 +1,5 @@
-"""/stats (text, the last fine-tune, and a chart image) and the "your personal model went live" notification."""
+"""/stats (text, the last fine-tune, and a chart image) and the notification of a fine-tune's outcome
+("your personal model went live", or "kept your current model")."""
 
 from __future__ import annotations
 
@@ -72,39 +73,51 @@ def _percent(value: Any) -> str:
 
 
 async def send_promotion(context: ContextTypes.DEFAULT_TYPE) -> None:
-    """JobQueue callback: tell a user their better personal model is live."""
+    """JobQueue callback: tell a user how their fine-tune ended (a better model went live, or the
+    current one was kept)."""
     job = context.job
     assert job is not None
     telegram_id: int = job.data[0]  # type: ignore[index]
     summary: dict[str, Any] = job.data[1]  # type: ignore[index]
     seen = context.application.user_data.get(telegram_id, {}).get(TELEGRAM_LANGUAGE_KEY)
     language = await services_of(context).language(telegram_id, seen)
-    _ = translator(language)
-    details = {"version": summary.get("version", "?"), "after": _percent(summary.get("accuracy_after")),
-               "before": _percent(summary.get("accuracy_before")), "labels": summary.get("labels", "?"),
-               "mnist": _percent(summary.get("mnist_accuracy"))}
-    if details["after"] == details["before"]:  # promoted on a tie: as accurate, and surer where right
-        text = _("🎉 Your personal model v{version} is live! On your held-out digits it's as accurate as "
-                 "before ({after}) and surer of its answers, trained on {labels} of your labels, and it "
-                 "still reads standard digits ({mnist} on MNIST). /stats shows the details.", **details)
-    else:
-        text = _("🎉 Your personal model v{version} is live! On your held-out digits it's right {after} of the "
-                 "time (before: {before}), trained on {labels} of your labels, and it still reads standard "
-                 "digits ({mnist} on MNIST). /stats shows the details.", **details)
+    text = outcome_text(summary, translator(language))
     try:
         await context.bot.send_message(telegram_id, text)
     except Forbidden:
-        log.info("promotion not announced: user %s blocked the bot", telegram_id)
+        log.info("fine-tune outcome not told: user %s blocked the bot", telegram_id)
+
+
+def outcome_text(summary: dict[str, Any], _: Translator) -> str:
+    """The message about one fine-tune's outcome (``summary``: worker.jobrows.summary_of)."""
+    details = {"version": summary.get("version") or "?", "after": _percent(summary.get("accuracy_after")),
+               "before": _percent(summary.get("accuracy_before")), "labels": summary.get("labels", "?"),
+               "mnist": _percent(summary.get("mnist_accuracy")), "digits": summary.get("heldout_samples") or "?"}
+    if summary.get("promoted", True):
+        if details["after"] == details["before"]:  # promoted on a tie: as accurate, and surer where right
+            return _("🎉 Your personal model v{version} is live! On your held-out digits it's as accurate as "
+                     "before ({after}) and surer of its answers, trained on {labels} of your labels, and it "
+                     "still reads standard digits ({mnist} on MNIST). /stats shows the details.", **details)
+        return _("🎉 Your personal model v{version} is live! On your held-out digits it's right {after} of the "
+                 "time (before: {before}), trained on {labels} of your labels, and it still reads standard "
+                 "digits ({mnist} on MNIST). /stats shows the details.", **details)
+    if not summary.get("trained", True):
+        return _("I kept your current model: {labels} labelled digits are not enough to train a new one yet. "
+                 "Keep correcting my answers.", **details)
+    return _("I kept your current model: the new one was not better on your {digits} digits ({after} vs "
+             "{before} now, each digit read by a model trained without it). Your corrections still count: "
+             "I use them right away, and the next fine-tune learns from them.", **details)
 
 
 def promotion_notifier(application: Application[Any, Any, Any, Any, Any, Any],
                        loop: asyncio.AbstractEventLoop) -> Callable[[int, dict[str, Any]], None]:
-    """A ``notify(telegram_id, summary)`` callable for the fine-tune worker (safe from any thread)."""
+    """A ``notify(telegram_id, summary)`` callable for the fine-tune worker (safe from any thread):
+    every outcome, promoted or kept (``summary["promoted"]``)."""
 
     def notify(telegram_id: int, summary: dict[str, Any]) -> None:
         job_queue = application.job_queue
         if job_queue is None:
-            log.warning("no JobQueue: promotion for user %s not announced", telegram_id)
+            log.warning("no JobQueue: fine-tune outcome for user %s not told", telegram_id)
             return
         loop.call_soon_threadsafe(lambda: job_queue.run_once(
             send_promotion, when=0, data=(telegram_id, dict(summary)), name=f"promotion:{telegram_id}"))

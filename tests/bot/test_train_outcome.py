@@ -12,7 +12,7 @@ import pytest
 
 from bot.handlers import commands
 from bot.handlers.commands import finetune_outcome_text
-from bot.handlers.stats import last_finetune_text
+from bot.handlers.stats import last_finetune_text, outcome_text
 from bot.i18n import resolve_language, translator
 from bot.services import FinetuneStatus
 from core.recognize import Recognizer
@@ -60,6 +60,25 @@ def test_outcome_texts_in_english_and_chinese() -> None:
         "上次训练（2026-05-04 03:02 UTC）：失败；你的模型没有变化。")
 
 
+def test_every_fine_tune_outcome_has_a_message_in_english_and_chinese() -> None:
+    en, zh = translator("en"), translator(resolve_language("zh-hans"))
+    kept = {"promoted": False, "trained": True, "version": 4, "labels": 60, "heldout_samples": 40,
+            "accuracy_before": 0.9, "accuracy_after": 0.875}
+    assert outcome_text(kept, en) == (
+        "I kept your current model: the new one was not better on your 40 digits (88% vs 90% now, each digit "
+        "read by a model trained without it). Your corrections still count: I use them right away, and the next "
+        "fine-tune learns from them.")
+    assert outcome_text(kept, zh).startswith("我保留了你当前的模型：新模型在你的 40 个数字上并没有更好")
+    untrained = {"promoted": False, "trained": False, "labels": 3}
+    assert "3 labelled digits are not enough" in outcome_text(untrained, en)
+    assert outcome_text(untrained, zh).startswith("我保留了你当前的模型：3 个已标注的数字")
+    promoted = dict(kept, promoted=True, accuracy_after=0.95, mnist_accuracy=0.991)
+    assert outcome_text(promoted, en).startswith("🎉 Your personal model v4 is live!") and "95%" in outcome_text(
+        promoted, en)
+    old = {"version": 2, "labels": 40, "accuracy_before": 0.8, "accuracy_after": 0.95}  # queued before issue 12
+    assert outcome_text(old, en).startswith("🎉 Your personal model v2 is live!")
+
+
 @pytest.mark.parametrize("ending", ["rejected", "failed"])
 def test_train_tells_the_user_how_the_fine_tune_ended(tmp_path: Path, recognizer: Recognizer,
                                                       monkeypatch: pytest.MonkeyPatch, ending: str) -> None:
@@ -89,12 +108,21 @@ def test_train_tells_the_user_how_the_fine_tune_ended(tmp_path: Path, recognizer
                                     metrics={"version": 1, "heldout_before": 0.9, "heldout_after": 0.8})
                 else:
                     repo.fail_job(session, job_id=job_id, error="boom", retry=False)
-            told = await h.users.wait_for_bot_message(ANN, lambda m: "ine-tune" in m.get("text", ""),
-                                                      after=stats["message_id"], timeout=10)
             if ending == "rejected":
-                assert told["text"] == ("Fine-tune finished: the new model was not better (80% on your held-out "
-                                        "digits, 90% before), so I kept the base model.")
+                # the worker's outbox tells every finished outcome once (issue 12), the watch does not
+                await asyncio.sleep(0.8)
+                assert h.application.job_queue is not None
+                assert not h.application.job_queue.get_jobs_by_name(f"train-watch:{ANN}:{job_id}")
+                summary = {"promoted": False, "trained": True, "version": 1, "labels": 12, "heldout_samples": 12,
+                           "accuracy_before": 0.9, "accuracy_after": 0.8}
+                h.services.notify_model_promoted(ANN, summary)  # as worker.scheduler's outbox does
+                told = await h.users.wait_for_bot_message(ANN, lambda m: "kept" in m.get("text", ""),
+                                                          after=stats["message_id"], timeout=10)
+                assert told["text"].startswith("I kept your current model: the new one was not better on your "
+                                               "12 digits (80% vs 90% now")
             else:
+                told = await h.users.wait_for_bot_message(ANN, lambda m: "ine-tune" in m.get("text", ""),
+                                                          after=stats["message_id"], timeout=10)
                 assert told["text"].startswith("The fine-tune you asked for failed")
             stats = await h.command_reply(ANN, ANN, "stats")
             last = stats["text"].splitlines()[-1]
