@@ -320,8 +320,12 @@ def test_hard_kill_between_an_answer_and_its_link_keeps_that_answers_buttons_wor
         assert _wait_callbacks(emulator, [query]) == [True]
         answer = emulator.run(users.callback_answer(query))
         assert answer["text"].startswith("Recorded: "), answer
+        sent = emulator.run(users.send_text(USER, USER, "3", reply_to=first["message_id"]))  # and a text reply
+        reply = emulator.run(users.wait_for_bot_message(USER, after=sent, timeout=60))
+        assert reply["text"] == "Recorded: 3", reply
         with sessions() as session:
-            assert service_counts(session)["labels"] == 1
+            counts = service_counts(session)
+            assert (counts["labels"], counts["label_rows"]) == (1, 2)  # the tap's label, superseded by the reply's
         sessions.kw["bind"].dispose()
     finally:
         bot.terminate()
