@@ -18,7 +18,7 @@ from tests.worker.conftest import active_version, add_labelled, styled_writer
 from worker.runner import start_embedded
 
 LABELLED = 60
-PRODUCTION = FinetuneConfig()  # the recipe and gate the service uses (2,000-sample MNIST probe)
+PRODUCTION = FinetuneConfig()  # the recipe and gate the service uses (k-fold, all 10,000 MNIST test digits)
 
 
 def base_checkpoint(settings: Settings) -> Checkpoint:
@@ -54,7 +54,7 @@ def test_labels_in_better_answers_out(settings: Settings, factory: sessionmaker[
     assert active_version(factory, 42) == 1
     ((telegram_id, summary),) = told
     assert telegram_id == 42 and summary["version"] == 1 and summary["labels"] == LABELLED
-    # (a tie on the small held-out part is promoted when the model got clearly surer: core.gate)
+    # (a tie in the out-of-fold count is promoted when the model got surer: core.gate)
     assert summary["accuracy_after"] >= summary["accuracy_before"]
 
     with factory() as session:
