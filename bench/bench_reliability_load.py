@@ -305,12 +305,23 @@ async def scenario(name: str, args: Any, photos: list[Any], with_faults: bool, w
         finally:
             bot.stop()
             worker.stop()
+    (workdir / f"{name}-expected.json").write_text(json.dumps(  # what the users sent, for a post-mortem
+        [[user, reading, labels] for (user, reading), labels in tally.expected.items()]))
+    checked = None
+    for attempt in range(3):  # a working tree being edited by others can fail an import for a moment
+        try:
+            checked = verify(db_url, tally)
+            break
+        except ImportError:
+            if attempt == 2:
+                raise
+            await asyncio.sleep(30)
     report = {"scenario": name, "users": args.users, "photos_per_user": args.photos, "seconds": round(seconds, 1),
               "photos_sent": tally.photos_sent, "photos_answered": tally.photos_answered,
               "photos_resent": tally.photos_resent, "late_answers": users.late_answers,
               "problem_answers": dict(tally.problem_answers), "refused_taps": dict(Counter(users.refused_taps)),
               "label_retries": tally.label_retries, "reply_latency_ms": _ms(tally.photo_latency),
-              "label_latency_ms": _ms(tally.label_latency), "events": events, **verify(db_url, tally)}
+              "label_latency_ms": _ms(tally.label_latency), "events": events, **(checked or {})}
     print(json.dumps(report), flush=True)
     return report
 
@@ -368,9 +379,14 @@ def main() -> None:
                 for log in Path(tmp).glob("*.log"):
                     shutil.copy(log, args.keep_logs / log.name)
                 (args.keep_logs / "reports.json").write_text(json.dumps(reports, indent=2))
-                for report in reports:  # the database too, when something is to be explained
-                    if report["labels_lost"] or report["labels_duplicated"]:
-                        shutil.copy(Path(tmp) / f"{report['scenario']}.db", args.keep_logs)
+                checked = {r["scenario"]: r for r in reports}
+                for name in args.scenarios.split(","):  # the database too, when something is to be explained
+                    report = checked.get(name)
+                    if (report is None or report["labels_lost"] or report["labels_duplicated"]) \
+                            and (Path(tmp) / f"{name}.db").exists():
+                        for kept in (f"{name}.db", f"{name}-expected.json"):
+                            if (Path(tmp) / kept).exists():
+                                shutil.copy(Path(tmp) / kept, args.keep_logs)
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "machine": f"{os.cpu_count()} CPUs, load average {os.getloadavg()}", "weights": str(args.weights),
               "command": " ".join([".venv/bin/python -m bench.bench_reliability_load", *sys.argv[1:]]),
