@@ -19,8 +19,9 @@ Two kinds of writer:
   jitters the strokes and the geometry a little.
 
 Writers are split into ``dev`` (for tuning) and ``eval`` (only for reporting; fixed before any run).
-Every photo is rendered from its own seed (writer, index), so a shorter run sees a prefix of the
-same photos.
+Every photo is rendered from its own seed (writer, index) from the writer's index-th digit. A
+Semeion writer's first digits do not depend on ``n``; a glyph writer's do (its MNIST digits are drawn
+``n`` at a time), so a run is reproduced with the same ``n``.
 """
 
 from __future__ import annotations
