@@ -19,6 +19,7 @@ run: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy .
+	$(VENV)/bin/lint-imports
 
 # Fast tests, then the slow/integration ones (services are used when their URLs are set).
 test: install lint

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy.orm import Session, sessionmaker
-
 from bot.i18n import resolve_language
 from bot.inbox import RETENTION
 from bot.personal_cache import PersonalModelCache
@@ -24,8 +22,9 @@ from bot.views import DigitCard, ReadingCard, StatsCard
 from core.memory import PersonalMemory
 from core.recognize import PersonalModel, PhotoReading, Recognizer
 from storage import repository as repo
+from storage.db import Session, SessionFactory
 from storage.errors import CorruptWeights, InvalidLabel, NotYourSample, QuotaExceeded, UnknownSample
-from storage.records import TRUE_TEXT_MAX, DigitRecord, ReadingView, UserStats
+from storage.records import TRUE_TEXT_MAX, DigitRecord, FinetuneStatus, ReadingView, UserStats
 from storage.repository import inbox as inbox_repo
 from storage.repository.readings import owned_reading
 
@@ -67,35 +66,12 @@ class TrainOutcome:
     job_id: int | None = None  # the queued (or already open) fine-tune job
 
 
-@dataclass(frozen=True)
-class FinetuneStatus:
-    """Where one fine-tune job of a user stands (for /train's answer and /stats)."""
-
-    job_id: int
-    state: str  # "queued" | "running" | "succeeded" | "failed"
-    outcome: str | None  # when succeeded: "promoted" (or "promoted+notified") | "rejected"
-    requested_at: datetime
-    finished_at: datetime | None
-    version: int | None = None  # the model version it trained
-    accuracy_before: float | None = None  # held-out accuracy of the model the user had
-    accuracy_after: float | None = None  # and of the new one
-    active_version: int | None = None  # the user's live personal model now (None: the base model)
-
-    @property
-    def done(self) -> bool:
-        return self.state in ("succeeded", "failed")
-
-    @property
-    def promoted(self) -> bool:
-        return self.state == "succeeded" and (self.outcome or "").startswith("promoted")
-
-
 class FinetuneRequester(Protocol):
     def __call__(self, telegram_id: int) -> Any: ...  # worker.scheduler.FinetuneRequest-like
 
 
 class BotServices:
-    def __init__(self, *, sessions: sessionmaker[Session], recognizer: Recognizer, inference_threads: int = 2,
+    def __init__(self, *, sessions: SessionFactory, recognizer: Recognizer, inference_threads: int = 2,
                  finetune_min_labels: int = 10, finetune_interval_s: float = 60.0,
                  request_finetune: FinetuneRequester | None = None,
                  update_retention: timedelta = RETENTION) -> None:
@@ -399,7 +375,7 @@ class BotServices:
         """That fine-tune job of the user (None: the latest one), or None when there is none."""
         def work() -> FinetuneStatus | None:
             with self.sessions() as session:
-                return _finetune_status(session, telegram_id, job_id)
+                return repo.finetune_status(session, telegram_id=telegram_id, job_id=job_id)
 
         return await asyncio.to_thread(work)
 
@@ -414,33 +390,6 @@ class BotServices:
             log.warning("fine-tune outcome for user %s not told: the bot is not running", telegram_id)
             return
         self._notify(telegram_id, summary)
-
-
-def _finetune_status(session: Session, telegram_id: int, job_id: int | None) -> FinetuneStatus | None:
-    from sqlalchemy import select
-
-    from storage.models import FinetuneJob, ModelVersion, User
-
-    query = select(FinetuneJob).join(User, User.id == FinetuneJob.user_id).where(User.telegram_id == telegram_id)
-    if job_id is not None:
-        query = query.where(FinetuneJob.id == job_id)
-    job = session.scalars(query.order_by(FinetuneJob.created_at.desc(), FinetuneJob.id.desc()).limit(1)).first()
-    if job is None:
-        return None
-    metrics = job.metrics or {}
-
-    def number(key: str) -> float | None:
-        value = metrics.get(key)
-        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-    version = metrics.get("version")
-    if not isinstance(version, int) and job.model_version_id is not None:
-        trained = session.get(ModelVersion, job.model_version_id)
-        version = trained.version if trained is not None else None
-    active = repo.active_model_version(session, user_id=job.user_id)
-    return FinetuneStatus(job.id, job.state, job.outcome, job.created_at, job.finished_at,
-                          version if isinstance(version, int) else None, number("heldout_before"),
-                          number("heldout_after"), active.version if active is not None else None)
 
 
 def _stale_before(retention: timedelta) -> datetime:

@@ -28,6 +28,9 @@ from sqlalchemy.pool import StaticPool
 
 from digitbot.settings import Settings
 
+# What the layers above take to open transactions (they name no SQLAlchemy type themselves).
+SessionFactory = sessionmaker[Session]
+
 # Shipped inside the package (package data), so an installed wheel migrates as the checkout does.
 # Wheels install unzipped: the resource is a real directory, which Alembic needs.
 MIGRATIONS_DIR = Path(str(resources.files("storage") / "migrations"))
@@ -98,7 +101,7 @@ def session_factory(
     return sessionmaker(bind=engine, expire_on_commit=False, info=info)
 
 
-def init_db(settings: Settings, *, upgrade: bool | None = None) -> sessionmaker[Session]:
+def init_db(settings: Settings, *, upgrade: bool | None = None) -> SessionFactory:
     """The application's session factory. ``upgrade`` defaults to True for SQLite (the embedded
     default migrates itself at start-up); PostgreSQL is migrated with ``digitbot db upgrade``."""
     url = settings.resolved_database_url

@@ -178,3 +178,26 @@ class UserStats:
     @property
     def last50_base_accuracy(self) -> float | None:
         return self.last50_base_correct / self.last50_count if self.last50_count else None
+
+
+@dataclass(frozen=True)
+class FinetuneStatus:
+    """Where one fine-tune job of a user stands (for /train's answer and /stats)."""
+
+    job_id: int
+    state: str  # "queued" | "running" | "succeeded" | "failed"
+    outcome: str | None  # when succeeded: "promoted" (or "promoted+notified") | "rejected"
+    requested_at: datetime
+    finished_at: datetime | None
+    version: int | None = None  # the model version it trained
+    accuracy_before: float | None = None  # held-out accuracy of the model the user had
+    accuracy_after: float | None = None  # and of the new one
+    active_version: int | None = None  # the user's live personal model now (None: the base model)
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("succeeded", "failed")
+
+    @property
+    def promoted(self) -> bool:
+        return self.state == "succeeded" and (self.outcome or "").startswith("promoted")

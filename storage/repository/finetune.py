@@ -25,6 +25,7 @@ from storage.models import (
     User,
     utcnow,
 )
+from storage.records import FinetuneStatus
 from storage.repository._common import lock_user
 
 OPEN_STATES = (QUEUED, RUNNING)
@@ -251,3 +252,27 @@ def load_weights(session: Session, *, user_id: int, version_id: int) -> bytes:
     if data is None or weight_store.sha256_hex(data) != version.weights_sha256:
         raise CorruptWeights(f"model version {version_id} weights do not match their checksum")
     return bytes(data)
+
+
+def finetune_status(session: Session, *, telegram_id: int, job_id: int | None = None) -> FinetuneStatus | None:
+    """Where the user's fine-tune job ``job_id`` (default: their latest) stands, or None."""
+    query = select(FinetuneJob).join(User, User.id == FinetuneJob.user_id).where(User.telegram_id == telegram_id)
+    if job_id is not None:
+        query = query.where(FinetuneJob.id == job_id)
+    job = session.scalars(query.order_by(FinetuneJob.created_at.desc(), FinetuneJob.id.desc()).limit(1)).first()
+    if job is None:
+        return None
+    metrics = job.metrics or {}
+
+    def number(key: str) -> float | None:
+        value = metrics.get(key)
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    version = metrics.get("version")
+    if not isinstance(version, int) and job.model_version_id is not None:
+        trained = session.get(ModelVersion, job.model_version_id)
+        version = trained.version if trained is not None else None
+    active = active_model_version(session, user_id=job.user_id)
+    return FinetuneStatus(job.id, job.state, job.outcome, job.created_at, job.finished_at,
+                          version if isinstance(version, int) else None, number("heldout_before"),
+                          number("heldout_after"), active.version if active is not None else None)
