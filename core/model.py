@@ -194,5 +194,6 @@ DEFAULT_WEIGHTS = Path(str(resources.files("core") / "weights" / "base.pt"))
 
 
 def load_base(path: str | Path | None = None) -> Checkpoint:
-    """The base model: ``path``, else $DIGITBOT_BASE_WEIGHTS, else the shipped core/weights/base.pt."""
-    return Checkpoint.load(path or os.environ.get("DIGITBOT_BASE_WEIGHTS") or DEFAULT_WEIGHTS)
+    """The base model: ``path``, else the shipped core/weights/base.pt. (DIGITBOT_BASE_WEIGHTS is read
+    by the entry points, through digitbot.settings, and handed down as ``path``.)"""
+    return Checkpoint.load(path or DEFAULT_WEIGHTS)

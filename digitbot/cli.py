@@ -45,7 +45,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from core.model import load_base
     from core.recognize import PersonalModel, Recognizer
 
-    recognizer = Recognizer(load_base(args.base))
+    recognizer = Recognizer(load_base(_base_weights(args)))
     personal = PersonalModel.from_bytes(Path(args.user_model).read_bytes()) if args.user_model else None
     failures = 0
     for index, name in enumerate(args.images):
@@ -148,6 +148,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _base_weights(args: argparse.Namespace) -> Path:
+    """--base, else the settings' base model (DIGITBOT_BASE_WEIGHTS, default the shipped one)."""
+    from digitbot.settings import get_settings
+
+    return Path(args.base) if args.base else get_settings().base_weights
+
+
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from core.finetune import FinetuneConfig, finetune_user
     from core.memory import PersonalMemory
@@ -159,7 +166,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         print(f"skipped {line}")
     print(f"{len(labels)} labelled images from {args.data} (digits present: "
           f"{sorted(set(labels.tolist())) or 'none'})")
-    base = load_base(args.base)
+    base = load_base(_base_weights(args))
     result = finetune_user(base, images, labels, config=FinetuneConfig(seed=args.seed))
     metrics = result.metrics
     # The file always carries the memory of these digits: it changes readings of look-alikes at

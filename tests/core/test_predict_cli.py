@@ -1,6 +1,7 @@
 """The `digitbot predict` contract from DESIGN.md: one JSON object per image per line."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,15 @@ def test_explain_skips_a_non_image_and_says_so(photos, tmp_path) -> None:
     assert f"{tmp_path / 'nope.png'}: no explanation figure (the file could not be read)" in done.stderr
     assert f"{photos['row']}: explanation figure written to {tmp_path / 'explain-2.png'}" in done.stderr
     assert sorted(p.name for p in tmp_path.glob("explain*.png")) == ["explain-2.png"]
+
+
+def test_the_base_model_comes_from_the_settings(photos, tmp_path: Path) -> None:
+    """DIGITBOT_BASE_WEIGHTS reaches predict through digitbot.settings (core reads no environment)."""
+    favour_three = Checkpoint(state_dict=dict(load_base().state_dict), meta={"temperature": 1.0})
+    favour_three.state_dict["fc2.bias"] = torch.full((10,), -50.0)
+    favour_three.state_dict["fc2.bias"][3] = 50.0
+    favour_three.save(tmp_path / "threes.pt")
+    done = subprocess.run([sys.executable, "-m", "digitbot.cli", "predict", "--json", str(photos["row"])],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "DIGITBOT_BASE_WEIGHTS": str(tmp_path / "threes.pt")})
+    assert set(json.loads(done.stdout)["digits"]) == {"3"}
