@@ -18,6 +18,8 @@ Rule (chosen on the dev writers, ``bench/tune_finetune.py``; docs/BENCHMARKS.md,
 2. The user's digits: promote when the candidate reads strictly more of them right; on a tie in
    the count (e.g. both 100%), when its out-of-fold NLL is lower than the current answer's by at
    least ``TIE_NLL_MARGIN`` nats per digit. Otherwise keep the current model.
+3. Never when early stopping kept step 0 (the base head itself, with another temperature: seen on
+   the eval writers at 10 labels, where it would have been announced as a "new" model).
 
 The k-fold estimate replaces a 20% held-out split (5-20 digits) on which a good base often read all
 digits right, so better models tied and were blocked, and one digit swung the decision by 5-20
@@ -141,6 +143,8 @@ def gate_metrics(metrics: FinetuneMetrics, tolerance: float = MNIST_TOLERANCE) -
     if m.heldout_before is None or m.heldout_after is None or m.mnist_base_accuracy is None \
             or m.mnist_accuracy is None:
         return GateDecision(False, "rejected: not measured")
+    if m.best_step == 0:  # early stopping kept the starting (base) head: only its temperature differs
+        return GateDecision(False, "rejected: no training step improved the out-of-fold readings")
     return gate(heldout_before=m.heldout_before, heldout_after=m.heldout_after,
                 mnist_base=m.mnist_base_accuracy, mnist_candidate=m.mnist_accuracy,
                 heldout_nll_before=m.heldout_nll_before, heldout_nll_after=m.heldout_nll_after,

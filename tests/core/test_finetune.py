@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -209,6 +210,12 @@ def test_metrics_round_trip_and_read_rows_written_by_the_old_code() -> None:
     # the old row's gate: held-out 66.7% -> 83.3%, MNIST exactly 0.30 points down: promoted now
     assert gate_metrics(parsed).promote
     assert not gate_metrics(FinetuneMetrics(n_labels=5)).promote
+    # nothing learnt (early stopping kept the base head): never announced as a new model
+    same = FinetuneMetrics(n_labels=10, n_holdout=10, heldout_before=0.8, heldout_after=0.8, heldout_nll_before=0.6,
+                           heldout_nll_after=0.4, mnist_accuracy=0.99, mnist_base_accuracy=0.99, mnist_subset=10_000,
+                           best_step=0)
+    assert not gate_metrics(same).promote and "no training step" in gate_metrics(same).reason
+    assert gate_metrics(dataclasses.replace(same, best_step=30)).promote
 
 
 def test_gate_promotes_only_a_better_candidate_within_the_mnist_bound() -> None:
