@@ -59,10 +59,12 @@ class FinetuneConfig:
     min_labels: int = 5  # fewer labelled samples than this (or than folds): nothing is trained
     eval_every: int = 10  # early stopping: the folds' out-of-fold loss checked every this many steps
     replay_size: int = 2048  # MNIST training samples in the replay bank
-    # MNIST test samples the gate's bound is measured on (0 = all 10,000): 0.3 points are then 30
-    # digits, not 6 (one or two digits flipping by chance no longer decide); with conv3 frozen the
-    # probe's classifier inputs are computed once per process, so the whole set costs ~0.2 s a user
-    mnist_subset: int = 0
+    # MNIST test samples of the gate's probe (0 = all 10,000). All 10,000 were tried (0.3 points =
+    # 30 digits): the threshold's "combined never below the base on the probe" rule then pinned the
+    # thresholds high and most answers fell back to the base (eval writers: served/base error
+    # 0.55 / 0.53 after 50 / 100 labels, against 0.44 / 0.33 before issue 12), so the probe stays
+    # the 2,000 digits the recipe was tuned with (bound: 6 digits, inclusive, counted in digits).
+    mnist_subset: int = 2000
     seed: int = 0
 
 

@@ -12,7 +12,7 @@ there are at least ``MIN_FRESH`` of them): the current model learnt the earlier 
 Rule (chosen on the dev writers, ``bench/tune_finetune.py``; docs/BENCHMARKS.md, issue 12):
 
 1. MNIST: the candidate alone (no fallback) may read at most ``floor(MNIST_TOLERANCE * n)`` fewer of
-   the n probe digits than the base (n = all 10,000 test digits during jobs: at most 30, 0.30 points),
+   the n probe digits than the base (n = 2,000 during jobs: at most 6 digits, 0.30 points),
    inclusive, counted in whole digits so that float rounding cannot turn "exactly 0.30 points" into
    a rejection.
 2. The user's digits: promote when the candidate reads strictly more of them right; on a tie in
