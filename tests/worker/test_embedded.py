@@ -18,7 +18,7 @@ from tests.worker.conftest import active_version, add_labelled, styled_writer
 from worker.runner import start_embedded
 
 LABELLED = 60
-PRODUCTION = FinetuneConfig()  # the recipe and gate the service uses (k-fold, all 10,000 MNIST test digits)
+PRODUCTION = FinetuneConfig()  # the recipe and gate the service uses (k-fold, 2,000-digit MNIST probe)
 
 
 def base_checkpoint(settings: Settings) -> Checkpoint:
