@@ -7,6 +7,8 @@ confidence clears the personal model's threshold; otherwise the base model answe
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -22,6 +24,7 @@ from core.row_split import cut, piece_counts
 if TYPE_CHECKING:
     from core.preprocess import Candidate, DigitCrop, Preprocessed
 
+log = logging.getLogger(__name__)
 BASE, PERSONAL = "base", "personal"
 DEFAULT_PERSONAL_THRESHOLD = 0.9
 # On a photo that is not a tight crop, core.segment's reading (made for phone photos of a page)
@@ -85,6 +88,7 @@ class PersonalModel:
         self.temperature = float(meta.get("temperature", 1.0))
         self.threshold = float(meta.get("threshold", DEFAULT_PERSONAL_THRESHOLD))
         self._model: DigitNet | None = None
+        self.memory_scales: dict[int, float] = {}  # per recognizer: the memory's calibrated strength
 
     @classmethod
     def from_bytes(cls, blob: bytes, *, version: int | None = None,
@@ -100,12 +104,29 @@ class PersonalModel:
         return self._model
 
 
+@dataclass(frozen=True)
+class _Probe:
+    """MNIST digits with the base's trunk and penultimate features and calibrated probabilities."""
+
+    trunk: torch.Tensor
+    features: torch.Tensor
+    base_probs: np.ndarray
+    labels: np.ndarray
+    base_accuracy: float
+
+
 class Recognizer:
     def __init__(self, base: Checkpoint, *, device: str = "cpu", base_temperature: float | None = None,
-                 torch_threads: int | None = None) -> None:
+                 torch_threads: int | None = None,
+                 mnist_probe: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """``torch_threads`` sets torch's (process-wide) intra-op threads: a bot classifies many small
         batches from several threads at once, and nested OpenMP pools then oversubscribe the cores
-        (measured: p50 100 ms with 2 torch threads vs 18 ms with 1 on the 2-core machine)."""
+        (measured: p50 100 ms with 2 torch threads vs 18 ms with 1 on the 2-core machine).
+        ``mnist_probe``: (uint8 images, labels) a personal memory is calibrated on (default: 2,000
+        MNIST test digits, read when a memory is first used; without MNIST memories are off)."""
+        self._probe_samples = mnist_probe
+        self._probe: _Probe | None = None
+        self._probe_lock = threading.Lock()
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.base = base
@@ -137,8 +158,50 @@ class Recognizer:
             own = F.softmax(head / personal.temperature, dim=1).cpu().numpy()
         if personal is not None and personal.memory is not None and len(personal.memory):
             remembered = personal.memory.embeddings(id(self.model), self.embed)
-            votes = personal.memory.evidence(features, remembered).cpu().numpy()
+            scale = self._memory_scale(personal, remembered)
+            votes = scale * personal.memory.evidence(features, remembered).cpu().numpy()
         return base.cpu().numpy(), own, votes
+
+    def _memory_scale(self, personal: PersonalModel, remembered: torch.Tensor) -> float:
+        """How strongly this user's memory may vote (core.memory.fit_scale on the MNIST probe, with the
+        user's head answering as served), computed once per personal model."""
+        key = id(self.model)
+        if key not in personal.memory_scales:
+            probe, memory = self._mnist_probe(), personal.memory
+            if probe is None or memory is None:
+                personal.memory_scales[key] = 0.0
+            else:
+                served = probe.base_probs
+                if personal.has_head:
+                    head = personal.model(self.base, self.device).head(probe.trunk)
+                    own = F.softmax(head / personal.temperature, dim=1).cpu().numpy()
+                    served = np.where(own.max(1, keepdims=True) >= personal.threshold, own, served)
+                votes = memory.evidence(probe.features, remembered).cpu().numpy()
+                personal.memory_scales[key] = memory.fit_scale(served, votes, probe.labels, probe.base_accuracy)
+        return personal.memory_scales[key]
+
+    def _mnist_probe(self) -> _Probe | None:
+        with self._probe_lock:
+            if self._probe is None and self._probe_samples is None:
+                from core.calibrate import mnist_probe_indices
+                from core.data import load_mnist
+
+                try:
+                    mnist_images, mnist_labels = load_mnist(train=False)
+                except (FileNotFoundError, RuntimeError) as error:
+                    log.warning("no MNIST probe to calibrate personal memories with; memories are off: %s", error)
+                    self._probe_samples = (np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64))
+                else:
+                    index = mnist_probe_indices(2000, len(mnist_images))
+                    self._probe_samples = (mnist_images[index].numpy(), mnist_labels[index].numpy())
+            if self._probe is None and self._probe_samples is not None and len(self._probe_samples[1]):
+                images, labels = self._probe_samples
+                trunk = self._trunk(images)
+                features = self.model.penultimate(trunk)
+                probs = F.softmax(self.model.fc2(features) / self.base_temperature, dim=1).cpu().numpy()
+                self._probe = _Probe(trunk, features, probs, np.asarray(labels),
+                                     float(np.mean(probs.argmax(1) == np.asarray(labels))))
+            return self._probe
 
     def classify(self, images: np.ndarray | Sequence[np.ndarray],
                  personal: PersonalModel | None = None) -> list[DigitPrediction]:

@@ -47,8 +47,9 @@ def test_finetune_command_with_no_images_writes_nothing(tmp_path: Path,
 
 def test_finetune_command_with_too_few_images_writes_the_memory_only(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Too few labels for a fine-tune still teach the bot: the file holds their memory, and a
-    look-alike of the labelled digit is read as labelled."""
+    """Too few labels for a fine-tune still teach the bot: the file holds their memory, and it moves
+    the reading of a look-alike towards the label (a bare bar taught as a 4 would also turn MNIST's 1s
+    into 4s, so the calibrated memory only leans that way)."""
     if not DEFAULT_WEIGHTS.exists():
         pytest.skip("core/weights/base.pt not trained yet")
     (tmp_path / "data" / "4").mkdir(parents=True)
@@ -64,8 +65,9 @@ def test_finetune_command_with_too_few_images_writes_the_memory_only(
 
     recognizer = Recognizer(load_base())
     look_alike = np.roll(_bar_digit(), 1, axis=1)[None]
-    assert recognizer.classify(look_alike)[0].digit != 4  # a bare bar is a 1 to the base
-    assert recognizer.classify(look_alike, personal)[0].digit == 4
+    plain = recognizer.classify(look_alike)[0]
+    assert plain.digit == 1  # a bare bar is a 1 to the base
+    assert recognizer.classify(look_alike, personal)[0].probabilities[4] > plain.probabilities[4] + 0.05
 
 
 def _bar_digit() -> np.ndarray:

@@ -113,3 +113,19 @@ def test_a_rebuilt_memory_computes_only_the_new_samples_features(recognizer: Rec
     assert embedded == [3, 1]
     fresh = PersonalMemory(images[:4], labels[:4]).embeddings(2, recognizer.embed)
     assert torch.allclose(rows, fresh, atol=1e-5)
+
+
+def test_a_memory_that_would_cost_mnist_is_weakened_to_the_bound(mnist_dir) -> None:
+    """A writer whose "1" looks like MNIST's 7s (a flagged 1 without a foot): at full strength their
+    memory reads many of MNIST's 7s as 1s; calibrated on the probe it stays within 0.3 points."""
+    images, labels = (t[:2000].numpy() for t in load_mnist(train=False, directory=mnist_dir))
+    recognizer = Recognizer(load_base(), mnist_probe=(images, labels))
+    sevens = np.flatnonzero(labels == 7)[:5]
+    memory = PersonalMemory(images[sevens], np.ones(5, np.int64))
+    base, _, _ = recognizer.probabilities(images)
+    features = recognizer.embed(images)
+    full = memory.blend(base, memory.evidence(features, memory.embeddings(0, recognizer.embed)).numpy())
+    base_accuracy = np.mean(base.argmax(1) == labels)
+    assert np.mean(full.argmax(1) == labels) < base_accuracy - 0.003  # uncalibrated: over the bound
+    served = np.array([p.digit for p in recognizer.classify(images, PersonalModel(None, memory=memory))])
+    assert np.mean(served == labels) >= base_accuracy - 0.003
