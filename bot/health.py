@@ -59,7 +59,8 @@ class MeteredServices(BotServices):
             PHOTOS_READ.labels(status=status).inc()
 
     def notify_model_promoted(self, telegram_id: int, summary: dict[str, Any]) -> None:
-        PROMOTIONS.inc()
+        if summary.get("promoted", True):  # kept-your-model outcomes are told through here too
+            PROMOTIONS.inc()
         super().notify_model_promoted(telegram_id, summary)
 
 

@@ -78,3 +78,14 @@ def test_readyz_is_503_when_the_database_is_unreachable(tmp_path: Path, recogniz
         asyncio.run(scenario())
     finally:
         services.close()
+
+
+def test_only_promotions_count_as_promotions(tmp_path: Path, recognizer: Recognizer) -> None:
+    services = MeteredServices(sessions=migrated_sessions(tmp_path), recognizer=recognizer)
+    told: list[bool] = []
+    services.set_notifier(lambda _user, summary: told.append(bool(summary["promoted"])))
+    before = REGISTRY.get_sample_value("digitbot_promotions_total") or 0.0
+    services.notify_model_promoted(1, {"promoted": False})
+    services.notify_model_promoted(1, {"promoted": True})
+    assert told == [False, True]  # both outcomes are told
+    assert REGISTRY.get_sample_value("digitbot_promotions_total") == before + 1
