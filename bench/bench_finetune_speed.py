@@ -24,9 +24,8 @@ import time
 import torch
 
 from core.batched_finetune import UserSamples, finetune_users
-from core.calibrate import pick_device
 from core.finetune import FinetuneConfig, finetune_user
-from core.model import load_base
+from core.model import load_base, pick_device
 from core.personal_data import simulated_users
 
 

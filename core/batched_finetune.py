@@ -31,10 +31,10 @@ from torch.nn import functional as F
 
 from core.batched_calibrate import choose_thresholds, combine_batched, fit_temperatures
 from core.batched_prep import BatchMaterial, prepare_batch
-from core.calibrate import NEVER_PERSONAL, MnistProbe, cached_probe, fit_base_temperature, pick_device
+from core.calibrate import NEVER_PERSONAL, MnistProbe, cached_probe, fit_base_temperature
 from core.finetune_prep import FinetuneConfig, ReplayBank, cached_replay, check_samples
 from core.gate import MIN_FRESH, FinetuneMetrics, GateDecision, gate_metrics
-from core.model import FROZEN_PREFIXES, Checkpoint, head_state
+from core.model import FROZEN_PREFIXES, Checkpoint, head_state, pick_device
 from core.stacked_head import StackedHead, channels_last, stack_states
 
 PROBE_PAIRS = {"cuda": 131_072, "cpu": 32_768}  # (model, probe sample) pairs evaluated at once

@@ -15,7 +15,7 @@ import torch
 from torch.nn import functional as F
 
 from core.data import load_mnist
-from core.model import Checkpoint, DigitNet, normalize
+from core.model import Checkpoint, DigitNet, normalize, pick_device
 
 NEVER_PERSONAL = 1.0 + 1e-6  # a threshold no confidence reaches
 MNIST_PROBE_SEED = 12345
@@ -28,12 +28,6 @@ class Combined:
     confidences: torch.Tensor  # (N,) calibrated confidence of the answer given
     personal: torch.Tensor  # (N,) bool: True where the personal model answered
     probabilities: torch.Tensor  # (N,10) calibrated probabilities of the model that answered
-
-
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,

@@ -70,6 +70,13 @@ class DigitNet(nn.Module):
         return self.head(self.trunk(x))
 
 
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``device``, else CUDA when there is one, else the CPU (the one place this is decided)."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 @torch.no_grad()
 def for_inference(model: DigitNet) -> DigitNet:
     """A copy for serving: each BatchNorm folded into its conv (eval-mode BN is an affine map per

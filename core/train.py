@@ -20,7 +20,7 @@ from tqdm import tqdm
 from core.augment import AugmentConfig, augment
 from core.calibrate import fit_temperature
 from core.data import load_mnist, mnist_checksum
-from core.model import Checkpoint, DigitNet, ModelConfig, normalize
+from core.model import Checkpoint, DigitNet, ModelConfig, normalize, pick_device
 
 if TYPE_CHECKING:
     from core.photo_crops import PhotoCrops
@@ -56,10 +56,6 @@ class TrainConfig:
     photo_epochs: int = 0
     photo_lr: float = 2e-3
     photo_repeats: int = 3
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @torch.no_grad()

@@ -198,11 +198,10 @@ def cached_base(path: str) -> Checkpoint:
 
 
 def pick_device(device: str | None = None) -> str:
-    if device:
-        return device
-    import torch
+    """core.model.pick_device as the name Settings and Celery pass around."""
+    from core.model import pick_device as choose
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(choose(device or None))
 
 
 def run_job(job_id: int, *, settings: Settings, worker_id: str, session_factory: Any | None = None,

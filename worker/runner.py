@@ -240,9 +240,6 @@ class WorkerHandle:
             self.scheduler.wake()
         return request
 
-    def sweep_now(self) -> None:
-        self.scheduler.wake()
-
     def stop(self, wait: bool = True) -> None:
         self.scheduler.stop()
         self.dispatcher.shutdown(wait=wait)

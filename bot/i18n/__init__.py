@@ -56,6 +56,3 @@ def _catalogue(language: str) -> gettext.NullTranslations:
 def translator(language: str | None) -> Translator:
     return Translator(language or DEFAULT_LANGUAGE)
 
-
-def all_translators() -> list[Translator]:
-    return [translator(lang) for lang in SUPPORTED_LANGUAGES]
