@@ -12,12 +12,15 @@ so a digit unlike anything the user labelled is read exactly as before (S ~ 0), 
 one of the user's corrections moves towards it as far as the model was unsure, and overturning a
 confident reading takes several near copies. (A mixture (1 - w) p_model + w p_mem, tried first,
 let one odd sample -- a Semeion "9" the base reads as a sure "3" -- turn every 3 of that writer
-into a 9.) The scheduled fine-tune then consolidates what
+into a 9.) Each crop is remembered with a few fixed small transforms of it (``views``: a little
+rotation, shift, scale, slant and stroke width), and a query is weighed by its nearest view, so the
+next digit written a little differently still finds it. The scheduled fine-tune then consolidates what
 the memory holds. Crops (not features) are stored, so a memory survives a new base model.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +29,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from core.augment import AugmentConfig, AugmentDraw, apply_augment, draw_augment
+
 MEMORY_FORMAT = "digitbot-memory-v1"
 # The memory may cost the served answer at most this much accuracy on an MNIST probe (issue 12's bound)
 MAX_MNIST_DROP = 0.003
@@ -33,17 +38,29 @@ MAX_MNIST_DROP = 0.003
 # more than the bound is weakened until they do not (0: off). Measured on thin-pen photo writers: a
 # flagged "1" without a foot remembered at full strength read 191 of MNIST's 1,028 sevens as 1s.
 SCALES = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.0)
+# The small variations of a hand (a few degrees, a little shift, scale and slant, a stroke a little
+# thicker or thinner) under which a remembered digit is still "the same" digit: each remembered
+# crop is also remembered under ``MemoryConfig.views - 1`` such fixed transforms (the same ones for
+# every crop, so a crop's views do not depend on what else is remembered).
+VIEW_AUGMENT = AugmentConfig(rotate_deg=8.0, shift=0.06, scale=(0.92, 1.08), shear=0.15, elastic_alpha=0.0,
+                             elastic_p=0.0, thickness_p=0.5)
+VIEW_SEED = 12
 
 
 @dataclass(frozen=True)
 class MemoryConfig:
-    # Chosen on the dev writers (core.personal_data "dev": three styled writers, Semeion rounds
-    # 0-2) with `python -m bench.tune_memory --split dev --grid` (docs/BENCHMARKS.md "Personal
-    # memory"): 0.1 / 0.2 cut the classification errors after 10 labels by 28% and after 100 by 46%
-    # at a worst MNIST cost of 0.10 points; wider kernels or less evidence cost MNIST up to 2 points.
-    width: float = 0.08  # kernel width in cosine units: cos 0.92 weighs exp(-1)
+    # Chosen on the dev writers (core.personal_data "dev": three styled writers, Semeion rounds 0-2),
+    # each memory calibrated as served (fit_scale), with `python -m bench.tune_memory --split dev
+    # --grid` (views 1/5/9 x widths 0.06-0.12 x strengths 16-64; docs/BENCHMARKS.md "Personal memory:
+    # views"): 9 views, width 0.06, strength 32 cut the misses after 10 labels of the writers the base
+    # misreads >= 10% by 33% (the single-view 0.08 / 32 before: 28%) and the error after 100 labels
+    # to 0.47 of the base's (0.51), worst MNIST drop 0.19 points on the 8,000 digits outside the probe.
+    width: float = 0.06  # kernel width in cosine units: cos 0.94 weighs exp(-1)
     strength: float = 32.0  # log-probability added per unit of kernel weight
     max_samples: int = 2000  # the most recent labels kept (a bound on memory and time per digit)
+    # Each crop is remembered as itself plus views - 1 transformed copies (VIEW_AUGMENT); a query's
+    # kernel weight for a remembered crop is that of its nearest view (1: the crop alone).
+    views: int = 9
 
 
 class PersonalMemory:
@@ -68,23 +85,36 @@ class PersonalMemory:
         return len(self.labels)
 
     def embeddings(self, key: int, embed: Callable[[np.ndarray], torch.Tensor]) -> torch.Tensor:
-        """The remembered crops' normalised features under ``embed``, computed once per ``key`` (the
-        embedding model's identity: a recognizer keeps one model for its lifetime)."""
+        """The remembered crops' normalised features under ``embed``, (N, views, D), computed once
+        per ``key`` (the embedding model's identity: a recognizer keeps one model for its lifetime)."""
         if key not in self._embeddings:
             known = self._adopted.pop(key, {})
             ids = self.ids if self.ids is not None else np.full(len(self), -1)
             missing = [i for i, sample in enumerate(ids.tolist()) if sample not in known]
-            fresh = F.normalize(embed(self.images[missing]).float(), dim=1) if missing else None
-            rows = list(fresh) if fresh is not None else []
+            rows = list(self._embed_views(self.images[missing], embed)) if missing else []
             new = iter(rows)
             ordered = [known[sample] if sample in known else next(new) for sample in ids.tolist()]
-            self._embeddings[key] = torch.stack(ordered) if ordered else torch.zeros(0, 1)
+            views = self.config.views
+            self._embeddings[key] = torch.stack(ordered) if ordered else torch.zeros(0, views, 1)
         return self._embeddings[key]
+
+    def _embed_views(self, images: np.ndarray, embed: Callable[[np.ndarray], torch.Tensor]) -> torch.Tensor:
+        """(n, views, D) normalised features of each crop and its transformed views."""
+        views = self.config.views
+        if views <= 1:
+            return F.normalize(embed(images).float(), dim=1)[:, None]
+        copies = np.repeat(images, views - 1, axis=0)
+        x = torch.from_numpy(np.ascontiguousarray(copies)).float()[:, None] / 255.0
+        moved = apply_augment(x, _view_draw(views - 1).repeat(len(images)), VIEW_AUGMENT)
+        moved_u8 = (moved[:, 0] * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
+        stacked = np.concatenate([images[:, None], moved_u8.reshape(len(images), views - 1, 28, 28)], axis=1)
+        features = F.normalize(embed(stacked.reshape(-1, 28, 28)).float(), dim=1)
+        return features.reshape(len(images), views, -1)
 
     def adopt(self, previous: PersonalMemory) -> None:
         """Take over the features ``previous`` computed for samples (by id) this memory also holds:
         after one more label only that sample's features are computed, not all of them again."""
-        if previous.ids is None or self.ids is None:
+        if previous.ids is None or self.ids is None or previous.config.views != self.config.views:
             return
         for key, rows in previous._embeddings.items():
             self._adopted[key] = dict(zip(previous.ids.tolist(), rows, strict=True))
@@ -94,8 +124,12 @@ class PersonalMemory:
         votes = torch.zeros(len(queries), 10, dtype=torch.float32, device=queries.device)
         if len(self) == 0 or len(queries) == 0:
             return votes
-        cosine = F.normalize(queries.float(), dim=1) @ remembered.to(queries.device).T
-        weights = torch.exp((cosine - 1.0) / self.config.width)
+        if remembered.dim() == 2:  # (N, D): one view per crop
+            remembered = remembered[:, None]
+        flat = remembered.to(queries.device).reshape(-1, remembered.shape[-1])
+        cosine = F.normalize(queries.float(), dim=1) @ flat.T  # (M, N * views)
+        nearest = cosine.view(len(queries), remembered.shape[0], remembered.shape[1]).amax(-1)
+        weights = torch.exp((nearest - 1.0) / self.config.width)
         labels = torch.from_numpy(self.labels).to(queries.device)
         return votes.index_add_(1, labels, weights)
 
@@ -125,3 +159,9 @@ class PersonalMemory:
         if data.get("format") != MEMORY_FORMAT:
             raise ValueError("not a digitbot memory")
         return cls(data["images"].numpy(), data["labels"].numpy(), config)
+
+
+@functools.cache
+def _view_draw(copies: int) -> AugmentDraw:
+    """The fixed transforms of the views (the same for every remembered crop)."""
+    return draw_augment(copies, VIEW_AUGMENT, torch.Generator().manual_seed(VIEW_SEED))

@@ -110,7 +110,8 @@ def test_a_rebuilt_memory_computes_only_the_new_samples_features(recognizer: Rec
     after = PersonalMemory(images[:4], np.array([labels[0], 9, labels[2], labels[3]]), ids=np.array([11, 12, 13, 14]))
     after.adopt(before)
     rows = after.embeddings(1, embed)
-    assert embedded == [3, 1]
+    views = after.config.views  # each crop is embedded with its transformed views
+    assert embedded == [3 * views, views]
     fresh = PersonalMemory(images[:4], labels[:4]).embeddings(2, recognizer.embed)
     assert torch.allclose(rows, fresh, atol=1e-5)
 
@@ -129,3 +130,20 @@ def test_a_memory_that_would_cost_mnist_is_weakened_to_the_bound(mnist_dir) -> N
     assert np.mean(full.argmax(1) == labels) < base_accuracy - 0.003  # uncalibrated: over the bound
     served = np.array([p.digit for p in recognizer.classify(images, PersonalModel(None, memory=memory))])
     assert np.mean(served == labels) >= base_accuracy - 0.003
+
+
+def test_views_remember_a_crop_under_small_transforms(recognizer: Recognizer, digits) -> None:
+    """A crop's views are the crop itself and fixed small transforms of it, the same whatever else is
+    remembered; a query's weight for it is that of its nearest view (the crop itself weighs 1)."""
+    images, labels = digits
+    memory = PersonalMemory(images[:4], labels[:4], MemoryConfig(views=5))
+    rows = memory.embeddings(0, recognizer.embed)
+    assert rows.shape[:2] == (4, 5)
+    alone = PersonalMemory(images[2:3], labels[2:3], MemoryConfig(views=5)).embeddings(0, recognizer.embed)
+    assert torch.allclose(rows[2], alone[0], atol=1e-5)
+    assert not torch.allclose(rows[2, 0], rows[2, 1], atol=1e-3)  # the views differ from the crop
+    votes = memory.evidence(recognizer.embed(images[2:3]), rows)
+    assert votes[0, labels[2]] >= 1.0 - 1e-4
+    single = PersonalMemory(images[:4], labels[:4], MemoryConfig(views=1))
+    assert torch.all(votes >= single.evidence(recognizer.embed(images[2:3]),
+                                              single.embeddings(0, recognizer.embed)) - 1e-5)
