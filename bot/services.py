@@ -385,7 +385,7 @@ class BotServices:
 
     def notify_model_promoted(self, telegram_id: int, summary: dict[str, Any]) -> None:
         """Tell the user how a fine-tune ended: a promotion, or (``summary["promoted"]`` False) that
-        their current model was kept (worker.jobrows.summary_of; every outcome is told once)."""
+        their current model was kept (worker.notices.summary_of; every outcome is told once)."""
         if self._notify is None:
             log.warning("fine-tune outcome for user %s not told: the bot is not running", telegram_id)
             return

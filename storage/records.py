@@ -201,3 +201,34 @@ class FinetuneStatus:
     @property
     def promoted(self) -> bool:
         return self.state == "succeeded" and (self.outcome or "").startswith("promoted")
+
+
+@dataclass(frozen=True)
+class FinetuneRequest:
+    """The answer to /train (storage.repository.jobs.request_job)."""
+
+    accepted: bool
+    reason: str  # "queued" | "already_queued" | "not_enough_labels" | "no_new_labels" | "unknown_user"
+    job_id: int | None = None  # the queued (or already open) job
+    labels: int = 0
+    needed: int = 0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job a worker claimed; ``attempt`` is the fencing token of that worker's later writes."""
+
+    job_id: int
+    user_id: int
+    telegram_id: int
+    attempt: int
+
+
+@dataclass(frozen=True)
+class PendingNotice:
+    """A finished job whose outcome the user has not been told yet (the outbox)."""
+
+    job_id: int
+    telegram_id: int
+    metrics: dict[str, Any]  # the job's FinetuneMetrics.to_dict()
+    promoted: bool  # False: their current model was kept

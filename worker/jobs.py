@@ -8,7 +8,7 @@ State machine of a job row (storage.models.FinetuneJob):
 
 * claim: a row-locked queued -> running transition (storage.repository.claim_job), so two workers
   given the same job (a duplicate Celery message, a re-delivery) never train it at once; the
-  attempt number is the fencing token of every later write (worker/jobrows.py).
+  attempt number is the fencing token of every later write (storage/repository/jobs.py).
 * while training, a heartbeat thread renews the lease; a worker that dies stops renewing it, and
   the sweep re-queues the job after `Settings.finetune_lease_s`. The heartbeat renews only while
   training progresses (`Progress`: every optimiser step ticks it); after `Settings.finetune_stall_s`
@@ -43,7 +43,8 @@ from core.model import Checkpoint, load_base
 from digitbot.settings import Settings
 from storage import repository as repo
 from storage.models import QUEUED
-from worker import jobrows
+from storage.records import Claim
+from storage.repository import jobs as job_repo
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class Progress:
 
     def __init__(self) -> None:
         self.steps = 0
-        self.claims: list[jobrows.Claim] = []
+        self.claims: list[Claim] = []
         self.reason = ""
         self._last_tick = time.monotonic()
         self._abandoned = threading.Event()
@@ -143,7 +144,7 @@ class Heartbeat:
     With `progress`, it renews only while training moves: after `stall_s` without a step it
     stops renewing (the lease expires and the sweep re-queues the jobs) and abandons them."""
 
-    def __init__(self, session_factory: Any, claims: Sequence[jobrows.Claim], *, interval_s: float,
+    def __init__(self, session_factory: Any, claims: Sequence[Claim], *, interval_s: float,
                  progress: Progress | None = None, stall_s: float | None = None) -> None:
         self._factory = session_factory
         self._claims = list(claims)
@@ -171,7 +172,7 @@ class Heartbeat:
             try:
                 with self._factory.begin() as session:
                     gone = [c.job_id for c in held
-                            if not jobrows.renew_lease(session, job_id=c.job_id, attempt=c.attempt)]
+                            if not job_repo.renew_lease(session, job_id=c.job_id, attempt=c.attempt)]
             except SQLAlchemyError as exc:  # the database blinked: try again at the next beat
                 log.warning("fine-tune heartbeat failed: %s", exc.__class__.__name__)
                 continue
@@ -291,7 +292,7 @@ def _error_text(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(exc)).strip()[:2000]
 
 
-def _conclude(session_factory: Any, claim: jobrows.Claim, result: FinetuneResult, parent_id: int | None, *,
+def _conclude(session_factory: Any, claim: Claim, result: FinetuneResult, parent_id: int | None, *,
               lost: bool, max_attempts: int) -> JobOutcome:
     if lost:
         return JobOutcome(claim.job_id, LOST, "lease lost while training", claim.user_id, claim.telegram_id)
@@ -302,18 +303,12 @@ def _conclude(session_factory: Any, claim: jobrows.Claim, result: FinetuneResult
         return _record_failure(session_factory, claim, _error_text(exc), max_attempts)
 
 
-def _claim(session_factory: Any, job_id: int) -> jobrows.Claim | None:
+def _claim(session_factory: Any, job_id: int) -> Claim | None:
     with session_factory.begin() as session:
-        job = repo.claim_job(session, job_id=job_id)
-        if job is None:
-            return None
-        user = repo.get_user_by_id(session, user_id=job.user_id)
-        telegram_id = user.telegram_id if user is not None else 0
-        return jobrows.Claim(job_id=job.id, user_id=job.user_id, telegram_id=telegram_id,
-                             attempt=job.attempts)
+        return job_repo.claim(session, job_id=job_id)
 
 
-def _load(session_factory: Any, claim: jobrows.Claim) -> tuple[UserSamples, int | None]:
+def _load(session_factory: Any, claim: Claim) -> tuple[UserSamples, int | None]:
     """The user's labelled samples and current model (and that model's version id, the parent)."""
     with session_factory() as session:
         training = repo.training_set(session, user_id=claim.user_id)
@@ -325,11 +320,11 @@ def _load(session_factory: Any, claim: jobrows.Claim) -> tuple[UserSamples, int 
     return UserSamples(training.images, training.labels, current), parent_id
 
 
-def _finish(session_factory: Any, claim: jobrows.Claim, result: FinetuneResult,
+def _finish(session_factory: Any, claim: Claim, result: FinetuneResult,
             parent_id: int | None) -> JobOutcome:
     promote = bool(result.decision.promote)
     with session_factory.begin() as session:
-        if not jobrows.holds(session, job_id=claim.job_id, attempt=claim.attempt):
+        if not job_repo.holds(session, job_id=claim.job_id, attempt=claim.attempt):
             return JobOutcome(claim.job_id, LOST, "lease lost before finishing", claim.user_id,
                               claim.telegram_id)
         version = repo.add_model_version(session, user_id=claim.user_id, parent_id=parent_id,
@@ -350,11 +345,11 @@ def _finish(session_factory: Any, claim: jobrows.Claim, result: FinetuneResult,
                       version_id, metrics)
 
 
-def _record_failure(session_factory: Any, claim: jobrows.Claim, error: str, max_attempts: int) -> JobOutcome:
+def _record_failure(session_factory: Any, claim: Claim, error: str, max_attempts: int) -> JobOutcome:
     outcome = JobOutcome(claim.job_id, FAILED, error, claim.user_id, claim.telegram_id)
     try:
         with session_factory.begin() as session:
-            if not jobrows.holds(session, job_id=claim.job_id, attempt=claim.attempt):
+            if not job_repo.holds(session, job_id=claim.job_id, attempt=claim.attempt):
                 outcome.state = LOST
                 return outcome
             job = repo.fail_job(session, job_id=claim.job_id, error=error, retry=True,

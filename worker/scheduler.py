@@ -28,20 +28,19 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
 
 from digitbot.settings import Settings, get_settings
 from storage import repository as repo
-from worker import jobrows
+from storage.db import SessionFactory
+from storage.records import FinetuneRequest
+from storage.repository import jobs as job_repo
+from worker.notices import summary_of
 
 log = logging.getLogger(__name__)
 
-SessionFactory = sessionmaker[Session]
 Notify = Callable[[int, dict[str, Any]], Any]
 Dispatch = Callable[[Sequence[int]], list[int]]
 SWEEP_JOB_ID = "finetune-sweep"
-# /train accepts fewer labels than the sweep waits for, but not so few that nothing can be learnt.
-MIN_LABELS_ON_REQUEST = 5
 CREATE_CHUNK = 100  # jobs created per transaction (short row locks, few commits)
 NOTIFY_WITHIN_S = 24 * 3600  # an older unannounced promotion is not news any more
 ORPHAN_GRACE_S = 3600.0  # a weights file this old with no row is an orphan (no commit takes an hour)
@@ -62,15 +61,6 @@ class SweepReport:
     waiting: list[int] = field(default_factory=list)  # queued but not handed over this time
     notified: list[int] = field(default_factory=list)
     orphans_removed: list[str] = field(default_factory=list)  # weight files no model row referred to
-
-
-@dataclass(frozen=True)
-class FinetuneRequest:
-    accepted: bool
-    reason: str  # "queued" | "already_queued" | "not_enough_labels" | "no_new_labels" | "unknown_user"
-    job_id: int | None = None
-    labels: int = 0
-    needed: int = 0
 
 
 class Sweeper:
@@ -110,7 +100,7 @@ class Sweeper:
                         report.created.append(job.id)
 
         with self.session_factory() as session:
-            attempts = jobrows.queued_jobs(session)
+            attempts = job_repo.queued_jobs(session)
         queued = list(attempts)
         # Jobs queued again since the last sweep (a worker died or failed: more attempts, or not
         # queued last time): the dispatcher must not count them as sent (issue 13: the Celery
@@ -167,20 +157,20 @@ class Sweeper:
             return []
         since = datetime.now(UTC) - timedelta(seconds=NOTIFY_WITHIN_S)
         with self.session_factory() as session:
-            pending = jobrows.pending_notices(session, since=since)
+            pending = job_repo.pending_notices(session, since=since)
         delivered = []
         for notice in pending:
             with self.session_factory.begin() as session:
-                if not jobrows.mark_notified(session, job_id=notice.job_id):
+                if not job_repo.mark_notified(session, job_id=notice.job_id):
                     continue  # another process announced this one
             try:
-                self.notify(notice.telegram_id, notice.summary)
+                self.notify(notice.telegram_id, summary_of(notice.metrics, promoted=notice.promoted))
                 delivered.append(notice.job_id)
             except Exception:
                 log.exception("telling the user of fine-tune job %s about the new model failed; the next "
                               "sweep tries again", notice.job_id)
                 with self.session_factory.begin() as session:
-                    jobrows.unmark_notified(session, job_id=notice.job_id)
+                    job_repo.unmark_notified(session, job_id=notice.job_id)
         return delivered
 
 
@@ -189,25 +179,8 @@ def request_finetune(telegram_id: int, *, settings: Settings | None = None,
     """The bot's /train: queue a fine-tune now if the user has a few new labels, else say why not."""
     settings = settings or get_settings()
     factory = session_factory or default_session_factory(settings)
-    needed = min(MIN_LABELS_ON_REQUEST, settings.finetune_min_labels)
     with factory.begin() as session:
-        user = repo.get_user(session, telegram_id=telegram_id)
-        if user is None:
-            return FinetuneRequest(False, "unknown_user", needed=needed)
-        labels = repo.current_label_count(session, user_id=user.id)
-        new_labels = user.labels_since_finetune
-        open_job = jobrows.open_job_id(session, user_id=user.id)
-        if open_job is not None:
-            return FinetuneRequest(True, "already_queued", open_job, labels, needed)
-        if labels < needed:
-            return FinetuneRequest(False, "not_enough_labels", None, labels, needed)
-        if new_labels == 0 and user.finetune_started_at is not None:
-            return FinetuneRequest(False, "no_new_labels", None, labels, needed)
-        job = repo.create_finetune_job(session, user_id=user.id)
-        if job is None:
-            return FinetuneRequest(True, "already_queued", jobrows.open_job_id(session, user_id=user.id),
-                                   labels, needed)
-        return FinetuneRequest(True, "queued", job.id, labels, needed)
+        return job_repo.request_job(session, telegram_id=telegram_id, min_labels=settings.finetune_min_labels)
 
 
 class FinetuneScheduler:

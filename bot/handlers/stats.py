@@ -89,7 +89,7 @@ async def send_promotion(context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 def outcome_text(summary: dict[str, Any], _: Translator) -> str:
-    """The message about one fine-tune's outcome (``summary``: worker.jobrows.summary_of)."""
+    """The message about one fine-tune's outcome (``summary``: worker.notices.summary_of)."""
     details = {"version": summary.get("version") or "?", "after": _percent(summary.get("accuracy_after")),
                "before": _percent(summary.get("accuracy_before")), "labels": summary.get("labels", "?"),
                "mnist": _percent(summary.get("mnist_accuracy")), "digits": summary.get("heldout_samples") or "?"}

@@ -2,9 +2,7 @@
 caller's transaction (use ``with Session.begin() as session:``). No Telegram types; every query
 that touches user data is scoped by the user. See docs/INTERFACES.md ("storage")."""
 
-from storage.repository.finetune import (
-    active_model_version,
-    add_model_version,
+from storage.repository.jobs import (
     claim_job,
     create_finetune_job,
     fail_job,
@@ -12,12 +10,7 @@ from storage.repository.finetune import (
     finish_job,
     get_job,
     jobs_for_user,
-    load_weights,
-    model_versions,
-    promote_model_version,
-    reject_model_version,
     requeue_stale_jobs,
-    retire_active_model,
     users_due_for_finetune,
 )
 from storage.repository.labels import (
@@ -27,6 +20,15 @@ from storage.repository.labels import (
     label_sample,
     training_set,
     undo_label,
+)
+from storage.repository.model_versions import (
+    active_model_version,
+    add_model_version,
+    load_weights,
+    model_versions,
+    promote_model_version,
+    reject_model_version,
+    retire_active_model,
 )
 from storage.repository.readings import (
     attach_bot_message,

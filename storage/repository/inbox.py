@@ -3,7 +3,7 @@ handled, replayed when a process died while handling them, and purged after a wh
 
 An update is a plain JSON object here (no Telegram types). The caller decides who it is
 (``owner``: one name per bot host). A pending update is leased, as fine-tune jobs are
-(worker/jobrows.py): ``claimed_at`` is set when it is taken and renewed by its owner's heartbeat
+(storage/repository/jobs.py): ``claimed_at`` is set when it is taken and renewed by its owner's heartbeat
 (:func:`inbox_heartbeat`); one whose lease expired (its replica was killed, or replaced under another
 host name) is taken over by any replica (:func:`inbox_take_over`)."""
 

@@ -1,152 +1,17 @@
-"""Continual learning: which users are due, fine-tune jobs, and personal model versions."""
+"""Personal model versions: stored, promoted (the previous one retired), rejected, loaded."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import exists, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from storage import weights as weight_store
-from storage.errors import CorruptWeights, InvalidTransition, UnknownJob, UnknownModelVersion
-from storage.models import (
-    ACTIVE,
-    CANDIDATE,
-    FAILED,
-    QUEUED,
-    REJECTED,
-    RETIRED,
-    RUNNING,
-    SUCCEEDED,
-    FinetuneJob,
-    ModelVersion,
-    User,
-    utcnow,
-)
-from storage.records import FinetuneStatus
+from storage.errors import CorruptWeights, InvalidTransition, UnknownModelVersion
+from storage.models import ACTIVE, CANDIDATE, REJECTED, RETIRED, ModelVersion, utcnow
 from storage.repository._common import lock_user
 
-OPEN_STATES = (QUEUED, RUNNING)
-
-
-def users_due_for_finetune(session: Session, *, min_labels: int, limit: int = 1000) -> list[int]:
-    """Ids of users with at least ``min_labels`` current labels created since their last fine-tune
-    run started (or ever, if none) and no job queued or running; most new labels first."""
-    open_job = exists().where(FinetuneJob.user_id == User.id, FinetuneJob.state.in_(OPEN_STATES))
-    return list(
-        session.scalars(
-            select(User.id)
-            .where(User.labels_since_finetune >= min_labels, ~open_job)
-            .order_by(User.labels_since_finetune.desc(), User.id)
-            .limit(limit)
-        )
-    )
-
-
-def create_finetune_job(session: Session, *, user_id: int) -> FinetuneJob | None:
-    """Queue a fine-tune job for the user; None if one is already queued or running (the database
-    refuses a second open job, so concurrent sweeps cannot double-queue)."""
-    if lock_user(session, user_id) is None:
-        return None
-    if session.scalar(select(FinetuneJob.id).where(FinetuneJob.user_id == user_id,
-                                                  FinetuneJob.state.in_(OPEN_STATES))):
-        return None
-    job = FinetuneJob(user_id=user_id, state=QUEUED, attempts=0, created_at=utcnow(), metrics={})
-    try:
-        with session.begin_nested():
-            session.add(job)
-    except IntegrityError:
-        return None
-    return job
-
-
-def get_job(session: Session, *, job_id: int) -> FinetuneJob | None:
-    return session.get(FinetuneJob, job_id)
-
-
-def claim_job(session: Session, *, job_id: int | None = None) -> FinetuneJob | None:
-    """Start a queued job (that one, or the oldest): state running, attempts + 1, and the user's
-    "labels since last run" count restarts now. None when there is nothing to claim (or another
-    worker claimed it first)."""
-    query = select(FinetuneJob).where(FinetuneJob.state == QUEUED)
-    query = query.where(FinetuneJob.id == job_id) if job_id is not None else query.order_by(FinetuneJob.id)
-    job = session.scalars(
-        query.limit(1).with_for_update(skip_locked=True).execution_options(populate_existing=True)
-    ).one_or_none()
-    if job is None:
-        return None
-    user = lock_user(session, job.user_id)
-    now = utcnow()
-    job.state, job.started_at, job.finished_at = RUNNING, now, None
-    job.attempts += 1
-    if user is not None:
-        user.finetune_started_at = now
-        user.labels_since_finetune = 0
-    session.flush()
-    return job
-
-
-def _running_job(session: Session, job_id: int) -> FinetuneJob:
-    job = session.scalars(
-        select(FinetuneJob).where(FinetuneJob.id == job_id).with_for_update()
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-    if job is None:
-        raise UnknownJob(f"no fine-tune job {job_id}")
-    if job.state != RUNNING:
-        raise InvalidTransition(f"job {job_id} is {job.state}, not running")
-    return job
-
-
-def finish_job(
-    session: Session, *, job_id: int, metrics: dict[str, Any], outcome: str,
-    model_version_id: int | None = None,
-) -> FinetuneJob:
-    """Mark a running job succeeded with its metrics and outcome ("promoted", "rejected", ...)."""
-    job = _running_job(session, job_id)
-    job.state, job.finished_at, job.metrics, job.outcome = SUCCEEDED, utcnow(), dict(metrics), outcome
-    job.model_version_id, job.error = model_version_id, None
-    session.flush()
-    return job
-
-
-def fail_job(session: Session, *, job_id: int, error: str, retry: bool, max_attempts: int = 3) -> FinetuneJob:
-    """Record a failure; with ``retry`` and attempts left the job is queued again, else failed."""
-    job = _running_job(session, job_id)
-    job.error = error[:10_000]
-    if retry and job.attempts < max_attempts:
-        job.state, job.started_at = QUEUED, None
-    else:
-        job.state, job.finished_at, job.outcome = FAILED, utcnow(), "failed"
-    session.flush()
-    return job
-
-
-def requeue_stale_jobs(session: Session, *, started_before: datetime, max_attempts: int = 3) -> int:
-    """Jobs left running by a worker that died: queue them again (or fail them when out of
-    attempts). Returns how many were touched."""
-    stale = list(session.scalars(
-        select(FinetuneJob).where(FinetuneJob.state == RUNNING, FinetuneJob.started_at < started_before)
-        .with_for_update(skip_locked=True)
-    ))
-    for job in stale:
-        job.error = "worker stopped before finishing"
-        if job.attempts < max_attempts:
-            job.state, job.started_at = QUEUED, None
-        else:
-            job.state, job.finished_at, job.outcome = FAILED, utcnow(), "failed"
-    session.flush()
-    return len(stale)
-
-
-def jobs_for_user(session: Session, *, user_id: int) -> list[FinetuneJob]:
-    return list(session.scalars(select(FinetuneJob).where(FinetuneJob.user_id == user_id)
-                                .order_by(FinetuneJob.id)))
-
-
-# --- model versions -------------------------------------------------------------------------------
 
 def add_model_version(
     session: Session, *, user_id: int, parent_id: int | None, weights: bytes, metrics: dict[str, Any],
@@ -252,27 +117,3 @@ def load_weights(session: Session, *, user_id: int, version_id: int) -> bytes:
     if data is None or weight_store.sha256_hex(data) != version.weights_sha256:
         raise CorruptWeights(f"model version {version_id} weights do not match their checksum")
     return bytes(data)
-
-
-def finetune_status(session: Session, *, telegram_id: int, job_id: int | None = None) -> FinetuneStatus | None:
-    """Where the user's fine-tune job ``job_id`` (default: their latest) stands, or None."""
-    query = select(FinetuneJob).join(User, User.id == FinetuneJob.user_id).where(User.telegram_id == telegram_id)
-    if job_id is not None:
-        query = query.where(FinetuneJob.id == job_id)
-    job = session.scalars(query.order_by(FinetuneJob.created_at.desc(), FinetuneJob.id.desc()).limit(1)).first()
-    if job is None:
-        return None
-    metrics = job.metrics or {}
-
-    def number(key: str) -> float | None:
-        value = metrics.get(key)
-        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-    version = metrics.get("version")
-    if not isinstance(version, int) and job.model_version_id is not None:
-        trained = session.get(ModelVersion, job.model_version_id)
-        version = trained.version if trained is not None else None
-    active = active_model_version(session, user_id=job.user_id)
-    return FinetuneStatus(job.id, job.state, job.outcome, job.created_at, job.finished_at,
-                          version if isinstance(version, int) else None, number("heldout_before"),
-                          number("heldout_after"), active.version if active is not None else None)

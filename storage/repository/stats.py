@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from storage.models import Label
 from storage.records import DigitStats, ModelVersionInfo, TimeBucket, UserStats
 from storage.repository._common import user_id_for
-from storage.repository.finetune import model_versions
+from storage.repository.model_versions import model_versions
 from storage.repository.readings import count_samples
 
 LAST_N = 50

@@ -16,6 +16,7 @@ from core.model import Checkpoint, DigitNet
 from digitbot.settings import Settings
 from storage import repository as repo
 from storage.models import QUEUED, SUCCEEDED, FinetuneJob
+from storage.records import Claim
 from tests.worker.conftest import active_version, add_labelled, fake_trainer, job_rows, random_digits
 from worker import celery_app, jobs
 from worker.runner import LocalDispatcher
@@ -120,8 +121,7 @@ def test_lease_is_renewed_only_while_training_steps(settings: Settings, factory:
     with factory.begin() as session:
         claimed = repo.claim_job(session, job_id=job_id)
         assert claimed is not None
-        claim = jobs.jobrows.Claim(job_id=job_id, user_id=claimed.user_id, telegram_id=505,
-                                   attempt=claimed.attempts)
+        claim = Claim(job_id=job_id, user_id=claimed.user_id, telegram_id=505, attempt=claimed.attempts)
     progress = jobs.Progress()
     model = DigitNet()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
