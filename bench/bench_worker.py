@@ -27,8 +27,8 @@ from sqlalchemy import create_engine, insert, make_url, text
 from core.finetune import FinetuneMetrics, FinetuneResult, GateDecision, head_state
 from core.model import Checkpoint, DigitNet
 from digitbot.settings import Settings
+from digitbot.wiring import open_database, worker_config
 from storage import repository as repo
-from storage.db import init_db
 from storage.models import User, utcnow
 from storage.records import DigitRecord
 from worker import jobs
@@ -81,7 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, scratch_database(args.database_url, tmp) as url:
         settings = Settings(database_url=url, data_dir=Path(tmp), finetune_min_labels=10, celery_broker_url=None)
-        factory = init_db(settings, upgrade=True)
+        factory = open_database(settings, upgrade=True)
         rng = np.random.default_rng(0)
 
         # Users due for a fine-tune: the counter the labels keep, set directly for speed.
@@ -89,7 +89,7 @@ def main() -> None:
             session.execute(insert(User), [
                 {"telegram_id": 10_000_000 + i, "settings": {}, "created_at": utcnow(), "labels_since_finetune": 12}
                 for i in range(args.users)])
-        sweeper = Sweeper(settings, session_factory=factory, dispatch=lambda ids: [])
+        sweeper = Sweeper(worker_config(settings), session_factory=factory, dispatch=lambda ids: [])
         started = time.perf_counter()
         created = sweeper.sweep().created
         create_s = time.perf_counter() - started
@@ -117,7 +117,7 @@ def main() -> None:
         times = []
         for job_id in job_ids:
             started = time.perf_counter()
-            outcome = jobs.run_job(job_id, settings=settings, worker_id="bench", session_factory=factory,
+            outcome = jobs.run_job(job_id, config=worker_config(settings), worker_id="bench", session_factory=factory,
                                    base=base, device="cpu", trainer=instant_trainer)
             times.append(time.perf_counter() - started)
             assert outcome.state == jobs.PROMOTED, outcome

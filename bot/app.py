@@ -110,10 +110,10 @@ def build_services(settings: Settings, *, sessions: Any | None = None) -> BotSer
     """Storage (migrated when SQLite) and the recognizer behind the handlers."""
     from core.model import load_base
     from core.recognize import Recognizer
-    from storage.db import init_db
+    from digitbot.wiring import open_database
 
     return MeteredServices(  # BotServices counting photos read and promotions for /metrics
-        sessions=sessions or init_db(settings),
+        sessions=sessions or open_database(settings),
         recognizer=Recognizer(load_base(settings.base_weights), torch_threads=1),
         inference_threads=settings.inference_threads, finetune_min_labels=settings.finetune_min_labels,
         finetune_interval_s=settings.finetune_interval_s)
@@ -122,6 +122,7 @@ def build_services(settings: Settings, *, sessions: Any | None = None) -> BotSer
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None, with_worker: bool = True) -> None:
     """`digitbot run`: emulator (no token), bot, embedded fine-tune worker, until ``stop`` or a signal."""
     from bot.emulator import EmulatorServer
+    from digitbot.wiring import worker_config
     from worker.runner import start_embedded
 
     stop = stop or asyncio.Event()
@@ -156,7 +157,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None, with_w
         health = await _start_health(services, settings)
         await start_bot(application, settings)
         if with_worker:  # after the bot: a promotion waiting in the outbox can be announced at once
-            worker = start_embedded(settings, notify=services.notify_model_promoted,
+            worker = start_embedded(worker_config(settings), notify=services.notify_model_promoted,
                                     session_factory=services.sessions)
             services.request_finetune_fn = worker.request_finetune
         me = application.bot.username

@@ -7,6 +7,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,20 +21,35 @@ MNIST_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-# The development data sits beside the checkout (../shared/data); DIGITS_DATA_DIR moves it.
-DEFAULT_DATA_DIR = Path(os.environ.get("DIGITS_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))
+# The development data sits beside the checkout (../shared/data). The entry points move it
+# (DIGITS_DATA_DIR and friends, read by digitbot.settings.data_paths) with use_data_paths.
+DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """Where the datasets are found when a caller names no path, and where gzipped MNIST is unpacked."""
+
+    mnist_dir: Path = DEFAULT_DATA_DIR / "mnist"
+    semeion_path: Path = DEFAULT_DATA_DIR / "semeion" / "semeion.data"
+    cache_dir: Path = Path.home() / ".cache" / "digitbot"
+
+
+_paths = DataPaths()
+
+
+def use_data_paths(paths: DataPaths) -> None:
+    """Set the defaults for this process (the entry points: the CLI, the Celery worker, the tests)."""
+    global _paths
+    _paths = paths
 
 
 def default_mnist_dir() -> Path:
-    return Path(os.environ.get("DIGITS_MNIST_DIR", DEFAULT_DATA_DIR / "mnist"))
+    return _paths.mnist_dir
 
 
 def default_semeion_path() -> Path:
-    return Path(os.environ.get("DIGITS_SEMEION_PATH", DEFAULT_DATA_DIR / "semeion" / "semeion.data"))
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "digitbot"
+    return _paths.semeion_path
 
 
 def _find(directory: Path, name: str) -> Path:
@@ -55,16 +71,16 @@ def mnist_checksum(directory: str | Path | None = None) -> str:
     return digest.hexdigest()
 
 
-def mnist_root(directory: str | Path | None = None) -> Path:
+def mnist_root(directory: str | Path | None = None, *, cache_dir: str | Path | None = None) -> Path:
     """A root that torchvision's MNIST class reads with download=False.
 
     Accepts a folder of the four IDX files (gzip or not) or an existing torchvision root.
-    Gzipped files are decompressed once into a cache folder keyed by their checksum.
+    Gzipped files are decompressed once into a folder of ``cache_dir`` keyed by their checksum.
     """
     directory = Path(directory or default_mnist_dir())
     if all((directory / "MNIST" / "raw" / name).exists() for name in MNIST_FILES):
         return directory
-    root = _cache_root() / f"mnist-{mnist_checksum(directory)[:16]}"
+    root = Path(cache_dir or _paths.cache_dir) / f"mnist-{mnist_checksum(directory)[:16]}"
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for name in MNIST_FILES:
@@ -87,9 +103,10 @@ def mnist_root(directory: str | Path | None = None) -> Path:
     return root
 
 
-def load_mnist(train: bool, directory: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def load_mnist(train: bool, directory: str | Path | None = None, *,
+               cache_dir: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(images uint8 (N,28,28), labels int64 (N,))."""
-    dataset = MNIST(str(mnist_root(directory)), train=train, download=False)
+    dataset = MNIST(str(mnist_root(directory, cache_dir=cache_dir)), train=train, download=False)
     return dataset.data.clone(), dataset.targets.clone()
 
 

@@ -18,7 +18,9 @@ def _cmd_train_base(args: argparse.Namespace) -> int:
     from core.model import Checkpoint
     from core.photo_crops import PhotoCrops
     from core.train import TrainConfig, plot_curves, train_base
+    from digitbot.wiring import use_data_paths
 
+    use_data_paths()
     photo_epochs = args.photo_epochs if args.photo_crops else 0
     if args.dry_run:
         config = TrainConfig(epochs=1, train_subset=1024, test_subset=500, seed=args.seed,
@@ -44,7 +46,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from core.model import load_base
     from core.recognize import PersonalModel, Recognizer
+    from digitbot.wiring import use_data_paths
 
+    use_data_paths()  # a personal model's memory is calibrated on MNIST
     recognizer = Recognizer(load_base(_base_weights(args)))
     personal = PersonalModel.from_bytes(Path(args.user_model).read_bytes()) if args.user_model else None
     failures = 0
@@ -106,10 +110,12 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     import logging
 
     from digitbot.settings import get_settings
+    from digitbot.wiring import open_database, use_data_paths, worker_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("worker").setLevel(logging.INFO)  # alembic's logging config lowers the root level
     settings = get_settings()
+    use_data_paths()  # fine-tunes replay MNIST and gate on it
     if args.celery:
         if not settings.celery_broker_url:
             print("digitbot worker --celery needs DIGITBOT_CELERY_BROKER_URL (e.g. redis://127.0.0.1:6379/0)",
@@ -117,11 +123,11 @@ def _cmd_worker(args: argparse.Namespace) -> int:
             return 2
         from worker.celery_app import run_celery_worker
 
-        run_celery_worker(settings, concurrency=args.concurrency)
+        run_celery_worker(worker_config(settings), concurrency=args.concurrency)
     else:
         from worker.runner import run_local_worker
 
-        run_local_worker(settings)
+        run_local_worker(worker_config(settings), session_factory=open_database(settings))
     return 0
 
 
@@ -140,7 +146,9 @@ def _cmd_db_upgrade(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from bot.app import run
     from digitbot.settings import get_settings
+    from digitbot.wiring import use_data_paths
 
+    use_data_paths()  # the embedded worker's fine-tunes and the memory's calibration read MNIST
     settings = get_settings()
     if args.port is not None:
         settings = settings.model_copy(update={"emulator_port": args.port})
@@ -160,7 +168,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from core.memory import PersonalMemory
     from core.model import Checkpoint, load_base
     from core.personal_data import load_labelled_folder
+    from digitbot.wiring import use_data_paths
 
+    use_data_paths()
     images, labels, skipped = load_labelled_folder(args.data)
     for line in skipped:
         print(f"skipped {line}")

@@ -1,16 +1,22 @@
-"""One settings object, read from the environment (prefix DIGITBOT_) and an optional .env file."""
+"""The one place that reads the environment: Settings (prefix DIGITBOT_, and an optional .env file)
+and the data locations (DIGITS_*). Only entry points import this module (digitbot.cli, bot.app's run
+wiring, the Celery worker, the Alembic env); below them everything takes plain values."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from core.data import DataPaths
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the checkout (tests, recipes); not used at run time
 # The shipped base model, package data of `core` (importing `core` itself is cheap: no torch).
@@ -82,3 +88,17 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def data_paths() -> DataPaths:
+    """Where training and test data live: ``DIGITS_MNIST_DIR`` and ``DIGITS_SEMEION_PATH``, default
+    under ``DIGITS_DATA_DIR`` (default ``../shared/data`` beside the checkout); gzipped MNIST is
+    unpacked under ``$XDG_CACHE_HOME/digitbot``. Give it to ``core.data.use_data_paths``."""
+    from core.data import DEFAULT_DATA_DIR, DataPaths
+
+    env = os.environ
+    data_dir = Path(env.get("DIGITS_DATA_DIR", DEFAULT_DATA_DIR))
+    cache_home = Path(env.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return DataPaths(mnist_dir=Path(env.get("DIGITS_MNIST_DIR", data_dir / "mnist")),
+                     semeion_path=Path(env.get("DIGITS_SEMEION_PATH", data_dir / "semeion" / "semeion.data")),
+                     cache_dir=cache_home / "digitbot")

@@ -3,7 +3,7 @@
 Sessions come from :func:`session_factory` / :func:`init_db`. Use one short transaction per unit
 of work and never hold a session across inference or training::
 
-    Session = init_db(get_settings())
+    Session = init_db(url, weights_dir=..., max_samples_per_user=...)   # digitbot.wiring.open_database
     with Session.begin() as session:        # commits on success, rolls back on error
         repository.record_reading(session, ...)
 
@@ -25,8 +25,6 @@ from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
-
-from digitbot.settings import Settings
 
 # What the layers above take to open transactions (they name no SQLAlchemy type themselves).
 SessionFactory = sessionmaker[Session]
@@ -101,17 +99,16 @@ def session_factory(
     return sessionmaker(bind=engine, expire_on_commit=False, info=info)
 
 
-def init_db(settings: Settings, *, upgrade: bool | None = None) -> SessionFactory:
-    """The application's session factory. ``upgrade`` defaults to True for SQLite (the embedded
-    default migrates itself at start-up); PostgreSQL is migrated with ``digitbot db upgrade``."""
-    url = settings.resolved_database_url
+def init_db(url: str | URL, *, weights_dir: Path | None = None, max_samples_per_user: int | None = None,
+            upgrade: bool | None = None) -> SessionFactory:
+    """The application's session factory, on a database at the latest schema. ``upgrade`` defaults
+    to True for SQLite (the embedded default migrates itself at start-up); PostgreSQL is migrated
+    with ``digitbot db upgrade``, and refused here when it is not at the latest migration."""
     if upgrade is None:
         upgrade = make_url(url).get_backend_name() == "sqlite"
     if upgrade:
         upgrade_to_head(url)
-    factory = session_factory(
-        url, weights_dir=settings.weights_dir, max_samples_per_user=settings.max_samples_per_user
-    )
+    factory = session_factory(url, weights_dir=weights_dir, max_samples_per_user=max_samples_per_user)
     if not upgrade:
         ensure_at_head(factory.kw["bind"])
     return factory
@@ -137,7 +134,6 @@ def alembic_config(url: str | URL | None = None) -> Config:
     """Alembic configuration for ``storage/migrations/``; without a URL env.py uses the settings' URL."""
     config = Config(str(MIGRATIONS_DIR / "alembic.ini"))
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.attributes["configure_logger"] = False  # leave the application's logging alone
     # Called from the application: leave its logging alone. alembic.ini's fileConfig would replace
     # the root handlers, and with them the filter that redacts the bot token (bot/handlers/errors.py).
     config.attributes["configure_logger"] = False

@@ -12,9 +12,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest
 import torch
 
-from core.data import default_mnist_dir, default_semeion_path
+from core.data import default_mnist_dir, default_semeion_path, use_data_paths
+from digitbot.settings import data_paths
 
 torch.set_num_threads(1)
+use_data_paths(data_paths())  # DIGITS_DATA_DIR and friends (.ci/run exports it for clones made elsewhere)
 
 
 @pytest.fixture(scope="session")

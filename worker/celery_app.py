@@ -20,7 +20,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError as DatabaseUnavailable
 
-from digitbot.settings import Settings, get_settings
+from worker.config import WorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +32,13 @@ HARD_LIMIT_GRACE_S = 60.0  # after the soft time limit, before the pool process 
 BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuOperationalError, RedisError, ConnectionError, OSError)
 
 
-def celery_config(settings: Settings) -> dict[str, Any]:
+def celery_config(config: WorkerConfig) -> dict[str, Any]:
     # The visibility timeout must exceed the longest fine-tune, or Redis hands the unacked
     # message to a second worker while the first is still training (the DB claim would then
     # make the second one skip, but it would waste a worker slot).
-    visibility_timeout = max(3600, int(settings.finetune_lease_s * 10), int(settings.finetune_time_limit_s * 2))
+    visibility_timeout = max(3600, int(config.finetune_lease_s * 10), int(config.finetune_time_limit_s * 2))
     return {
-        "broker_url": settings.celery_broker_url,
+        "broker_url": config.celery_broker_url,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_retry_on_worker_lost": True,
@@ -46,7 +46,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # A hung fine-tune: the soft limit raises SoftTimeLimitExceeded in the task (the job is
         # failed and retried while attempts remain); the hard limit then kills the pool process
         # (its lease expires and the sweep re-queues the job). Prefork pool only.
-        **time_limits(settings),
+        **time_limits(config),
         "task_ignore_result": True,
         "task_default_queue": QUEUE,
         "task_serializer": "json",
@@ -68,19 +68,20 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def time_limits(settings: Settings) -> dict[str, float]:
-    soft = settings.finetune_time_limit_s
+def time_limits(config: WorkerConfig) -> dict[str, float]:
+    soft = config.finetune_time_limit_s
     return {"task_soft_time_limit": soft, "task_time_limit": soft + HARD_LIMIT_GRACE_S}
 
 
-def make_celery(settings: Settings | None = None) -> Celery:
-    settings = settings or get_settings()
+def make_celery(config: WorkerConfig) -> Celery:
     celery = Celery("digitbot")
-    celery.conf.update(celery_config(settings))
+    celery.conf.update(celery_config(config))
     return celery
 
 
-app = make_celery()
+# The tasks' app: configured by run_celery_worker before the worker starts (and forks its pool).
+app = Celery("digitbot")
+_config: WorkerConfig | None = None
 
 
 def worker_identity() -> str:
@@ -105,9 +106,8 @@ def finetune_task(self: Any, job_id: int) -> dict[str, Any]:
     """Run fine-tune job `job_id` (a no-op when another worker holds it or it already ended)."""
     from worker.jobs import run_job
 
-    settings = get_settings()
-    outcome = run_job(job_id, settings=settings, worker_id=worker_identity(),
-                      session_factory=_session_factory(settings))
+    config = _worker_config()
+    outcome = run_job(job_id, config=config, worker_id=worker_identity(), session_factory=_session_factory(config))
     log.info("job %s: %s", job_id, outcome.state)
     return outcome.as_dict()
 
@@ -117,9 +117,8 @@ def finetune_batch_task(self: Any, job_ids: list[int]) -> list[dict[str, Any]]:
     """Run several fine-tune jobs together (core.batched_finetune; the GPU path)."""
     from worker.jobs import run_jobs
 
-    settings = get_settings()
-    outcomes = run_jobs(job_ids, settings=settings, worker_id=worker_identity(),
-                        session_factory=_session_factory(settings))
+    config = _worker_config()
+    outcomes = run_jobs(job_ids, config=config, worker_id=worker_identity(), session_factory=_session_factory(config))
     log.info("jobs %s: %s", job_ids, [o.state for o in outcomes])
     return [o.as_dict() for o in outcomes]
 
@@ -127,21 +126,34 @@ def finetune_batch_task(self: Any, job_ids: list[int]) -> list[dict[str, Any]]:
 _factories: dict[str, Any] = {}
 
 
-def _session_factory(settings: Settings) -> Any:
+def _worker_config() -> WorkerConfig:
+    """The worker's configuration: run_celery_worker's (inherited by the pool processes), else, in a
+    process started by Celery's own command line, the settings' (this module is then the entry point)."""
+    global _config
+    if _config is None:
+        from digitbot.settings import get_settings
+        from digitbot.wiring import use_data_paths, worker_config
+
+        use_data_paths()
+        _config = worker_config(get_settings())
+    return _config
+
+
+def _session_factory(config: WorkerConfig) -> Any:
     """One engine per worker process and database (created after the prefork fork, on first use)."""
     from storage.db import init_db
 
-    url = settings.resolved_database_url
+    url = config.database_url
     if url not in _factories:
-        _factories[url] = init_db(settings)
+        _factories[url] = init_db(url, weights_dir=config.weights_dir,
+                                  max_samples_per_user=config.max_samples_per_user)
     return _factories[url]
 
 
-def publish(job_ids: Sequence[int], *, celery: Celery | None = None) -> bool:
+def publish(job_ids: Sequence[int], *, celery: Celery) -> bool:
     """Send jobs to the Celery queue (several ids: one task that trains them together); False
     when the broker is unreachable (the caller leaves them queued in the database and tries again
     at the next sweep)."""
-    celery = celery or app
     name, args = (TASK_NAME, [job_ids[0]]) if len(job_ids) == 1 else (BATCH_TASK_NAME, [list(job_ids)])
     try:
         celery.send_task(name, args=args, queue=QUEUE,
@@ -153,10 +165,12 @@ def publish(job_ids: Sequence[int], *, celery: Celery | None = None) -> bool:
     return True
 
 
-def run_celery_worker(settings: Settings, *, concurrency: int = 1, loglevel: str = "INFO") -> None:
+def run_celery_worker(config: WorkerConfig, *, concurrency: int = 1, loglevel: str = "INFO") -> None:
     """The `digitbot worker --celery` process: consumes fine-tune tasks until stopped."""
+    global _config
+    _config = config
     celery = app
-    celery.conf.update(celery_config(settings))
+    celery.conf.update(celery_config(config))
     celery.worker_main([
         "worker", f"--loglevel={loglevel}", f"--concurrency={concurrency}", "--pool=prefork",
         "-Q", QUEUE, "--without-gossip", "--without-mingle",

@@ -10,11 +10,11 @@ State machine of a job row (storage.models.FinetuneJob):
   given the same job (a duplicate Celery message, a re-delivery) never train it at once; the
   attempt number is the fencing token of every later write (storage/repository/jobs.py).
 * while training, a heartbeat thread renews the lease; a worker that dies stops renewing it, and
-  the sweep re-queues the job after `Settings.finetune_lease_s`. The heartbeat renews only while
-  training progresses (`Progress`: every optimiser step ticks it); after `Settings.finetune_stall_s`
+  the sweep re-queues the job after `WorkerConfig.finetune_lease_s`. The heartbeat renews only while
+  training progresses (`Progress`: every optimiser step ticks it); after `WorkerConfig.finetune_stall_s`
   without a step it stops renewing and abandons the job (a hung worker is treated as a dead one).
 * time limits: Celery's soft/hard limits (worker/celery_app.py) and the embedded worker's
-  watchdog (worker/runner.py) abandon a job running past `Settings.finetune_time_limit_s`: it is
+  watchdog (worker/runner.py) abandon a job running past `WorkerConfig.finetune_time_limit_s`: it is
   failed (retried while attempts remain) and the worker moves on; if the abandoned training ever
   resumes, its next step raises `JobAbandoned`, and its fenced writes are refused anyway.
 * finish: storing the model version, promoting it (the previous active version is retired, kept
@@ -40,11 +40,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from core.batched_finetune import UserSamples
 from core.finetune import FinetuneConfig, FinetuneResult
 from core.model import Checkpoint, load_base
-from digitbot.settings import Settings
 from storage import repository as repo
+from storage.db import SessionFactory
 from storage.models import QUEUED
 from storage.records import Claim
 from storage.repository import jobs as job_repo
+from worker.config import WorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class Heartbeat:
     With `progress`, it renews only while training moves: after `stall_s` without a step it
     stops renewing (the lease expires and the sweep re-queues the jobs) and abandons them."""
 
-    def __init__(self, session_factory: Any, claims: Sequence[Claim], *, interval_s: float,
+    def __init__(self, session_factory: SessionFactory, claims: Sequence[Claim], *, interval_s: float,
                  progress: Progress | None = None, stall_s: float | None = None) -> None:
         self._factory = session_factory
         self._claims = list(claims)
@@ -194,20 +195,20 @@ class Heartbeat:
 
 @functools.lru_cache(maxsize=2)
 def cached_base(path: str) -> Checkpoint:
-    """The base checkpoint (Settings.base_weights, i.e. DIGITBOT_BASE_WEIGHTS), loaded once per process."""
+    """The base checkpoint (WorkerConfig.base_weights), loaded once per process."""
     return load_base(path)
 
 
 def pick_device(device: str | None = None) -> str:
-    """core.model.pick_device as the name Settings and Celery pass around."""
+    """core.model.pick_device as the name the worker logs and passes around."""
     from core.model import pick_device as choose
 
     return str(choose(device or None))
 
 
-def run_job(job_id: int, *, settings: Settings, worker_id: str, session_factory: Any | None = None,
+def run_job(job_id: int, *, config: WorkerConfig, worker_id: str, session_factory: SessionFactory,
             device: str | None = None, base: Checkpoint | None = None,
-            config: FinetuneConfig | None = None, trainer: Trainer | None = None,
+            finetune: FinetuneConfig | None = None, trainer: Trainer | None = None,
             progress: Progress | None = None) -> JobOutcome:
     """Claim job `job_id`, fine-tune, gate, store and promote or reject; never raises for a bad job
     (errors are recorded on the job row, which is re-queued while attempts remain).
@@ -219,21 +220,17 @@ def run_job(job_id: int, *, settings: Settings, worker_id: str, session_factory:
         (user,) = users
         return [(trainer or finetune_user)(base, user.images, user.labels, current=user.current, **kwargs)]
 
-    return run_jobs([job_id], settings=settings, worker_id=worker_id, session_factory=session_factory,
-                    device=device, base=base, config=config, batch_trainer=train_one, progress=progress)[0]
+    return run_jobs([job_id], config=config, worker_id=worker_id, session_factory=session_factory,
+                    device=device, base=base, finetune=finetune, batch_trainer=train_one, progress=progress)[0]
 
 
-def run_jobs(job_ids: Sequence[int], *, settings: Settings, worker_id: str, session_factory: Any | None = None,
-             device: str | None = None, base: Checkpoint | None = None, config: FinetuneConfig | None = None,
+def run_jobs(job_ids: Sequence[int], *, config: WorkerConfig, worker_id: str, session_factory: SessionFactory,
+             device: str | None = None, base: Checkpoint | None = None, finetune: FinetuneConfig | None = None,
              batch_trainer: BatchTrainer | None = None, progress: Progress | None = None) -> list[JobOutcome]:
     """Several jobs trained together (core.batched_finetune: the trunk runs once, the users' heads
     train side by side); each job is still claimed, fenced, finished or failed on its own.
     One outcome per job id, in order. `progress`: the watchdog's handle on this run (its claims
     are set once claimed; see `abandon`)."""
-    if session_factory is None:
-        from worker.scheduler import default_session_factory
-
-        session_factory = default_session_factory(settings)
     outcomes: dict[int, JobOutcome] = {}
     claims = []
     for job_id in dict.fromkeys(job_ids):
@@ -247,31 +244,31 @@ def run_jobs(job_ids: Sequence[int], *, settings: Settings, worker_id: str, sess
     progress = progress or Progress()
     progress.claims = list(claims)
     if claims:
-        heartbeat = Heartbeat(session_factory, claims, interval_s=max(0.1, settings.finetune_lease_s / 4),
-                              progress=progress, stall_s=settings.finetune_stall_s)
+        heartbeat = Heartbeat(session_factory, claims, interval_s=max(0.1, config.finetune_lease_s / 4),
+                              progress=progress, stall_s=config.finetune_stall_s)
         try:
             with heartbeat, progress.bound():
                 progress.tick()
                 inputs = [_load(session_factory, claim) for claim in claims]
                 progress.tick()
                 results = _batch_trainer(batch_trainer)(
-                    base or cached_base(str(settings.base_weights)), [user for user, _ in inputs],
-                    config=config, device=pick_device(device))
+                    base or cached_base(str(config.base_weights)), [user for user, _ in inputs],
+                    config=finetune, device=pick_device(device))
                 progress.tick()
         except Exception as exc:
             log.exception("fine-tune jobs %s failed", [c.job_id for c in claims])
             for claim in claims:
                 outcomes[claim.job_id] = _record_failure(session_factory, claim, _error_text(exc),
-                                                         settings.finetune_max_attempts)
+                                                         config.finetune_max_attempts)
         else:
             for claim, (_, parent_id), result in zip(claims, inputs, results, strict=True):
                 outcomes[claim.job_id] = _conclude(session_factory, claim, result, parent_id,
                                                    lost=claim.job_id in heartbeat.lost,
-                                                   max_attempts=settings.finetune_max_attempts)
+                                                   max_attempts=config.finetune_max_attempts)
     return [outcomes[job_id] for job_id in job_ids]
 
 
-def abandon(session_factory: Any, progress: Progress, reason: str, *, max_attempts: int) -> list[JobOutcome]:
+def abandon(session_factory: SessionFactory, progress: Progress, reason: str, *, max_attempts: int) -> list[JobOutcome]:
     """Give up on a run that exceeded its time limit or stalled (the embedded worker's watchdog):
     its claimed jobs are failed with `reason` and re-queued while attempts remain, as for any
     error. Fenced by the attempt, so a job the run already finished (or lost) is left alone."""
@@ -292,7 +289,7 @@ def _error_text(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(exc)).strip()[:2000]
 
 
-def _conclude(session_factory: Any, claim: Claim, result: FinetuneResult, parent_id: int | None, *,
+def _conclude(session_factory: SessionFactory, claim: Claim, result: FinetuneResult, parent_id: int | None, *,
               lost: bool, max_attempts: int) -> JobOutcome:
     if lost:
         return JobOutcome(claim.job_id, LOST, "lease lost while training", claim.user_id, claim.telegram_id)
@@ -303,12 +300,12 @@ def _conclude(session_factory: Any, claim: Claim, result: FinetuneResult, parent
         return _record_failure(session_factory, claim, _error_text(exc), max_attempts)
 
 
-def _claim(session_factory: Any, job_id: int) -> Claim | None:
+def _claim(session_factory: SessionFactory, job_id: int) -> Claim | None:
     with session_factory.begin() as session:
         return job_repo.claim(session, job_id=job_id)
 
 
-def _load(session_factory: Any, claim: Claim) -> tuple[UserSamples, int | None]:
+def _load(session_factory: SessionFactory, claim: Claim) -> tuple[UserSamples, int | None]:
     """The user's labelled samples and current model (and that model's version id, the parent)."""
     with session_factory() as session:
         training = repo.training_set(session, user_id=claim.user_id)
@@ -320,7 +317,7 @@ def _load(session_factory: Any, claim: Claim) -> tuple[UserSamples, int | None]:
     return UserSamples(training.images, training.labels, current), parent_id
 
 
-def _finish(session_factory: Any, claim: Claim, result: FinetuneResult,
+def _finish(session_factory: SessionFactory, claim: Claim, result: FinetuneResult,
             parent_id: int | None) -> JobOutcome:
     promote = bool(result.decision.promote)
     with session_factory.begin() as session:
@@ -345,7 +342,7 @@ def _finish(session_factory: Any, claim: Claim, result: FinetuneResult,
                       version_id, metrics)
 
 
-def _record_failure(session_factory: Any, claim: Claim, error: str, max_attempts: int) -> JobOutcome:
+def _record_failure(session_factory: SessionFactory, claim: Claim, error: str, max_attempts: int) -> JobOutcome:
     outcome = JobOutcome(claim.job_id, FAILED, error, claim.user_id, claim.telegram_id)
     try:
         with session_factory.begin() as session:

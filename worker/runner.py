@@ -1,7 +1,7 @@
 """Where fine-tune jobs run: the embedded local worker (default) or Celery workers (scale-out).
 
 `start_embedded` is what `digitbot run` starts next to the bot: the APScheduler sweep plus a
-dispatcher. Without `Settings.celery_broker_url` jobs run in one local worker thread of this
+dispatcher. Without `WorkerConfig.celery_broker_url` jobs run in one local worker thread of this
 process; with it they are published to Celery and `digitbot worker --celery` processes run them.
 """
 
@@ -17,17 +17,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from digitbot.settings import Settings
+from storage.db import SessionFactory
+from storage.records import FinetuneRequest
+from worker.config import WorkerConfig
 from worker.jobs import pick_device
-from worker.scheduler import (
-    FinetuneRequest,
-    FinetuneScheduler,
-    Notify,
-    SessionFactory,
-    Sweeper,
-    default_session_factory,
-    request_finetune,
-)
+from worker.scheduler import FinetuneScheduler, Notify, Sweeper, request_finetune
 
 if TYPE_CHECKING:
     from core.finetune import FinetuneConfig
@@ -38,16 +32,16 @@ log = logging.getLogger(__name__)
 
 class LocalDispatcher:
     """Runs jobs one at a time in a worker thread of this process (the embedded default), under a
-    watchdog: a run past `Settings.finetune_time_limit_s`, or without a training step for
-    `Settings.finetune_stall_s`, is abandoned (its jobs failed and retried while attempts remain,
+    watchdog: a run past `WorkerConfig.finetune_time_limit_s`, or without a training step for
+    `WorkerConfig.finetune_stall_s`, is abandoned (its jobs failed and retried while attempts remain,
     worker.jobs.abandon) and the next job starts in a fresh thread. A thread cannot be killed: the
     abandoned one is left behind (a daemon; its next training step raises, its writes are fenced)."""
 
-    def __init__(self, settings: Settings, session_factory: SessionFactory, *,
+    def __init__(self, config: WorkerConfig, session_factory: SessionFactory, *,
                  on_done: Callable[[], None] | None = None, worker_id: str = "local",
-                 config: FinetuneConfig | None = None) -> None:
-        self._settings = settings
-        self._config = config
+                 finetune: FinetuneConfig | None = None) -> None:
+        self._worker = config
+        self._finetune = finetune
         self._session_factory = session_factory
         self._on_done = on_done
         self._worker_id = worker_id
@@ -61,7 +55,7 @@ class LocalDispatcher:
         with self._lock:
             fresh = [j for j in dict.fromkeys(job_ids) if j not in self._in_flight]
             self._in_flight.update(fresh)
-        size = max(1, self._settings.finetune_batch_size)
+        size = max(1, self._worker.finetune_batch_size)
         for start in range(0, len(fresh), size):
             self._queue.put(fresh[start:start + size])
         return fresh
@@ -81,7 +75,7 @@ class LocalDispatcher:
         thread = threading.Thread(target=self._run, args=(job_ids, progress), name="finetune", daemon=True)
         started = time.monotonic()
         thread.start()
-        limit_s, stall_s = self._settings.finetune_time_limit_s, self._settings.finetune_stall_s
+        limit_s, stall_s = self._worker.finetune_time_limit_s, self._worker.finetune_stall_s
         poll_s = max(0.01, min(1.0, limit_s / 20, stall_s / 20))
         while True:
             thread.join(timeout=poll_s)
@@ -95,7 +89,7 @@ class LocalDispatcher:
                 continue
             log.error("fine-tune jobs %s %s: abandoned, the worker moves on", job_ids, reason)
             for outcome in abandon(self._session_factory, progress, reason,
-                                   max_attempts=self._settings.finetune_max_attempts):
+                                   max_attempts=self._worker.finetune_max_attempts):
                 log.info("fine-tune job %s: %s %s", outcome.job_id, outcome.state, outcome.reason)
             return
 
@@ -104,12 +98,12 @@ class LocalDispatcher:
 
         try:
             if len(job_ids) == 1:
-                outcomes = [run_job(job_ids[0], settings=self._settings, worker_id=self._worker_id,
-                                    session_factory=self._session_factory, config=self._config,
+                outcomes = [run_job(job_ids[0], config=self._worker, worker_id=self._worker_id,
+                                    session_factory=self._session_factory, finetune=self._finetune,
                                     progress=progress)]
             else:
-                outcomes = run_jobs(job_ids, settings=self._settings, worker_id=self._worker_id,
-                                    session_factory=self._session_factory, config=self._config,
+                outcomes = run_jobs(job_ids, config=self._worker, worker_id=self._worker_id,
+                                    session_factory=self._session_factory, finetune=self._finetune,
                                     progress=progress)
         except Exception:
             log.exception("fine-tune jobs %s crashed the local worker thread", job_ids)
@@ -154,14 +148,14 @@ class CeleryDispatcher:
     published again at the next sweep instead (issue 13: before, a job whose message sat in Redis
     when it was SIGKILLed waited the 10 minutes)."""
 
-    def __init__(self, settings: Settings, *, republish_after_s: float | None = None) -> None:
+    def __init__(self, config: WorkerConfig, *, republish_after_s: float | None = None) -> None:
         from worker.celery_app import make_celery
 
-        self._celery = make_celery(settings)
-        self._broker_url = settings.celery_broker_url or ""
-        self._batch_size = settings.finetune_batch_size
+        self._celery = make_celery(config)
+        self._broker_url = config.celery_broker_url or ""
+        self._batch_size = config.finetune_batch_size
         self._republish_after_s = republish_after_s if republish_after_s is not None \
-            else max(600.0, 5 * settings.finetune_lease_s)
+            else max(600.0, 5 * config.finetune_lease_s)
         self._published: dict[int, float] = {}
         self._broker_run_id: str | None = None
 
@@ -228,14 +222,15 @@ def broker_run_id(broker_url: str) -> str | None:
 class WorkerHandle:
     """What `start_embedded` returns: stop it on shutdown; `request_finetune` serves /train."""
 
-    settings: Settings
+    config: WorkerConfig
     sweeper: Sweeper
     scheduler: FinetuneScheduler
     dispatcher: LocalDispatcher | CeleryDispatcher
     session_factory: SessionFactory
 
     def request_finetune(self, telegram_id: int) -> FinetuneRequest:
-        request = request_finetune(telegram_id, settings=self.settings, session_factory=self.session_factory)
+        request = request_finetune(telegram_id, min_labels=self.config.finetune_min_labels,
+                                   session_factory=self.session_factory)
         if request.accepted:
             self.scheduler.wake()
         return request
@@ -245,15 +240,15 @@ class WorkerHandle:
         self.dispatcher.shutdown(wait=wait)
 
 
-def start_embedded(settings: Settings, *, notify: Notify | None = None,
-                   session_factory: SessionFactory | None = None, first_sweep_delay_s: float = 1.0,
-                   use_celery: bool | None = None, config: FinetuneConfig | None = None) -> WorkerHandle:
+def start_embedded(config: WorkerConfig, *, session_factory: SessionFactory, notify: Notify | None = None,
+                   first_sweep_delay_s: float = 1.0, use_celery: bool | None = None,
+                   finetune: FinetuneConfig | None = None) -> WorkerHandle:
     """Start the fine-tune sweep and its dispatcher in this process; returns a handle to stop them.
 
-    Jobs go to Celery when `use_celery` (default: when `settings.celery_broker_url` is set), else
-    they run in a local worker thread (`config`: fine-tune settings for those, default
+    Jobs go to Celery when `use_celery` (default: when `config.celery_broker_url` is set), else
+    they run in a local worker thread (`finetune`: fine-tune settings for those, default
     core.finetune's). `notify(telegram_id, summary)` is called after promotions."""
-    factory = session_factory or default_session_factory(settings)
+    factory = session_factory
     scheduler_ref: list[FinetuneScheduler] = []
 
     def after_job() -> None:  # deliver the promotion message and pick up the next job now
@@ -261,30 +256,31 @@ def start_embedded(settings: Settings, *, notify: Notify | None = None,
             scheduler_ref[0].wake()
 
     dispatcher: LocalDispatcher | CeleryDispatcher
-    if settings.celery_broker_url if use_celery is None else use_celery:
-        dispatcher = CeleryDispatcher(settings)
-        log.info("fine-tune jobs go to Celery at %s", _redact(settings.celery_broker_url or ""))
+    if config.celery_broker_url if use_celery is None else use_celery:
+        dispatcher = CeleryDispatcher(config)
+        log.info("fine-tune jobs go to Celery at %s", _redact(config.celery_broker_url or ""))
     else:
-        dispatcher = LocalDispatcher(settings, factory, on_done=after_job, config=config)
+        dispatcher = LocalDispatcher(config, factory, on_done=after_job, finetune=finetune)
         log.info("fine-tune jobs run in the embedded local worker")
-    sweeper = Sweeper(settings, session_factory=factory, dispatch=dispatcher, notify=notify)
-    scheduler = FinetuneScheduler(sweeper, interval_s=settings.finetune_interval_s,
+    sweeper = Sweeper(config, session_factory=factory, dispatch=dispatcher, notify=notify)
+    scheduler = FinetuneScheduler(sweeper, interval_s=config.finetune_interval_s,
                                   first_run_delay_s=first_sweep_delay_s)
     scheduler_ref.append(scheduler)
     scheduler.start()
-    return WorkerHandle(settings=settings, sweeper=sweeper, scheduler=scheduler, dispatcher=dispatcher,
+    return WorkerHandle(config=config, sweeper=sweeper, scheduler=scheduler, dispatcher=dispatcher,
                         session_factory=factory)
 
 
-def run_local_worker(settings: Settings, *, notify: Notify | None = None) -> None:
+def run_local_worker(config: WorkerConfig, *, session_factory: SessionFactory, notify: Notify | None = None) -> None:
     """`digitbot worker`: sweep and run jobs in the foreground until SIGINT/SIGTERM; a job in
     progress is finished first (a hard kill is covered by the lease: the job is re-queued)."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    handle = start_embedded(settings, notify=notify, first_sweep_delay_s=0.0, use_celery=False)
+    handle = start_embedded(config, session_factory=session_factory, notify=notify, first_sweep_delay_s=0.0,
+                            use_celery=False)
     log.info("fine-tune worker running on %s, a sweep every %.0f s", pick_device(),
-             settings.finetune_interval_s)
+             config.finetune_interval_s)
     try:
         stop.wait()
         log.info("stopping the fine-tune worker (finishing the job in progress)")

@@ -1,10 +1,10 @@
 """The fine-tune sweep: an APScheduler job that turns "enough new labels" into fine-tune jobs.
 
-Every `Settings.finetune_interval_s` one sweep (max_instances=1, coalesce=True, so sweeps never
+Every `WorkerConfig.finetune_interval_s` one sweep (max_instances=1, coalesce=True, so sweeps never
 overlap or pile up):
-1. re-queues running jobs whose heartbeat is older than `Settings.finetune_lease_s` (their
-   worker died) or fails them after `Settings.finetune_max_attempts` runs;
-2. creates a job for every user with >= `Settings.finetune_min_labels` labels since their last
+1. re-queues running jobs whose heartbeat is older than `WorkerConfig.finetune_lease_s` (their
+   worker died) or fails them after `WorkerConfig.finetune_max_attempts` runs;
+2. creates a job for every user with >= `WorkerConfig.finetune_min_labels` labels since their last
    run (the database allows one open job per user, so concurrent sweeps cannot double it);
 3. hands every queued job to the dispatcher (the local worker, or Celery; when Redis is down the
    jobs simply stay queued and the next sweep tries again);
@@ -29,11 +29,11 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.exc import SQLAlchemyError
 
-from digitbot.settings import Settings, get_settings
 from storage import repository as repo
 from storage.db import SessionFactory
 from storage.records import FinetuneRequest
 from storage.repository import jobs as job_repo
+from worker.config import WorkerConfig
 from worker.notices import summary_of
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,6 @@ ORPHAN_GRACE_S = 3600.0  # a weights file this old with no row is an orphan (no 
 ORPHAN_SWEEP_EVERY_S = 600.0
 
 
-def default_session_factory(settings: Settings) -> SessionFactory:
-    from storage.db import init_db
-
-    return init_db(settings)
-
-
 @dataclass
 class SweepReport:
     requeued: int = 0  # running jobs whose lease expired: queued again, or failed when out of attempts
@@ -64,9 +58,9 @@ class SweepReport:
 
 
 class Sweeper:
-    def __init__(self, settings: Settings, *, session_factory: SessionFactory, dispatch: Dispatch,
+    def __init__(self, config: WorkerConfig, *, session_factory: SessionFactory, dispatch: Dispatch,
                  notify: Notify | None = None, orphan_grace_s: float = ORPHAN_GRACE_S) -> None:
-        self.settings = settings
+        self.config = config
         self.session_factory = session_factory
         self.dispatch = dispatch
         self.notify = notify
@@ -81,17 +75,17 @@ class Sweeper:
 
     def _sweep(self) -> SweepReport:
         report = SweepReport()
-        stale_before = datetime.now(UTC) - timedelta(seconds=self.settings.finetune_lease_s)
+        stale_before = datetime.now(UTC) - timedelta(seconds=self.config.finetune_lease_s)
         with self.session_factory.begin() as session:
             report.requeued = repo.requeue_stale_jobs(
-                session, started_before=stale_before, max_attempts=self.settings.finetune_max_attempts)
+                session, started_before=stale_before, max_attempts=self.config.finetune_max_attempts)
         if report.requeued:
             log.warning("fine-tune sweep: %d job(s) whose worker stopped renewing its lease were "
                         "re-queued (or failed after %d attempts)", report.requeued,
-                        self.settings.finetune_max_attempts)
+                        self.config.finetune_max_attempts)
 
         with self.session_factory() as session:
-            due = repo.users_due_for_finetune(session, min_labels=self.settings.finetune_min_labels)
+            due = repo.users_due_for_finetune(session, min_labels=self.config.finetune_min_labels)
         for start in range(0, len(due), CREATE_CHUNK):
             with self.session_factory.begin() as session:
                 for user_id in due[start:start + CREATE_CHUNK]:
@@ -174,13 +168,11 @@ class Sweeper:
         return delivered
 
 
-def request_finetune(telegram_id: int, *, settings: Settings | None = None,
-                     session_factory: SessionFactory | None = None) -> FinetuneRequest:
-    """The bot's /train: queue a fine-tune now if the user has a few new labels, else say why not."""
-    settings = settings or get_settings()
-    factory = session_factory or default_session_factory(settings)
-    with factory.begin() as session:
-        return job_repo.request_job(session, telegram_id=telegram_id, min_labels=settings.finetune_min_labels)
+def request_finetune(telegram_id: int, *, min_labels: int, session_factory: SessionFactory) -> FinetuneRequest:
+    """The bot's /train: queue a fine-tune now if the user has a few new labels, else say why not
+    (``min_labels``: what the sweep waits for)."""
+    with session_factory.begin() as session:
+        return job_repo.request_job(session, telegram_id=telegram_id, min_labels=min_labels)
 
 
 class FinetuneScheduler:

@@ -23,8 +23,8 @@ import storage.repository as repository_module
 from core.model import Checkpoint, DigitNet
 from core.recognize import Recognizer
 from digitbot.settings import Settings
+from digitbot.wiring import open_database, worker_config
 from storage import repository as repo
-from storage.db import init_db
 from storage.models import ProcessedUpdate
 from tests.bot.support import digits_photo, running_bot
 from tests.reliability.support import buttons, expected, new_user_id, reading_id_of, stored_readings, wait_answer
@@ -118,13 +118,15 @@ def _settings(tmp_path: Path, weights_dir: Path) -> Settings:
 def _run_jobs(settings: Settings, factory: sessionmaker[Session]) -> list[jobs.JobOutcome]:
     outcomes: list[jobs.JobOutcome] = []
 
+    config = worker_config(settings)
+
     def dispatch(job_ids: Any) -> list[int]:
         for job_id in job_ids:
-            outcomes.append(jobs.run_job(job_id, settings=settings, worker_id="test", session_factory=factory,
+            outcomes.append(jobs.run_job(job_id, config=config, worker_id="test", session_factory=factory,
                                          base=Checkpoint(state_dict=DigitNet().state_dict()), device="cpu",
                                          trainer=fake_trainer()))
         return list(job_ids)
-    Sweeper(settings, session_factory=factory, dispatch=dispatch).sweep()
+    Sweeper(config, session_factory=factory, dispatch=dispatch).sweep()
     return outcomes
 
 
@@ -137,7 +139,7 @@ def test_weights_disk_full_or_unwritable_keeps_the_old_model(tmp_path: Path, fau
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     weights_dir = tmp_path / "weights"
     settings = _settings(tmp_path, weights_dir)
-    factory = init_db(settings, upgrade=True)
+    factory = open_database(settings, upgrade=True)
     telegram_id = 4242
     add_labelled(factory, telegram_id, *random_digits(12, seed=1))
     assert [o.state for o in _run_jobs(settings, factory)] == ["promoted"]

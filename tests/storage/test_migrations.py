@@ -10,7 +10,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
 from digitbot.settings import Settings
-from storage.db import downgrade, init_db, upgrade_to_head
+from digitbot.wiring import open_database
+from storage.db import downgrade, upgrade_to_head
 from storage.models import Base
 from tests.storage.conftest import BACKENDS, new_postgres_schema_url
 
@@ -49,7 +50,7 @@ def test_upgrade_head_then_downgrade_base(empty_url: str) -> None:
 
 
 def test_embedded_sqlite_migrates_itself_in_wal_mode(tmp_path: Path) -> None:
-    factory = init_db(Settings(data_dir=tmp_path / "data", database_url=None))
+    factory = open_database(Settings(data_dir=tmp_path / "data", database_url=None))
     with factory() as s:
         assert s.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert s.execute(text("PRAGMA foreign_keys")).scalar() == 1
@@ -74,9 +75,9 @@ def test_a_server_database_must_be_migrated_first(empty_url: str) -> None:
 
     settings = Settings(database_url=empty_url)
     with pytest.raises(SchemaOutOfDate, match="digitbot db upgrade"):
-        init_db(settings, upgrade=False)
+        open_database(settings, upgrade=False)
     upgrade_to_head(empty_url)
-    init_db(settings, upgrade=False).kw["bind"].dispose()
+    open_database(settings, upgrade=False).kw["bind"].dispose()
 
 
 def test_0002_backfills_labels_from_their_predictions(empty_url: str) -> None:

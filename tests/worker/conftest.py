@@ -13,10 +13,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.finetune import FinetuneMetrics, FinetuneResult, GateDecision, head_state
 from core.model import Checkpoint, DigitNet
 from digitbot.settings import Settings
+from digitbot.wiring import worker_config
 from storage import repository as repo
 from storage.db import init_db
 from storage.records import DigitRecord
 from tests.storage.conftest import BACKENDS, new_postgres_schema_url
+from worker.config import WorkerConfig
 
 ROW = 8  # digits per recorded "photo"
 
@@ -35,17 +37,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
-    return Settings(
+def config(tmp_path: Path, database_url: str) -> WorkerConfig:
+    return worker_config(Settings(
         data_dir=tmp_path, database_url=database_url, celery_broker_url=None, finetune_batch_size=1,
         finetune_min_labels=10, finetune_interval_s=3600, finetune_lease_s=30, finetune_max_attempts=3,
         weights_dir=None,
-    )
+    ))
 
 
 @pytest.fixture
-def factory(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    session_factory = init_db(settings, upgrade=True)
+def factory(config: WorkerConfig) -> Iterator[sessionmaker[Session]]:
+    session_factory = init_db(config.database_url, upgrade=True)
     yield session_factory
     session_factory.kw["bind"].dispose()
 

@@ -14,6 +14,7 @@ import torch
 
 from core.model import Checkpoint, DigitNet
 from digitbot.settings import Settings
+from digitbot.wiring import worker_config
 from storage.db import init_db
 from worker.jobs import run_job
 
@@ -34,8 +35,8 @@ def train_until_killed(marker: Path) -> Any:
 
 def main() -> None:
     url, job_id, marker = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
-    settings = Settings(database_url=url, finetune_lease_s=1.0, celery_broker_url=None)
-    run_job(job_id, settings=settings, worker_id="doomed", session_factory=init_db(settings, upgrade=False),
+    config = worker_config(Settings(database_url=url, finetune_lease_s=1.0, celery_broker_url=None))
+    run_job(job_id, config=config, worker_id="doomed", session_factory=init_db(url, upgrade=False),
             base=Checkpoint(state_dict=DigitNet().state_dict()), device="cpu",
             trainer=train_until_killed(marker))
 

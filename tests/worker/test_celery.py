@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,9 +23,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.model import Checkpoint
 from core.recognize import Recognizer
-from digitbot.settings import PROJECT_ROOT, Settings
+from digitbot.settings import PROJECT_ROOT
 from storage.models import SUCCEEDED
 from tests.worker.conftest import active_version, add_labelled, job_rows, styled_writer
+from worker.config import WorkerConfig
 from worker.runner import CeleryDispatcher
 from worker.scheduler import Sweeper
 
@@ -50,9 +52,9 @@ def broker_url() -> str:
 
 
 @pytest.fixture
-def celery_worker(settings: Settings, broker_url: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "DIGITBOT_DATABASE_URL": settings.resolved_database_url,
-           "DIGITBOT_CELERY_BROKER_URL": broker_url, "DIGITBOT_BASE_WEIGHTS": str(settings.base_weights),
+def celery_worker(config: WorkerConfig, broker_url: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    env = {**os.environ, "DIGITBOT_DATABASE_URL": config.database_url,
+           "DIGITBOT_CELERY_BROKER_URL": broker_url, "DIGITBOT_BASE_WEIGHTS": str(config.base_weights),
            "DIGITBOT_FINETUNE_LEASE_S": "30", "PYTHONPATH": str(PROJECT_ROOT)}
     log = (tmp_path / "celery-worker.log").open("wb")
     process = subprocess.Popen([sys.executable, "-m", "digitbot.cli", "worker", "--celery"], cwd=PROJECT_ROOT,
@@ -69,17 +71,17 @@ def celery_worker(settings: Settings, broker_url: str, tmp_path: Path) -> Iterat
     print((tmp_path / "celery-worker.log").read_text()[-3000:])
 
 
-def test_celery_worker_runs_a_job_end_to_end(settings: Settings, factory: sessionmaker[Session], broker_url: str,
+def test_celery_worker_runs_a_job_end_to_end(config: WorkerConfig, factory: sessionmaker[Session], broker_url: str,
                                              celery_worker: subprocess.Popen[bytes]) -> None:
-    if not settings.base_weights.exists():
-        pytest.skip(f"base weights not found at {settings.base_weights}")
+    if not config.base_weights.exists():
+        pytest.skip(f"base weights not found at {config.base_weights}")
     user = styled_writer(seed=3, n=50)
-    recognizer = Recognizer(Checkpoint.load(settings.base_weights))
+    recognizer = Recognizer(Checkpoint.load(config.base_weights))
     answered = np.array([p.digit for p in recognizer.classify(user.images[:50])])
     add_labelled(factory, 4242, user.images[:50], user.labels[:50], answered=answered)
 
     told: list[tuple[int, dict[str, Any]]] = []
-    scale_out = settings.model_copy(update={"celery_broker_url": broker_url})
+    scale_out = replace(config, celery_broker_url=broker_url)
     sweeper = Sweeper(scale_out, session_factory=factory, dispatch=CeleryDispatcher(scale_out),
                       notify=lambda telegram_id, summary: told.append((telegram_id, summary)))
     first = sweeper.sweep()

@@ -20,17 +20,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from digitbot.settings import PROJECT_ROOT, Settings
+from digitbot.settings import PROJECT_ROOT
 from storage import repository as repo
 from storage.models import QUEUED, RUNNING, SUCCEEDED
 from tests.storage.conftest import POSTGRES_URL, new_postgres_schema_url
 from tests.worker.conftest import active_version, add_labelled, job_rows, random_digits
 from tests.worker.test_faults import inline_dispatch
+from worker.config import WorkerConfig
 from worker.runner import CeleryDispatcher
 from worker.scheduler import Sweeper
 
@@ -114,12 +116,12 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 class Workers:
     """`digitbot worker --celery` processes (tests.worker.celery_child), each in its own process group."""
 
-    def __init__(self, settings: Settings, broker_url: str, tmp_path: Path) -> None:
+    def __init__(self, config: WorkerConfig, broker_url: str, tmp_path: Path) -> None:
         self.control = tmp_path / "control"
         self.control.mkdir()
         self.tmp_path = tmp_path
-        self.env = {**os.environ, "DIGITBOT_DATABASE_URL": settings.resolved_database_url,
-                    "DIGITBOT_CELERY_BROKER_URL": broker_url, "DIGITBOT_BASE_WEIGHTS": str(settings.base_weights),
+        self.env = {**os.environ, "DIGITBOT_DATABASE_URL": config.database_url,
+                    "DIGITBOT_CELERY_BROKER_URL": broker_url, "DIGITBOT_BASE_WEIGHTS": str(config.base_weights),
                     "DIGITBOT_FINETUNE_LEASE_S": str(LEASE_S), "DIGITBOT_FINETUNE_BATCH_SIZE": "1",
                     "DIGITBOT_DATA_DIR": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -155,12 +157,12 @@ class Workers:
 
 
 @pytest.fixture
-def scale_out(settings: Settings, redis_server: RedisServer) -> Settings:
-    return settings.model_copy(update={"celery_broker_url": redis_server.url, "finetune_lease_s": LEASE_S})
+def scale_out(config: WorkerConfig, redis_server: RedisServer) -> WorkerConfig:
+    return replace(config, celery_broker_url=redis_server.url, finetune_lease_s=LEASE_S)
 
 
 @pytest.fixture
-def workers(scale_out: Settings, redis_server: RedisServer, tmp_path: Path) -> Iterator[Workers]:
+def workers(scale_out: WorkerConfig, redis_server: RedisServer, tmp_path: Path) -> Iterator[Workers]:
     group = Workers(scale_out, redis_server.url, tmp_path)
     yield group
     group.close()
@@ -198,10 +200,10 @@ def active_count(factory: sessionmaker[Session], telegram_id: int) -> int:
 
 
 def test_prefork_worker_sigkilled_mid_finetune_job_completes_once(
-        settings: Settings, scale_out: Settings, factory: sessionmaker[Session], workers: Workers) -> None:
+        config: WorkerConfig, scale_out: WorkerConfig, factory: sessionmaker[Session], workers: Workers) -> None:
     telegram_id = 7001
     add_labelled(factory, telegram_id, *random_digits(12, seed=1))
-    Sweeper(settings, session_factory=factory, dispatch=inline_dispatch(settings, factory)).sweep()
+    Sweeper(config, session_factory=factory, dispatch=inline_dispatch(config, factory)).sweep()
     assert active_version(factory, telegram_id) == 1  # the model the kills must leave alone
     add_labelled(factory, telegram_id, *random_digits(12, seed=2))
 
@@ -254,7 +256,7 @@ def test_prefork_worker_sigkilled_mid_finetune_job_completes_once(
 
 
 def test_redis_killed_mid_task_jobs_recover(
-        scale_out: Settings, factory: sessionmaker[Session], workers: Workers, redis_server: RedisServer) -> None:
+        scale_out: WorkerConfig, factory: sessionmaker[Session], workers: Workers, redis_server: RedisServer) -> None:
     running_user, waiting_user, late_user = 7101, 7102, 7103
     for seed, user in enumerate((running_user, waiting_user), start=10):
         add_labelled(factory, user, *random_digits(12, seed=seed))

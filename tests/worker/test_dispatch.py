@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from digitbot.settings import Settings
 from storage import repository as repo
 from tests.worker.conftest import add_labelled, random_digits
 from worker import celery_app, runner
+from worker.config import WorkerConfig
 from worker.runner import CeleryDispatcher
 from worker.scheduler import Sweeper
 
@@ -27,10 +28,10 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
 
 
 def test_a_job_requeued_after_its_worker_died_is_published_again_at_once(
-        settings: Settings, factory: sessionmaker[Session], sent: list[list[int]],
+        config: WorkerConfig, factory: sessionmaker[Session], sent: list[list[int]],
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runner, "broker_run_id", lambda url: "run-1")
-    scale_out = settings.model_copy(update={"celery_broker_url": "redis://127.0.0.1:1/0", "finetune_lease_s": 0.0})
+    scale_out = replace(config, celery_broker_url="redis://127.0.0.1:1/0", finetune_lease_s=0.0)
     add_labelled(factory, 501, *random_digits(12, seed=1))
     sweeper = Sweeper(scale_out, session_factory=factory, dispatch=CeleryDispatcher(scale_out))
     (job_id,) = sweeper.sweep().created
@@ -43,11 +44,11 @@ def test_a_job_requeued_after_its_worker_died_is_published_again_at_once(
 
 
 def test_queued_jobs_are_published_again_when_redis_restarted(
-        settings: Settings, factory: sessionmaker[Session], sent: list[list[int]],
+        config: WorkerConfig, factory: sessionmaker[Session], sent: list[list[int]],
         monkeypatch: pytest.MonkeyPatch) -> None:
     run_id = ["run-1"]
     monkeypatch.setattr(runner, "broker_run_id", lambda url: run_id[0])
-    scale_out = settings.model_copy(update={"celery_broker_url": "redis://127.0.0.1:1/0"})
+    scale_out = replace(config, celery_broker_url="redis://127.0.0.1:1/0")
     add_labelled(factory, 502, *random_digits(12, seed=2))
     sweeper = Sweeper(scale_out, session_factory=factory, dispatch=CeleryDispatcher(scale_out))
     (job_id,) = sweeper.sweep().created

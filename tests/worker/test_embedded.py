@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -12,24 +13,24 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.finetune import FinetuneConfig
 from core.model import Checkpoint
 from core.recognize import PersonalModel, Recognizer
-from digitbot.settings import Settings
 from storage import repository as repo
 from tests.worker.conftest import active_version, add_labelled, styled_writer
+from worker.config import WorkerConfig
 from worker.runner import start_embedded
 
 LABELLED = 60
 PRODUCTION = FinetuneConfig()  # the recipe and gate the service uses (k-fold, 2,000-digit MNIST probe)
 
 
-def base_checkpoint(settings: Settings) -> Checkpoint:
-    if not settings.base_weights.exists():
-        pytest.skip(f"base weights not found at {settings.base_weights}")
-    return Checkpoint.load(settings.base_weights)
+def base_checkpoint(config: WorkerConfig) -> Checkpoint:
+    if not config.base_weights.exists():
+        pytest.skip(f"base weights not found at {config.base_weights}")
+    return Checkpoint.load(config.base_weights)
 
 
 @pytest.mark.slow
-def test_labels_in_better_answers_out(settings: Settings, factory: sessionmaker[Session]) -> None:
-    base = base_checkpoint(settings)
+def test_labels_in_better_answers_out(config: WorkerConfig, factory: sessionmaker[Session]) -> None:
+    base = base_checkpoint(config)
     recognizer = Recognizer(base)
     user = styled_writer(seed=0)
     seen, new = slice(0, LABELLED), slice(LABELLED, None)
@@ -43,9 +44,9 @@ def test_labels_in_better_answers_out(settings: Settings, factory: sessionmaker[
         told.append((telegram_id, summary))
         promoted.set()
 
-    fast = settings.model_copy(update={"finetune_interval_s": 0.5, "finetune_min_labels": 50})
+    fast = replace(config, finetune_interval_s=0.5, finetune_min_labels=50)
     handle = start_embedded(fast, notify=notify, session_factory=factory, first_sweep_delay_s=0.0,
-                            config=PRODUCTION)
+                            finetune=PRODUCTION)
     try:
         assert promoted.wait(timeout=400), "no promotion announced"
     finally:

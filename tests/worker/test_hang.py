@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 
 import pytest
@@ -13,12 +14,12 @@ import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.model import Checkpoint, DigitNet
-from digitbot.settings import Settings
 from storage import repository as repo
 from storage.models import QUEUED, SUCCEEDED, FinetuneJob
 from storage.records import Claim
 from tests.worker.conftest import active_version, add_labelled, fake_trainer, job_rows, random_digits
 from worker import celery_app, jobs
+from worker.config import WorkerConfig
 from worker.runner import LocalDispatcher
 from worker.scheduler import Sweeper
 
@@ -30,17 +31,17 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
         time.sleep(0.02)
 
 
-def create_jobs(settings: Settings, factory: sessionmaker[Session], *telegram_ids: int) -> list[int]:
+def create_jobs(config: WorkerConfig, factory: sessionmaker[Session], *telegram_ids: int) -> list[int]:
     for seed, telegram_id in enumerate(telegram_ids):
         add_labelled(factory, telegram_id, *random_digits(12, seed=seed))
-    return Sweeper(settings, session_factory=factory, dispatch=lambda ids: []).sweep().created
+    return Sweeper(config, session_factory=factory, dispatch=lambda ids: []).sweep().created
 
 
 def test_hung_job_is_failed_and_retried_and_the_next_users_job_runs(
-        settings: Settings, factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
+        config: WorkerConfig, factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
     import core.finetune
 
-    fast = settings.model_copy(update={"finetune_time_limit_s": 0.5, "finetune_stall_s": 60.0})
+    fast = replace(config, finetune_time_limit_s=0.5, finetune_stall_s=60.0)
     hung_id, next_id = create_jobs(fast, factory, 501, 502)
     release = threading.Event()
     calls: list[int] = []
@@ -75,10 +76,10 @@ def test_hung_job_is_failed_and_retried_and_the_next_users_job_runs(
 
 
 def test_job_past_its_last_attempt_is_failed(
-        settings: Settings, factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
+        config: WorkerConfig, factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
     import core.finetune
 
-    fast = settings.model_copy(update={"finetune_time_limit_s": 0.3, "finetune_max_attempts": 1})
+    fast = replace(config, finetune_time_limit_s=0.3, finetune_max_attempts=1)
     (job_id,) = create_jobs(fast, factory, 503)
     release = threading.Event()
 
@@ -98,10 +99,10 @@ def test_job_past_its_last_attempt_is_failed(
     assert (job.state, job.attempts, job.outcome) == ("failed", 1, "failed")
 
 
-def test_stalled_training_is_abandoned_and_retried(settings: Settings, factory: sessionmaker[Session]) -> None:
-    fast = settings.model_copy(update={"finetune_lease_s": 0.4, "finetune_stall_s": 0.2})
+def test_stalled_training_is_abandoned_and_retried(config: WorkerConfig, factory: sessionmaker[Session]) -> None:
+    fast = replace(config, finetune_lease_s=0.4, finetune_stall_s=0.2)
     (job_id,) = create_jobs(fast, factory, 504)
-    outcome = jobs.run_job(job_id, settings=fast, worker_id="w", session_factory=factory,
+    outcome = jobs.run_job(job_id, config=fast, worker_id="w", session_factory=factory,
                            base=Checkpoint(state_dict=DigitNet().state_dict()), device="cpu",
                            trainer=fake_trainer(before=lambda: time.sleep(0.8)))
     assert outcome.state == jobs.RETRY and "no training progress" in outcome.reason
@@ -116,8 +117,8 @@ def lease_of(factory: sessionmaker[Session], job_id: int) -> datetime | None:
         return job.started_at
 
 
-def test_lease_is_renewed_only_while_training_steps(settings: Settings, factory: sessionmaker[Session]) -> None:
-    (job_id,) = create_jobs(settings, factory, 505)
+def test_lease_is_renewed_only_while_training_steps(config: WorkerConfig, factory: sessionmaker[Session]) -> None:
+    (job_id,) = create_jobs(config, factory, 505)
     with factory.begin() as session:
         claimed = repo.claim_job(session, job_id=job_id)
         assert claimed is not None
@@ -145,8 +146,13 @@ def test_lease_is_renewed_only_while_training_steps(settings: Settings, factory:
             optimizer.step()  # the training resumes: its next step stops it
 
 
-def test_celery_fine_tune_tasks_have_time_limits(settings: Settings) -> None:
-    config = celery_app.celery_config(settings.model_copy(update={"finetune_time_limit_s": 900.0}))
+@pytest.fixture
+def worker(config: WorkerConfig) -> WorkerConfig:
+    return config
+
+
+def test_celery_fine_tune_tasks_have_time_limits(worker: WorkerConfig) -> None:
+    config = celery_app.celery_config(replace(worker, finetune_time_limit_s=900.0))
     assert config["task_soft_time_limit"] == 900.0
     assert config["task_time_limit"] > config["task_soft_time_limit"]
     assert config["broker_transport_options"]["visibility_timeout"] > config["task_time_limit"]

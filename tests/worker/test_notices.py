@@ -6,18 +6,18 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from digitbot.settings import Settings
 from storage.repository import jobs as job_repo
 from tests.worker.conftest import fake_trainer, job_rows
 from tests.worker.test_jobs import queue_job, run
+from worker.config import WorkerConfig
 from worker.notices import summary_of
 from worker.scheduler import Sweeper
 
 
 def test_promotions_and_rejections_are_each_told_once_and_retried_when_telling_fails(
-        settings: Settings, factory: sessionmaker[Session]) -> None:
-    run(settings, factory, queue_job(settings, factory, 21))
-    run(settings, factory, queue_job(settings, factory, 22),
+        config: WorkerConfig, factory: sessionmaker[Session]) -> None:
+    run(config, factory, queue_job(config, factory, 21))
+    run(config, factory, queue_job(config, factory, 22),
         trainer=fake_trainer(promote=False, reason="rejected: not better on your digits"))
     told: list[tuple[int, dict[str, Any]]] = []
     failing = {"on": True}
@@ -27,7 +27,7 @@ def test_promotions_and_rejections_are_each_told_once_and_retried_when_telling_f
             raise RuntimeError("telegram down")
         told.append((telegram_id, summary))
 
-    sweeper = Sweeper(settings, session_factory=factory, dispatch=lambda ids: [], notify=notify)
+    sweeper = Sweeper(config, session_factory=factory, dispatch=lambda ids: [], notify=notify)
     sweeper.deliver_notifications()
     assert [t for t, _ in told] == [21]  # the rejection's notice failed: back in the outbox
     assert [j.outcome for j in job_rows(factory, 22)] == [job_repo.REJECTED_OUTCOME]

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from digitbot.settings import Settings
 from storage import repository as repo
 from storage.models import QUEUED
 from tests.worker.conftest import add_labelled, job_rows, random_digits
+from worker.config import WorkerConfig
 from worker.scheduler import Sweeper, request_finetune
 
 
@@ -28,11 +28,11 @@ class Recorder:
         return list(job_ids)
 
 
-def test_sweep_creates_jobs_only_for_due_users(settings: Settings, factory: sessionmaker[Session]) -> None:
+def test_sweep_creates_jobs_only_for_due_users(config: WorkerConfig, factory: sessionmaker[Session]) -> None:
     add_labelled(factory, 101, *random_digits(12, seed=1))  # due: 12 >= 10 new labels
     add_labelled(factory, 102, *random_digits(9, seed=2))  # not due yet
     dispatch = Recorder()
-    report = Sweeper(settings, session_factory=factory, dispatch=dispatch).sweep()
+    report = Sweeper(config, session_factory=factory, dispatch=dispatch).sweep()
 
     assert len(report.created) == 1
     assert [j.state for j in job_rows(factory, 101)] == [QUEUED]
@@ -40,9 +40,9 @@ def test_sweep_creates_jobs_only_for_due_users(settings: Settings, factory: sess
     assert dispatch.calls == [report.created]
 
 
-def test_sweep_never_opens_a_second_job_for_a_user(settings: Settings, factory: sessionmaker[Session]) -> None:
+def test_sweep_never_opens_a_second_job_for_a_user(config: WorkerConfig, factory: sessionmaker[Session]) -> None:
     add_labelled(factory, 201, *random_digits(16, seed=3))
-    sweeper = Sweeper(settings, session_factory=factory, dispatch=Recorder())
+    sweeper = Sweeper(config, session_factory=factory, dispatch=Recorder())
     first = sweeper.sweep()
     add_labelled(factory, 201, *random_digits(16, seed=4))  # more labels while the job is queued
     second = sweeper.sweep()
@@ -52,9 +52,9 @@ def test_sweep_never_opens_a_second_job_for_a_user(settings: Settings, factory: 
     assert len(job_rows(factory, 201)) == 1
 
 
-def test_concurrent_sweeps_create_one_job(settings: Settings, factory: sessionmaker[Session]) -> None:
+def test_concurrent_sweeps_create_one_job(config: WorkerConfig, factory: sessionmaker[Session]) -> None:
     add_labelled(factory, 301, *random_digits(12, seed=5))
-    sweepers = [Sweeper(settings, session_factory=factory, dispatch=Recorder()) for _ in range(4)]
+    sweepers = [Sweeper(config, session_factory=factory, dispatch=Recorder()) for _ in range(4)]
     barrier = threading.Barrier(len(sweepers))
     created: list[int] = []
 
@@ -71,23 +71,24 @@ def test_concurrent_sweeps_create_one_job(settings: Settings, factory: sessionma
     assert len(job_rows(factory, 301)) == 1
 
 
-def test_request_finetune_explains_refusals(settings: Settings, factory: sessionmaker[Session]) -> None:
-    assert request_finetune(999, settings=settings, session_factory=factory).reason == "unknown_user"
+def test_request_finetune_explains_refusals(config: WorkerConfig, factory: sessionmaker[Session]) -> None:
+    assert request_finetune(999, min_labels=config.finetune_min_labels,
+                            session_factory=factory).reason == "unknown_user"
 
     add_labelled(factory, 401, *random_digits(3, seed=6))
-    refused = request_finetune(401, settings=settings, session_factory=factory)
+    refused = request_finetune(401, min_labels=config.finetune_min_labels, session_factory=factory)
     assert (refused.accepted, refused.reason, refused.labels, refused.needed) == (False, "not_enough_labels", 3, 5)
 
     add_labelled(factory, 401, *random_digits(3, seed=7))  # 6 labels: below the sweep's 10, enough for /train
-    queued = request_finetune(401, settings=settings, session_factory=factory)
+    queued = request_finetune(401, min_labels=config.finetune_min_labels, session_factory=factory)
     assert queued.accepted and queued.reason == "queued" and queued.job_id is not None
-    again = request_finetune(401, settings=settings, session_factory=factory)
+    again = request_finetune(401, min_labels=config.finetune_min_labels, session_factory=factory)
     assert (again.accepted, again.reason, again.job_id) == (True, "already_queued", queued.job_id)
     assert len(job_rows(factory, 401)) == 1
 
 
 def test_sweep_removes_orphaned_weight_files_at_start_up_then_periodically(
-        settings: Settings, factory: sessionmaker[Session], tmp_path: Path) -> None:
+        config: WorkerConfig, factory: sessionmaker[Session], tmp_path: Path) -> None:
     root = tmp_path / "orphans"
     factory.kw["info"]["weights_dir"] = root
     with factory.begin() as session:  # a referenced file, old
@@ -102,7 +103,7 @@ def test_sweep_removes_orphaned_weight_files_at_start_up_then_periodically(
     for path in (kept, orphan):
         os.utime(path, (then, then))
 
-    sweeper = Sweeper(settings, session_factory=factory, dispatch=Recorder())
+    sweeper = Sweeper(config, session_factory=factory, dispatch=Recorder())
     assert sweeper.sweep().orphans_removed == ["99/0123456789abcdef-0123456789ab.bin"]  # the first sweep
     assert kept.exists() and not orphan.exists()
 
