@@ -232,7 +232,7 @@ def bench_users_due(factory: sessionmaker[Session], users: int, repeats: int) ->
     now = utcnow()
     with factory.begin() as s:
         ids = list(s.scalars(insert(User).returning(User.id, sort_by_parameter_order=True), [
-            {"telegram_id": 10_000_000 + i, "language": "zh", "settings": {}, "created_at": now,
+            {"telegram_id": 10_000_000 + i, "language": "zh", "created_at": now,
              "labels_since_finetune": int(n)} for i, n in enumerate(new_labels)]))
         open_jobs = rng.choice(len(ids), users // 20, replace=False)
         s.execute(insert(FinetuneJob), [

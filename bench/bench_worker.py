@@ -87,7 +87,7 @@ def main() -> None:
         # Users due for a fine-tune: the counter the labels keep, set directly for speed.
         with factory.begin() as session:
             session.execute(insert(User), [
-                {"telegram_id": 10_000_000 + i, "settings": {}, "created_at": utcnow(), "labels_since_finetune": 12}
+                {"telegram_id": 10_000_000 + i, "created_at": utcnow(), "labels_since_finetune": 12}
                 for i in range(args.users)])
         sweeper = Sweeper(worker_config(settings), session_factory=factory, dispatch=lambda ids: [])
         started = time.perf_counter()

@@ -86,7 +86,6 @@ class User(Base):
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     telegram_id: Mapped[int] = mapped_column(BigInteger, unique=True)
     language: Mapped[str | None] = mapped_column(String(16))
-    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Continual learning bookkeeping, kept exact by the label functions: the number of current
     # labels created at or after ``finetune_started_at`` (the start of the last fine-tune run).
@@ -327,5 +326,3 @@ class FinetuneJob(Base):
         Index(None, "state", "id"),
     )
 
-
-ALL_TABLES = [t.name for t in Base.metadata.sorted_tables]

@@ -218,11 +218,6 @@ def requeue_stale_jobs(session: Session, *, started_before: datetime, max_attemp
 
 # --- outcomes --------------------------------------------------------------------------------------
 
-def jobs_for_user(session: Session, *, user_id: int) -> list[FinetuneJob]:
-    return list(session.scalars(select(FinetuneJob).where(FinetuneJob.user_id == user_id)
-                                .order_by(FinetuneJob.id)))
-
-
 def pending_notices(session: Session, *, since: datetime, limit: int = 100) -> list[PendingNotice]:
     """Finished jobs whose outcome (promoted or rejected) the user has not been told yet."""
     rows = session.execute(

@@ -30,11 +30,6 @@ def get_user(session: Session, *, telegram_id: int) -> User | None:
     return session.scalars(select(User).where(User.telegram_id == telegram_id)).one_or_none()
 
 
-def get_user_by_id(session: Session, *, user_id: int) -> User | None:
-    """The user with this database id (workers know users by id), or None."""
-    return session.get(User, user_id)
-
-
 def get_or_create_user(session: Session, *, telegram_id: int, language: str | None = None) -> User:
     """The user with this Telegram id, created if new (safe when two updates race).
 
@@ -47,7 +42,7 @@ def get_or_create_user(session: Session, *, telegram_id: int, language: str | No
     insert_ignore(
         session,
         User.__table__,  # type: ignore[arg-type]
-        {"telegram_id": telegram_id, "language": language, "settings": {}, "created_at": utcnow(),
+        {"telegram_id": telegram_id, "language": language, "created_at": utcnow(),
          "labels_since_finetune": 0},
     )
     user = get_user(session, telegram_id=telegram_id)

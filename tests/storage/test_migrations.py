@@ -15,7 +15,7 @@ from storage.db import downgrade, upgrade_to_head
 from storage.models import Base
 from tests.storage.conftest import BACKENDS, new_postgres_schema_url
 
-HEAD = "0006"
+HEAD = "0007"
 
 
 @pytest.fixture(params=BACKENDS)

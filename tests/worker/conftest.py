@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.finetune import FinetuneMetrics, FinetuneResult, GateDecision, head_state
@@ -16,6 +17,7 @@ from digitbot.settings import Settings
 from digitbot.wiring import worker_config
 from storage import repository as repo
 from storage.db import init_db
+from storage.models import FinetuneJob
 from storage.records import DigitRecord
 from tests.storage.conftest import BACKENDS, new_postgres_schema_url
 from worker.config import WorkerConfig
@@ -102,7 +104,8 @@ def job_rows(factory: sessionmaker[Session], telegram_id: int) -> list[Any]:
     with factory() as session:
         user = repo.get_user(session, telegram_id=telegram_id)
         assert user is not None
-        return repo.jobs_for_user(session, user_id=user.id)
+        return list(session.scalars(select(FinetuneJob).where(FinetuneJob.user_id == user.id)
+                                    .order_by(FinetuneJob.id)))
 
 
 def active_version(factory: sessionmaker[Session], telegram_id: int) -> int | None:
