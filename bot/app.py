@@ -21,11 +21,13 @@ from bot.handlers.commands import register_commands
 from bot.handlers.common import SERVICES_KEY
 from bot.handlers.errors import install_redaction
 from bot.handlers.stats import promotion_notifier
-from bot.health import HealthServer, MeteredServices, start_health_server
+from bot.health import HealthServer, MeteredNotices, MeteredServices, start_health_server
 from bot.inbox import InboxApplication, UpdateInbox
 from bot.logs import configure_logging, register_log_context
-from bot.services import BotServices
+from bot.services import BotServices, Notices
+from bot.services.stats import FinetuneRequester
 from digitbot.settings import Settings
+from storage.db import SessionFactory
 
 log = logging.getLogger(__name__)
 AnyApplication = Application[Any, Any, Any, Any, Any, Any]
@@ -65,7 +67,7 @@ def build_application(settings: Settings, *, services: BotServices) -> AnyApplic
 
 async def _post_init(application: AnyApplication) -> None:
     services: BotServices = application.bot_data[SERVICES_KEY]
-    services.set_notifier(promotion_notifier(application, asyncio.get_running_loop()))
+    services.notices.connect(promotion_notifier(application, asyncio.get_running_loop()))
     inbox: UpdateInbox | None = application.bot_data.get(INBOX_KEY)
     if inbox is not None:  # before polling or the webhook starts: the replays are queued first
         await inbox.replay(application.bot)
@@ -106,24 +108,23 @@ async def stop_bot(application: AnyApplication) -> None:
     await application.shutdown()
 
 
-def build_services(settings: Settings, *, sessions: Any | None = None) -> BotServices:
-    """Storage (migrated when SQLite) and the recognizer behind the handlers."""
+def build_services(settings: Settings, *, sessions: SessionFactory, notices: Notices,
+                   request_finetune: FinetuneRequester | None) -> BotServices:
+    """The recognizer and storage behind the handlers (BotServices counting photos read for /metrics)."""
     from core.model import load_base
     from core.recognize import Recognizer
-    from digitbot.wiring import open_database
 
-    return MeteredServices(  # BotServices counting photos read and promotions for /metrics
-        sessions=sessions or open_database(settings),
-        recognizer=Recognizer(load_base(settings.base_weights), torch_threads=1),
-        inference_threads=settings.inference_threads, finetune_min_labels=settings.finetune_min_labels,
-        finetune_interval_s=settings.finetune_interval_s)
+    return MeteredServices(
+        sessions=sessions, recognizer=Recognizer(load_base(settings.base_weights), torch_threads=1),
+        inference_threads=settings.inference_threads, finetune_interval_s=settings.finetune_interval_s,
+        request_finetune=request_finetune, notices=notices)
 
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None, with_worker: bool = True) -> None:
     """`digitbot run`: emulator (no token), bot, embedded fine-tune worker, until ``stop`` or a signal."""
     from bot.emulator import EmulatorServer
-    from digitbot.wiring import worker_config
-    from worker.runner import start_embedded
+    from digitbot.wiring import open_database, worker_config
+    from worker.runner import embedded_worker
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -147,19 +148,21 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None, with_w
     assert settings.telegram_token is not None
     configure_logging(settings.log_format)  # text or JSON lines (DIGITBOT_LOG_FORMAT); redaction applies to both
     install_redaction(settings.telegram_token.get_secret_value())
-    services = build_services(settings)
+    sessions = open_database(settings)  # migrated first when SQLite
+    notices = MeteredNotices()  # fine-tune outcomes: told by the worker, sent by the bot once it runs
+    worker = embedded_worker(worker_config(settings), session_factory=sessions,
+                             notify=notices.tell) if with_worker else None
+    services = build_services(settings, sessions=sessions, notices=notices,
+                              request_finetune=worker.request_finetune if worker is not None else None)
     if emulator is not None:
         services.forget_update_markers()
     application = build_application(settings, services=services)
-    worker = None
     health: HealthServer | None = None
     try:
         health = await _start_health(services, settings)
         await start_bot(application, settings)
-        if with_worker:  # after the bot: a promotion waiting in the outbox can be announced at once
-            worker = start_embedded(worker_config(settings), notify=services.notify_model_promoted,
-                                    session_factory=services.sessions)
-            services.request_finetune_fn = worker.request_finetune
+        if worker is not None:  # after the bot: a promotion waiting in the outbox can be announced at once
+            worker.start()
         me = application.bot.username
         if emulator is not None:
             print(f"digitbot is running against the local Bot API emulator.\n"

@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from bot.services import BotServices, PhotoOutcome
+from bot.services import BotServices, Notices, PhotoOutcome
 from storage.repository.inbox import inbox_pending_count
 from storage.repository.service import service_counts
 
@@ -42,8 +42,17 @@ PROMOTIONS = Counter("digitbot_promotions", "Personal models promoted (announced
                      registry=REGISTRY)
 
 
+class MeteredNotices(Notices):
+    """Fine-tune outcomes, counting the promotions this process announces."""
+
+    def tell(self, telegram_id: int, summary: dict[str, Any]) -> None:
+        if summary.get("promoted", True):  # kept-your-model outcomes are told through here too
+            PROMOTIONS.inc()
+        super().tell(telegram_id, summary)
+
+
 class MeteredServices(BotServices):
-    """The bot's services, counting photos read (with their latency) and model promotions."""
+    """The bot's services, counting photos read (with their latency)."""
 
     async def read_photo(self, *, update_id: int, telegram_id: int, chat_id: int,
                          file_id: str, file_unique_id: str, data: bytes) -> PhotoOutcome:
@@ -57,11 +66,6 @@ class MeteredServices(BotServices):
         finally:
             READING_SECONDS.observe(time.perf_counter() - started)
             PHOTOS_READ.labels(status=status).inc()
-
-    def notify_model_promoted(self, telegram_id: int, summary: dict[str, Any]) -> None:
-        if summary.get("promoted", True):  # kept-your-model outcomes are told through here too
-            PROMOTIONS.inc()
-        super().notify_model_promoted(telegram_id, summary)
 
 
 def count_pending_updates(services: BotServices) -> int:

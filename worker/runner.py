@@ -228,6 +228,10 @@ class WorkerHandle:
     dispatcher: LocalDispatcher | CeleryDispatcher
     session_factory: SessionFactory
 
+    def start(self) -> WorkerHandle:
+        self.scheduler.start()
+        return self
+
     def request_finetune(self, telegram_id: int) -> FinetuneRequest:
         request = request_finetune(telegram_id, min_labels=self.config.finetune_min_labels,
                                    session_factory=self.session_factory)
@@ -240,10 +244,10 @@ class WorkerHandle:
         self.dispatcher.shutdown(wait=wait)
 
 
-def start_embedded(config: WorkerConfig, *, session_factory: SessionFactory, notify: Notify | None = None,
+def embedded_worker(config: WorkerConfig, *, session_factory: SessionFactory, notify: Notify | None = None,
                    first_sweep_delay_s: float = 1.0, use_celery: bool | None = None,
                    finetune: FinetuneConfig | None = None) -> WorkerHandle:
-    """Start the fine-tune sweep and its dispatcher in this process; returns a handle to stop them.
+    """The fine-tune sweep and its dispatcher for this process, not started yet (`handle.start()`).
 
     Jobs go to Celery when `use_celery` (default: when `config.celery_broker_url` is set), else
     they run in a local worker thread (`finetune`: fine-tune settings for those, default
@@ -266,9 +270,16 @@ def start_embedded(config: WorkerConfig, *, session_factory: SessionFactory, not
     scheduler = FinetuneScheduler(sweeper, interval_s=config.finetune_interval_s,
                                   first_run_delay_s=first_sweep_delay_s)
     scheduler_ref.append(scheduler)
-    scheduler.start()
     return WorkerHandle(config=config, sweeper=sweeper, scheduler=scheduler, dispatcher=dispatcher,
                         session_factory=factory)
+
+
+def start_embedded(config: WorkerConfig, *, session_factory: SessionFactory, notify: Notify | None = None,
+                   first_sweep_delay_s: float = 1.0, use_celery: bool | None = None,
+                   finetune: FinetuneConfig | None = None) -> WorkerHandle:
+    """Start the fine-tune sweep and its dispatcher in this process; returns a handle to stop them."""
+    return embedded_worker(config, session_factory=session_factory, notify=notify,
+                           first_sweep_delay_s=first_sweep_delay_s, use_celery=use_celery, finetune=finetune).start()
 
 
 def run_local_worker(config: WorkerConfig, *, session_factory: SessionFactory, notify: Notify | None = None) -> None:

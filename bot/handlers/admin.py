@@ -6,7 +6,6 @@ so the reply does not even reveal that an admin command is there.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -16,7 +15,6 @@ from telegram.ext import Application, ApplicationHandlerStop, CommandHandler, Co
 
 from bot.handlers.common import is_private, services_of, user_translator
 from bot.ratelimit import photo_limiter
-from storage.repository.service import service_counts
 
 log = logging.getLogger(__name__)
 ADMIN_IDS_KEY = "admin_ids"
@@ -47,13 +45,7 @@ async def on_admin(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if (context.args or ["status"])[0] != "status":
         await message.reply_text(_("Admin commands: /admin status"))
         raise ApplicationHandlerStop
-    services = services_of(context)
-
-    def counts() -> dict[str, int]:
-        with services.sessions() as session:
-            return service_counts(session)
-
-    numbers = await asyncio.to_thread(counts)
+    numbers = await services_of(context).service_status()
     limiter = photo_limiter(context.bot_data)
     await message.reply_text(_(
         "Service status:\nusers {users}, photos {readings}, digits {samples}, labels {labels}\n"

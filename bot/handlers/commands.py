@@ -16,7 +16,7 @@ from telegram.ext import ContextTypes
 from bot.handlers.common import TELEGRAM_LANGUAGE_KEY, edit_message, is_private, services_of, user_translator
 from bot.i18n import LANGUAGE_NAMES, SUPPORTED_LANGUAGES, Translator, resolve_language, translator
 from bot.keyboards import forget_keyboard, language_keyboard, parse_forget_action, parse_language_action
-from bot.services import FinetuneStatus
+from storage.records import FinetuneStatus
 
 log = logging.getLogger(__name__)
 _forget_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()

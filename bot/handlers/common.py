@@ -31,9 +31,15 @@ async def user_translator(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
     user = update.effective_user
     if user is None:
         return translator(DEFAULT_LANGUAGE)
-    if context.user_data is not None and user.language_code:
-        context.user_data[TELEGRAM_LANGUAGE_KEY] = user.language_code  # for messages the user did not ask for
+    note_telegram_language(update, context)
     return translator(await services_of(context).language(user.id, user.language_code))
+
+
+def note_telegram_language(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Keep the sender's Telegram language for messages the user did not ask for (fine-tune outcomes)."""
+    user = update.effective_user
+    if user is not None and context.user_data is not None and user.language_code:
+        context.user_data[TELEGRAM_LANGUAGE_KEY] = user.language_code
 
 
 def is_private(update: Update) -> bool:

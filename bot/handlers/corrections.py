@@ -8,10 +8,17 @@ import unicodedata
 from telegram import CallbackQuery, Message, Update
 from telegram.ext import ContextTypes
 
-from bot.handlers.common import edit_message, is_private, reading_lock, services_of, user_translator
-from bot.i18n import Translator
+from bot.handlers.common import (
+    edit_message,
+    is_private,
+    note_telegram_language,
+    reading_lock,
+    services_of,
+    user_translator,
+)
+from bot.i18n import Translator, translator
 from bot.keyboards import ReadingAction, digit_picker_keyboard, parse_reading_action, reading_keyboard
-from bot.services import BadLabel, NotFound, NotOwner
+from bot.services import BadLabel, DeadButton, NotFound, NotOwner, Shown
 from bot.views import ReadingCard, picker_text, reading_text
 
 log = logging.getLogger(__name__)
@@ -34,71 +41,39 @@ def _dead_button(_: Translator) -> str:
 
 
 async def on_reading_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A reading's buttons: confirm, pick a digit to correct, set it, or undo."""
+    """A reading's buttons: confirm, pick a digit to correct, set it, or undo (one transaction)."""
     query = update.callback_query
     if query is None or query.from_user is None:
         return
-    _ = await user_translator(update, context)
     action = parse_reading_action(query.data)
     if action is None:
-        await query.answer(_dead_button(_), show_alert=True)
+        await query.answer(_dead_button(await user_translator(update, context)), show_alert=True)
         return
+    note_telegram_language(update, context)
     async with reading_lock(action.reading_id):
-        await _act(action, query, update, context, _)
-
-
-async def _act(action: ReadingAction, query: CallbackQuery, update: Update, context: ContextTypes.DEFAULT_TYPE,
-               _: Translator) -> None:
-    assert query.from_user is not None
-    try:
-        card = await services_of(context).card(query.from_user.id, action.reading_id)
-        if not _belongs_to_message(card, query):
+        tapped = await services_of(context).tap(query.from_user.id, query.from_user.language_code, action,
+                                                _shown(query), update.update_id)
+        _ = translator(tapped.language)
+        if tapped.refusal is NotOwner:
+            await query.answer(_not_owner(_), show_alert=True)
+        elif tapped.refusal is DeadButton:
             await query.answer(_dead_button(_), show_alert=True)
-            return
-        card = await _apply(action, card, update, context)
-    except NotOwner:
-        await query.answer(_not_owner(_), show_alert=True)
-        return
-    except NotFound:
-        if query.message is not None:
-            await edit_message(query, None, reply_markup=None)
-        await query.answer(_stale(_), show_alert=True)
-        return
-    await _show(action, card, query, _)
+        elif tapped.refusal is NotFound or tapped.card is None:
+            if query.message is not None:
+                await edit_message(query, None, reply_markup=None)
+            await query.answer(_stale(_), show_alert=True)
+        else:
+            await _show(action, tapped.card, query, _)
 
 
-def _belongs_to_message(card: ReadingCard, query: CallbackQuery) -> bool:
-    """Buttons act only on the reading shown in the message they are attached to: the reading's
-    answer, or another answer of ours to the owner's message in that chat. A photo is answered twice
-    when the bot is killed between sending its answer and linking it to the reading (the update
-    inbox answers it again at the restart and links the second one); the first answer's buttons
-    must still record the user's label (issue 13: they said "This button doesn't work any more"
-    and the label was lost, tests/reliability/test_bot_restart.py)."""
+def _shown(query: CallbackQuery) -> Shown | None:
+    """The message the buttons are on (None: an inline-mode message, which the bot cannot see)."""
     message = query.message
-    if message is None or card.bot_message_id is None:
-        return True  # inline-mode message or reply not attached yet: the owner check suffices
-    if message.chat.id != card.chat_id:
-        return False
-    if message.message_id == card.bot_message_id:
-        return True
+    if message is None:
+        return None
     replied = message.reply_to_message if isinstance(message, Message) else None
-    return replied is not None and replied.from_user is not None and replied.from_user.id == card.owner_telegram_id
-
-
-async def _apply(action: ReadingAction, card: ReadingCard, update: Update,
-                 context: ContextTypes.DEFAULT_TYPE) -> ReadingCard:
-    services, user_id, update_id = services_of(context), card.owner_telegram_id, update.update_id
-    if action.kind == "digit" and action.position is not None and action.digit is not None:
-        if action.position >= len(card.digits):
-            raise NotFound(action.reading_id)
-        return await services.label_digit(user_id, action.reading_id, action.position, action.digit, update_id)
-    if action.kind == "confirm":
-        return await services.label_all(user_id, action.reading_id, None, update_id)
-    if action.kind == "undo":
-        return await services.undo(user_id, action.reading_id, update_id)
-    if action.kind == "pick" and (action.position is None or action.position >= len(card.digits)):
-        raise NotFound(action.reading_id)
-    return card  # "pick" / "back" only change the keyboard
+    sender = replied.from_user.id if replied is not None and replied.from_user is not None else None
+    return Shown(chat_id=message.chat.id, message_id=message.message_id, replied_from=sender)
 
 
 async def _show(action: ReadingAction, card: ReadingCard, query: CallbackQuery, _: Translator) -> None:

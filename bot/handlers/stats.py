@@ -15,8 +15,9 @@ from telegram.ext import Application, ContextTypes
 from bot.charts import AccuracyPoint, ChartData, render_stats_chart
 from bot.handlers.common import TELEGRAM_LANGUAGE_KEY, services_of, user_translator
 from bot.i18n import Translator, translator
-from bot.services import FinetuneStatus, confusion_matrix, promotions
+from bot.services import confusion_matrix, promotions
 from bot.views import stats_text
+from storage.records import FinetuneStatus
 
 log = logging.getLogger(__name__)
 

@@ -416,15 +416,15 @@ def test_quick_taps_leave_the_message_showing_what_is_stored(tmp_path: Path, rec
         async with running_bot(tmp_path, recognizer) as h:
             reply = await h.photo_reply(ANN, ANN, digits_photo("0"))
             rid, mid = _reading_id(reply), reply["message_id"]
-            label_digit = h.services.label_digit
+            tap = h.services.tap
 
-            async def slow_first_tap(user: int, reading: int, position: int, digit: int, update_id: int) -> Any:
-                card = await label_digit(user, reading, position, digit, update_id)
-                if digit == 1:  # stored, but slow to come back: the second tap overtakes it
+            async def slow_first_tap(user: int, language: str | None, action: Any, shown: Any, update_id: int) -> Any:
+                tapped = await tap(user, language, action, shown, update_id)
+                if action.digit == 1:  # stored, but slow to come back: the second tap overtakes it
                     await asyncio.sleep(0.5)
-                return card
+                return tapped
 
-            h.services.label_digit = slow_first_tap  # type: ignore[method-assign,assignment]
+            h.services.tap = slow_first_tap  # type: ignore[method-assign,assignment]
             first = await h.users.press_button(ANN, ANN, mid, f"d:{rid}:0:1")
             await asyncio.sleep(0.1)
             second = await h.users.press_button(ANN, ANN, mid, f"d:{rid}:0:2")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bot.health import REGISTRY, MeteredServices, start_health_server
+from bot.health import REGISTRY, MeteredNotices, MeteredServices, start_health_server
 from core.recognize import Recognizer
 from storage.db import session_factory
 from tests.bot.support import digits_photo, migrated_sessions
@@ -81,11 +81,11 @@ def test_readyz_is_503_when_the_database_is_unreachable(tmp_path: Path, recogniz
 
 
 def test_only_promotions_count_as_promotions(tmp_path: Path, recognizer: Recognizer) -> None:
-    services = MeteredServices(sessions=migrated_sessions(tmp_path), recognizer=recognizer)
+    services = MeteredServices(sessions=migrated_sessions(tmp_path), recognizer=recognizer, notices=MeteredNotices())
     told: list[bool] = []
-    services.set_notifier(lambda _user, summary: told.append(bool(summary["promoted"])))
+    services.notices.connect(lambda _user, summary: told.append(bool(summary["promoted"])))
     before = REGISTRY.get_sample_value("digitbot_promotions_total") or 0.0
-    services.notify_model_promoted(1, {"promoted": False})
-    services.notify_model_promoted(1, {"promoted": True})
+    services.notices.tell(1, {"promoted": False})
+    services.notices.tell(1, {"promoted": True})
     assert told == [False, True]  # both outcomes are told
     assert REGISTRY.get_sample_value("digitbot_promotions_total") == before + 1

@@ -124,14 +124,14 @@ def test_train_and_promotion_notice(tmp_path: Path, recognizer: Recognizer) -> N
             summary = {"version": 2, "labels": 40, "accuracy_before": 0.8, "accuracy_after": 0.95,
                        "mnist_accuracy": 0.991}
             # the worker calls this from its own thread
-            threading.Thread(target=h.services.notify_model_promoted, args=(ANN, summary)).start()
+            threading.Thread(target=h.services.notices.tell, args=(ANN, summary)).start()
             notice = await h.users.wait_for_bot_message(ANN, lambda m: "v2" in m.get("text", ""),
                                                         after=reply["message_id"], timeout=10)
             assert "95%" in notice["text"] and "80%" in notice["text"] and "99%" in notice["text"]
             assert notice["text"].startswith("🎉 你的个人模型 v2 已启用")  # in the language the user writes
             # promoted on a tie (same held-out accuracy, much surer): no "before: 100%" riddle
             tie = dict(summary, version=3, accuracy_before=1.0, accuracy_after=1.0)
-            threading.Thread(target=h.services.notify_model_promoted, args=(ANN, tie)).start()
+            threading.Thread(target=h.services.notices.tell, args=(ANN, tie)).start()
             notice = await h.users.wait_for_bot_message(ANN, lambda m: "v3" in m.get("text", ""),
                                                         after=notice["message_id"], timeout=10)
             assert "和之前一样（100%）" in notice["text"] and "之前：" not in notice["text"]

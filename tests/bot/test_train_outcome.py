@@ -14,9 +14,9 @@ from bot.handlers import commands
 from bot.handlers.commands import finetune_outcome_text
 from bot.handlers.stats import last_finetune_text, outcome_text
 from bot.i18n import resolve_language, translator
-from bot.services import FinetuneStatus
 from core.recognize import Recognizer
 from storage import repository as repo
+from storage.records import FinetuneStatus
 from tests.bot.support import migrated_sessions, running_bot
 
 ANN = 42
@@ -115,7 +115,7 @@ def test_train_tells_the_user_how_the_fine_tune_ended(tmp_path: Path, recognizer
                 assert not h.application.job_queue.get_jobs_by_name(f"train-watch:{ANN}:{job_id}")
                 summary = {"promoted": False, "trained": True, "version": 1, "labels": 12, "heldout_samples": 12,
                            "accuracy_before": 0.9, "accuracy_after": 0.8}
-                h.services.notify_model_promoted(ANN, summary)  # as worker.scheduler's outbox does
+                h.services.notices.tell(ANN, summary)  # as worker.scheduler's outbox does
                 told = await h.users.wait_for_bot_message(ANN, lambda m: "kept" in m.get("text", ""),
                                                           after=stats["message_id"], timeout=10)
                 assert told["text"].startswith("I kept your current model: the new one was not better on your "

@@ -212,11 +212,11 @@ def install_holds(holds: set[str]) -> None:
         run_labelling = BotServices._run_labelling
 
         def held_labelling(self: BotServices, telegram_id: int, reading_id: int, change: Any,
-                           update_id: int | None) -> Any:
+                           update_id: int | None, **kwargs: Any) -> Any:
             if change is not None:
                 _held("label")
-            return run_labelling(self, telegram_id, reading_id, change, update_id)
-        BotServices._run_labelling = held_labelling  # type: ignore[method-assign]
+            return run_labelling(self, telegram_id, reading_id, change, update_id, **kwargs)
+        BotServices._run_labelling = held_labelling  # type: ignore[method-assign,assignment]
     if "stored" in holds:
         read_photo = BotServices.read_photo
 
@@ -224,14 +224,14 @@ def install_holds(holds: set[str]) -> None:
             outcome = await read_photo(self, **kwargs)
             await asyncio.to_thread(_held, "stored")
             return outcome
-        BotServices.read_photo = held_read_photo  # type: ignore[method-assign]
+        BotServices.read_photo = held_read_photo  # type: ignore[method-assign,assignment]
     if "answered" in holds:
         attach_message = BotServices.attach_message
 
         async def held_attach_message(self: BotServices, reading_id: int, chat_id: int, message_id: int) -> None:
             await asyncio.to_thread(_held, "answered")
             await attach_message(self, reading_id, chat_id, message_id)
-        BotServices.attach_message = held_attach_message  # type: ignore[method-assign]
+        BotServices.attach_message = held_attach_message  # type: ignore[method-assign,assignment]
 
 
 def held_bot_main(argv: list[str]) -> int:
