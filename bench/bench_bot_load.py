@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from bot.emulator import EmulatorClient, EmulatorServer
+from emulator import EmulatorClient, EmulatorServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,9 +84,9 @@ def baseline_recognizer(photos: list[bytes], weights: Path) -> tuple[float, floa
     keeps photos)."""
     import torch
 
-    from bot.emulator.files import FileStore
     from core.model import load_base
     from core.recognize import Recognizer
+    from emulator.files import FileStore
 
     store = FileStore()
     largest = []

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from bot.emulator import EmulatorServer
+from emulator import EmulatorServer
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -122,8 +122,8 @@ def build_services(settings: Settings, *, sessions: SessionFactory, notices: Not
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None, with_worker: bool = True) -> None:
     """`digitbot run`: emulator (no token), bot, embedded fine-tune worker, until ``stop`` or a signal."""
-    from bot.emulator import EmulatorServer
     from digitbot.wiring import open_database, worker_config
+    from emulator import EmulatorServer
     from worker.runner import embedded_worker
 
     stop = stop or asyncio.Event()

@@ -16,10 +16,10 @@ from pydantic import SecretStr
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.app import AnyApplication, build_application, start_bot, stop_bot
-from bot.emulator import EmulatorClient, EmulatorServer
 from bot.services import BotServices
 from core.recognize import Recognizer
 from digitbot.settings import Settings
+from emulator import EmulatorClient, EmulatorServer
 from storage.db import session_factory, upgrade_to_head
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from bot.app import serve
-from bot.emulator import EmulatorClient
 from core.recognize import Recognizer
 from digitbot.settings import Settings
+from emulator import EmulatorClient
 from tests.bot.support import digits_photo
 
 

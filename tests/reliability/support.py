@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bot.emulator.state import CallbackQueryRecord
 from bot.i18n import resolve_language, translator
 from core.model import DEFAULT_WEIGHTS, Checkpoint, DigitNet, load_base
 from core.recognize import Recognizer
+from emulator.state import CallbackQueryRecord
 from storage import repository as repo
 from tests.bot.support import BotHarness, digits_photo, running_bot
 

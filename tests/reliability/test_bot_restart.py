@@ -27,9 +27,9 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import select
 
-from bot.emulator import EmulatorClient, EmulatorServer
 from core.model import DEFAULT_WEIGHTS, Checkpoint, DigitNet
 from digitbot.settings import PROJECT_ROOT
+from emulator import EmulatorClient, EmulatorServer
 from storage.db import session_factory, upgrade_to_head
 from storage.models import InboxUpdate, Reading
 from storage.repository.service import service_counts

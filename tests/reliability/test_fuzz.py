@@ -176,7 +176,7 @@ def test_fuzzed_updates_never_reach_the_error_handler(live: LiveBot, scene: dict
                 "id": f"fuzz{update['update_id']}", "from": dict(state.users[user]),
                 "message": copy.deepcopy(state.chats[chat].messages[message["message_id"]]),
                 "chat_instance": "1", "data": spec["data"]}
-            from bot.emulator.state import CallbackQueryRecord
+            from emulator.state import CallbackQueryRecord
             state.callback_queries[update["callback_query"]["id"]] = CallbackQueryRecord(
                 id=update["callback_query"]["id"], chat_id=chat, message_id=message["message_id"],
                 user_id=user, data=spec["data"])

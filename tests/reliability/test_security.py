@@ -19,12 +19,12 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from bot.emulator import DEFAULT_TOKEN
 from bot.handlers.admin import ADMIN_IDS_KEY
 from bot.handlers.errors import REDACTED, RedactTokenFilter, install_redaction
 from core.model import Checkpoint, DigitNet
 from core.recognize import PersonalModel, Recognizer
 from digitbot.settings import PROJECT_ROOT, Settings
+from emulator import DEFAULT_TOKEN
 from storage import repository as repo
 from storage.db import session_factory, upgrade_to_head
 from storage.repository.users import count_user_rows

@@ -12,10 +12,10 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.emulator.files import file_response
-from bot.emulator.formatting import MAX_CAPTION_CHARS, MAX_TEXT_CHARS, command_entities
-from bot.emulator.params import parse_int, parse_seconds
-from bot.emulator.state import JSON, BotApiError, EmulatorState, bad_request
+from emulator.files import file_response
+from emulator.formatting import MAX_CAPTION_CHARS, MAX_TEXT_CHARS, command_entities
+from emulator.params import parse_int, parse_seconds
+from emulator.state import JSON, BotApiError, EmulatorState, bad_request
 
 Handler = Callable[[web.Request], Awaitable[Any]]
 MAX_WAIT_S = 30.0
@@ -29,7 +29,7 @@ def _respond(payload: Any, status: int = 200) -> web.Response:
 def _api(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         # Host and Origin (other web sites must not act as users) are checked for every route by
-        # bot.emulator.server.guard.
+        # emulator.server.guard.
         try:
             result = await handler(request)
         except BotApiError as error:

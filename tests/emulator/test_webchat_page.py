@@ -10,8 +10,8 @@ from html.parser import HTMLParser
 
 import aiohttp
 
-from bot.emulator.server import STATIC_DIR
-from tests.bot.emulator.support import harness
+from emulator.server import STATIC_DIR
+from tests.emulator.support import harness
 
 API = "/emulator/api"
 

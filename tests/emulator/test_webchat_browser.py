@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from core.recognize import Recognizer
-from tests.bot.emulator.support import harness
 from tests.bot.support import running_bot
+from tests.emulator.support import harness
 
 
 def find_chromium() -> str:

@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 from telegram.ext import AIORateLimiter, ExtBot
 
-from bot.emulator import EmulatorServer
-from bot.emulator.flood import FloodLimits
-from bot.emulator.state import EmulatorState
+from emulator import EmulatorServer
+from emulator.flood import FloodLimits
+from emulator.state import EmulatorState
 
 
 def test_a_burst_gets_429_with_retry_after() -> None:

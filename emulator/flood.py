@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from bot.emulator.state import BotApiError
+from emulator.state import BotApiError
 
 
 @dataclass

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import telegram
 
-from bot.emulator import DEFAULT_TOKEN, EmulatorServer
-from bot.emulator.__main__ import build_parser
-from bot.emulator.server import host_allowed
 from digitbot.settings import Settings
-from tests.bot.emulator.support import digit_png, harness
+from emulator import DEFAULT_TOKEN, EmulatorServer
+from emulator.__main__ import build_parser
+from emulator.server import host_allowed
+from tests.emulator.support import digit_png, harness
 
 EVIL = "https://evil.example"
 
@@ -89,11 +89,11 @@ def test_a_random_token_per_run() -> None:
     assert first.token != second.token and DEFAULT_TOKEN not in (first.token, second.token)
     assert re.fullmatch(r"\d{5,}:[A-Za-z0-9_-]{35}", first.token), "shaped like Telegram's (log redaction)"
     assert first.state.token == first.token
-    assert build_parser().parse_args([]).token is None, "python -m bot.emulator: random unless --token"
+    assert build_parser().parse_args([]).token is None, "python -m emulator: random unless --token"
 
 
 def test_digitbot_run_starts_the_emulator_with_a_random_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    import bot.emulator
+    import emulator
     from bot.app import serve
 
     seen: dict[str, Any] = {}
@@ -107,7 +107,7 @@ def test_digitbot_run_starts_the_emulator_with_a_random_token(monkeypatch: pytes
         async def start(self) -> EmulatorServer:
             raise OSError(98, "stop here")
 
-    monkeypatch.setattr(bot.emulator, "EmulatorServer", Recorder)
+    monkeypatch.setattr(emulator, "EmulatorServer", Recorder)
     settings = Settings(telegram_token=None, emulator_port=0, _env_file=None)  # type: ignore[call-arg]
     with pytest.raises(SystemExit):
         asyncio.run(serve(settings, with_worker=False))
@@ -201,7 +201,7 @@ def test_listening_beyond_loopback_only_when_asked(caplog: pytest.LogCaptureFixt
             EmulatorServer(host=host)
     for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
         EmulatorServer(host=host)
-    with caplog.at_level(logging.WARNING, logger="bot.emulator.server"):
+    with caplog.at_level(logging.WARNING, logger="emulator.server"):
         EmulatorServer(host="0.0.0.0", allow_remote=True)
     assert "beyond loopback" in caplog.text
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.emulator.formatting import check_reply_markup, command_entities, parse_text, utf16_len
-from bot.emulator.state import BotApiError
+from emulator.formatting import check_reply_markup, command_entities, parse_text, utf16_len
+from emulator.state import BotApiError
 
 
 def test_html_entities_use_utf16_offsets() -> None:

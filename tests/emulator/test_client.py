@@ -8,8 +8,8 @@ import time
 import pytest
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
-from bot.emulator.client import EmulatorError
-from tests.bot.emulator.support import digit_png, harness
+from emulator.client import EmulatorError
+from tests.emulator.support import digit_png, harness
 
 
 def test_waiting_for_replies_and_edits() -> None:

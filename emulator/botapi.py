@@ -8,8 +8,8 @@ import re
 import time
 from urllib.parse import urlsplit
 
-from bot.emulator.params import Params, method
-from bot.emulator.state import JSON, BotApiError, EmulatorState, bad_request
+from emulator.params import Params, method
+from emulator.state import JSON, BotApiError, EmulatorState, bad_request
 
 _COMMAND_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 _WEBHOOK_URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
@@ -53,7 +53,7 @@ async def delete_webhook(state: EmulatorState, p: Params) -> bool:
 
 @method("setWebhook")
 async def set_webhook(state: EmulatorState, p: Params) -> bool:
-    """Webhook mode (see bot.emulator.webhook); plain http is allowed since the emulator is local, and
+    """Webhook mode (see emulator.webhook); plain http is allowed since the emulator is local, and
     only loopback URLs are."""
     url = str(p.get("url") or "")
     if not url:

@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bot.emulator.files import FileStore
+from emulator.files import FileStore
 
 if TYPE_CHECKING:
-    from bot.emulator.flood import FloodControl
+    from emulator.flood import FloodControl
 
 JSON = dict[str, Any]
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.bot.emulator.support import digit_png
+from tests.emulator.support import digit_png
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Local Bot API emulator: a Telegram-compatible HTTP server, a web chat page and a client API."""
 
-from bot.emulator.client import EmulatorClient
-from bot.emulator.server import DEFAULT_TOKEN, EmulatorServer
+from emulator.client import EmulatorClient
+from emulator.server import DEFAULT_TOKEN, EmulatorServer
 
 __all__ = ["DEFAULT_TOKEN", "EmulatorClient", "EmulatorServer"]

@@ -10,7 +10,7 @@ import pytest
 import telegram
 from aiohttp import web
 
-from tests.bot.emulator.support import harness
+from tests.emulator.support import harness
 
 
 def test_updates_are_posted_with_the_secret_and_retried_after_a_failure() -> None:

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import telegram
 
-from bot.emulator import EmulatorClient, EmulatorServer
+from emulator import EmulatorClient, EmulatorServer
 
 
 def digit_png(digit: str = "7", size: tuple[int, int] = (600, 400)) -> bytes:

@@ -12,7 +12,7 @@ import re
 from html.parser import HTMLParser
 from typing import Any
 
-from bot.emulator.state import bad_request
+from emulator.state import bad_request
 
 MAX_TEXT_CHARS = 4096
 MAX_CAPTION_CHARS = 1024

@@ -13,7 +13,7 @@ import telegram
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.constants import ParseMode
 
-from tests.bot.emulator.support import digit_png, harness
+from tests.emulator.support import digit_png, harness
 
 KEYBOARD = InlineKeyboardMarkup([[InlineKeyboardButton(str(d), callback_data=f"fix:1:{d}") for d in range(5)],
                                  [InlineKeyboardButton("✅", callback_data="ok:1")]])

@@ -1,4 +1,4 @@
-"""Run the emulator alone: `python -m bot.emulator [--host 127.0.0.1] [--port 8080] [--token T]
+"""Run the emulator alone: `python -m emulator [--host 127.0.0.1] [--port 8080] [--token T]
 [--allow-remote]`. Without --token the token is a random one, printed for the bot's settings."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import argparse
 import asyncio
 import contextlib
 
-from bot.emulator.server import EmulatorServer
+from emulator.server import EmulatorServer
 
 
 async def serve(host: str, port: int, token: str | None, allow_remote: bool = False) -> None:
@@ -20,7 +20,7 @@ async def serve(host: str, port: int, token: str | None, allow_remote: bool = Fa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bot.emulator", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m emulator", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--token", default=None, help="default: a random token per run")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from bot.emulator.files import MAX_DOWNLOAD_BYTES
-from bot.emulator.formatting import check_length, check_reply_markup, parse_text
-from bot.emulator.params import Params, Upload, method, parse_int
-from bot.emulator.state import JSON, BotApiError, Chat, EmulatorState, bad_request
+from emulator.files import MAX_DOWNLOAD_BYTES
+from emulator.formatting import check_length, check_reply_markup, parse_text
+from emulator.params import Params, Upload, method, parse_int
+from emulator.state import JSON, BotApiError, Chat, EmulatorState, bad_request
 
 CHAT_ACTIONS = frozenset({"typing", "upload_photo", "record_video", "upload_video", "record_voice",
                           "upload_voice", "upload_document", "choose_sticker", "find_location",

@@ -10,8 +10,8 @@ import pytest
 import telegram
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
-from bot.emulator import EmulatorClient, EmulatorServer
-from tests.bot.emulator.support import digit_png, harness
+from emulator import EmulatorClient, EmulatorServer
+from tests.emulator.support import digit_png, harness
 
 
 def test_group_privacy_mode_delivers_only_what_is_addressed_to_the_bot(png: bytes) -> None:

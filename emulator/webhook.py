@@ -12,7 +12,7 @@ import time
 
 import aiohttp
 
-from bot.emulator.state import EmulatorState
+from emulator.state import EmulatorState
 
 RETRY_PAUSE_S = 1.0
 DELIVERY_TIMEOUT_S = 10.0

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bot.emulator.state import BotApiError, EmulatorState, bad_request
+from emulator.state import BotApiError, EmulatorState, bad_request
 
 # Telegram ids are 64-bit signed; anything bigger (or nan, inf, 1e400) is a client bug or an attack.
 INT_LIMIT = 2**63 - 1

@@ -7,7 +7,7 @@
 
 It runs on the user's machine next to their browser, so no web page may drive it (see ``guard``): only
 loopback Host headers (DNS rebinding), no foreign Origin on a POST (CSRF), no cross-site fetches of the
-APIs, a random token per run (``token=None``; `digitbot run` and `python -m bot.emulator` use one),
+APIs, a random token per run (``token=None``; `digitbot run` and `python -m emulator` use one),
 and it listens on loopback unless ``allow_remote=True``.
 """
 
@@ -27,13 +27,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bot.emulator import botapi, messages  # noqa: F401  (they register the Bot API methods)
-from bot.emulator.files import file_response
-from bot.emulator.flood import FloodControl, FloodLimits
-from bot.emulator.params import Params, Upload, call_method
-from bot.emulator.state import BotApiError, EmulatorState
-from bot.emulator.webapi import add_client_routes
-from bot.emulator.webhook import deliver_updates
+from emulator import botapi, messages  # noqa: F401  (they register the Bot API methods)
+from emulator.files import file_response
+from emulator.flood import FloodControl, FloodLimits
+from emulator.params import Params, Upload, call_method
+from emulator.state import BotApiError, EmulatorState
+from emulator.webapi import add_client_routes
+from emulator.webhook import deliver_updates
 
 DEFAULT_TOKEN = "1000001:local-emulator-token"  # fixed, for tests and benchmarks; runs use random_token()
 STATIC_DIR = Path(__file__).with_name("static")
@@ -190,7 +190,7 @@ class EmulatorServer:
             if not allow_remote:
                 raise ValueError(f"the Bot API emulator listens only on loopback (127.0.0.1, localhost, ::1), "
                                  f"not {host or 'all interfaces'}; set DIGITBOT_EMULATOR_ALLOW_REMOTE=1 "
-                                 f"(python -m bot.emulator --allow-remote) to allow it")
+                                 f"(python -m emulator --allow-remote) to allow it")
             log.warning("emulator: listening on %s, beyond loopback: anyone who can reach this port can act as "
                         "the bot's users, and with the token as the bot", host or "all interfaces")
         token = token or random_token()
