@@ -40,6 +40,9 @@ class Photo:
     data: bytes
     labels: list[int]
     traits: dict[str, object] = field(default_factory=dict)
+    # With `truth`: how much ink covers each pixel (uint8 0..255, upright, the photo's size), what
+    # core.ink_net learns to find.
+    ink: np.ndarray | None = None
 
     @property
     def text(self) -> str:
@@ -197,8 +200,9 @@ class _Camera:
 
 
 def _camera(rng: np.random.Generator, image: np.ndarray, camera: _Camera, blur_scale: float,
-            shake_ref: float) -> tuple[np.ndarray, float]:
-    """Rotation and perspective (the paper still filling the frame), blur and hand shake; and the rotation."""
+            shake_ref: float) -> tuple[np.ndarray, float, np.ndarray]:
+    """Rotation and perspective (the paper still filling the frame), blur and hand shake; and the
+    rotation and the homography (to move the true ink along)."""
     ch, cw = image.shape[:2]
     rotate = rng.uniform(-camera.tilt, camera.tilt)
     matrix = cv2.getRotationMatrix2D((cw / 2, ch / 2), rotate, 1.0)
@@ -218,7 +222,16 @@ def _camera(rng: np.random.Generator, image: np.ndarray, camera: _Camera, blur_s
         rot = cv2.getRotationMatrix2D((length / 2 - 0.5, length / 2 - 0.5), rng.uniform(0, 180), 1)
         kernel = cv2.warpAffine(kernel, rot, (length, length))
         image = cv2.filter2D(image, -1, kernel / max(kernel.sum(), 1e-6))
-    return image, rotate
+    return image, rotate, homography
+
+
+def _true_ink(ink: np.ndarray, homography: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The ink alpha as the camera saw it (warped, not blurred), at the photo's final size."""
+    ch, cw = ink.shape
+    warped = cv2.warpPerspective(ink, homography, (cw, ch), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    interpolation = cv2.INTER_AREA if width < cw else cv2.INTER_LINEAR
+    final = np.clip(cv2.resize(warped, (width, height), interpolation=interpolation), 0, 1)
+    return np.round(final * 255).astype(np.uint8)
 
 
 def _sensor(rng: np.random.Generator, image: np.ndarray, width: int, height: int, fast: bool = False) -> np.ndarray:
@@ -233,10 +246,11 @@ def _sensor(rng: np.random.Generator, image: np.ndarray, width: int, height: int
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def _encoded(rng: np.random.Generator, rgb: np.ndarray, labels: list[int], traits: dict[str, object]) -> Photo:
+def _encoded(rng: np.random.Generator, rgb: np.ndarray, labels: list[int], traits: dict[str, object],
+             ink: np.ndarray | None = None) -> Photo:
     fmt, exif = _encode_choice(rng)
     traits["format"], traits["exif"] = fmt, exif
-    return Photo(_encode(rgb, fmt, exif, rng), list(labels), traits)
+    return Photo(_encode(rgb, fmt, exif, rng), list(labels), traits, ink)
 
 
 def _working_size(width: int, height: int, digit_h: float, cap: int) -> tuple[int, int, float]:
@@ -245,7 +259,7 @@ def _working_size(width: int, height: int, digit_h: float, cap: int) -> tuple[in
     return max(8, round(width * scale)), max(8, round(height * scale)), digit_h * scale
 
 
-def _render_classic(rng: np.random.Generator, digits: list[np.ndarray], labels: list[int]) -> Photo:
+def _render_classic(rng: np.random.Generator, digits: list[np.ndarray], labels: list[int], truth: bool) -> Photo:
     """Upscaled MNIST strokes (10-15% of the digit's height wide) on paper or boards."""
     n = len(digits)
     width, height, digit_h = _layout_size(rng, n)
@@ -264,12 +278,13 @@ def _render_classic(rng: np.random.Generator, digits: list[np.ndarray], labels: 
         image = _desk(rng, image, row)
     light, shadow = _lighting(rng, ch, cw)
     image *= light[..., None]
-    image, rotate = _camera(rng, image, _Camera(), max(1.0, row.digit_h / 60), row.digit_h)
+    image, rotate, homography = _camera(rng, image, _Camera(), max(1.0, row.digit_h / 60), row.digit_h)
     rgb = _sensor(rng, image, width, height)
+    ink = _true_ink(row.ink * opacity, homography, width, height) if truth else None
     traits: dict[str, object] = {"size": (width, height), "dark": dark, "paper": paper_style, "ink": ink_kind,
                                  "shadow": shadow,
                                  "desk": desk, "rotate": round(rotate, 1), "digit_h": round(digit_h)}
-    return _encoded(rng, rgb, labels, traits)
+    return _encoded(rng, rgb, labels, traits, ink)
 
 
 # --- the thin-pen style -------------------------------------------------------------------------
@@ -312,7 +327,7 @@ def _thin_frame(rng: np.random.Generator, n: int) -> _Frame:
     return _Frame(round(width * grow), round(height * grow), digit_h * grow, capture)
 
 
-def _render_thin(rng: np.random.Generator, digits: list[np.ndarray], labels: list[int]) -> Photo:
+def _render_thin(rng: np.random.Generator, digits: list[np.ndarray], labels: list[int], truth: bool) -> Photo:
     """Digits re-drawn along their centre line with a real pen's width (core.pen_sim), on paper,
     sticky notes or cheques, from tight low-resolution scans to large phone photos."""
     n = len(digits)
@@ -328,7 +343,8 @@ def _render_thin(rng: np.random.Generator, digits: list[np.ndarray], labels: lis
     cut = scan and rng.random() < 0.3  # a tight crop: part of the writing is outside the frame
     shift = (rng.uniform(-0.12, 0.12), rng.uniform(-0.12, 0.12)) if cut else (0.0, 0.0)
     row = _place_row(rng, alphas, gaps, (cw, ch), cdh, fit=0.94 if scan else 0.86, shift=shift)
-    image = pen_sim.apply_ink(paper, pen_sim.pen_texture(rng, row.ink, pen, row.digit_h), pen)
+    ink = pen_sim.pen_texture(rng, row.ink, pen, row.digit_h)
+    image = pen_sim.apply_ink(paper, ink, pen)
     desk = not scan and rng.random() < 0.15
     if desk:
         image = _desk(rng, image, row)
@@ -344,24 +360,26 @@ def _render_thin(rng: np.random.Generator, digits: list[np.ndarray], labels: lis
     if grey:  # many scanners and cheque archives store grey levels
         image[:] = image @ np.array([0.299, 0.587, 0.114], np.float32)[:, None]
     blur_scale = 0.6 if scan else max(1.0, max(cw, ch) / 1000)
-    image, rotate = _camera(rng, image, _SCAN_CAMERA if scan else _PHONE_CAMERA, blur_scale, cdh)
+    image, rotate, homography = _camera(rng, image, _SCAN_CAMERA if scan else _PHONE_CAMERA, blur_scale, cdh)
     rgb = _sensor(rng, image, frame.width, frame.height, fast=True)
+    true_ink = _true_ink(ink, homography, frame.width, frame.height) if truth else None
     traits: dict[str, object] = {
         "size": (frame.width, frame.height), "capture": frame.capture, "paper": surface, "ink": pen.kind,
         "colour": pen.colour_name, "pen_width": round(pen.width, 3), "shadow": shadow, "desk": desk, "cut": cut,
         "grey": grey, "rotate": round(rotate, 1), "digit_h": round(frame.digit_h)}
-    return _encoded(rng, rgb, labels, traits)
+    return _encoded(rng, rgb, labels, traits, true_ink)
 
 
 STYLES = {"classic": _render_classic, "thin": _render_thin}
 
 
 def render_photo(rng: np.random.Generator, digits: list[np.ndarray], labels: list[int],
-                 style: str = "classic") -> Photo:
-    """One synthetic phone photo of `digits` (MNIST 28x28 arrays) written left to right."""
+                 style: str = "classic", *, truth: bool = False) -> Photo:
+    """One synthetic phone photo of `digits` (MNIST 28x28 arrays) written left to right; `truth`
+    adds the true ink map (Photo.ink; the photo itself is the same either way)."""
     if style not in STYLES:
         raise ValueError(f"unknown photo style {style!r} (known: {', '.join(STYLES)})")
-    return STYLES[style](rng, digits, labels)
+    return STYLES[style](rng, digits, labels, truth)
 
 
 def _encode_choice(rng: np.random.Generator) -> tuple[str, int]:
@@ -387,7 +405,7 @@ def _encode(rgb: np.ndarray, fmt: str, exif: int, rng: np.random.Generator) -> b
 
 
 def photo_set(images: np.ndarray, labels: np.ndarray, count: int, digits_per_photo: tuple[int, int],
-              seed: int, style: str = "classic") -> list[Photo]:
+              seed: int, style: str = "classic", *, truth: bool = False) -> list[Photo]:
     """`count` photos with a random number of digits in the inclusive range, drawn from MNIST;
     `style` is "classic" (upscaled MNIST strokes) or "thin" (re-drawn with real pen widths)."""
     rng = np.random.default_rng(seed)
@@ -395,7 +413,8 @@ def photo_set(images: np.ndarray, labels: np.ndarray, count: int, digits_per_pho
     for _ in range(count):
         n = int(rng.integers(digits_per_photo[0], digits_per_photo[1] + 1))
         picks = rng.integers(0, len(images), n)
-        photos.append(render_photo(rng, [images[i] for i in picks], [int(labels[i]) for i in picks], style))
+        photos.append(render_photo(rng, [images[i] for i in picks], [int(labels[i]) for i in picks], style,
+                                   truth=truth))
     return photos
 
 

@@ -101,7 +101,7 @@ def _mask(ink: np.ndarray, grain: float) -> np.ndarray:
     return kept
 
 
-def _without_long_lines(mask: np.ndarray) -> np.ndarray:
+def without_long_lines(mask: np.ndarray) -> np.ndarray:
     """The mask less straight horizontal lines longer than LINE_SHARE of the photo's width and than
     its height (a cheque's baseline, an underline, a ruled line), which would join the digits they
     touch; no digit's stroke is that long (the photo is at least as tall as its digits)."""
@@ -118,23 +118,33 @@ def _solid(group: Group) -> bool:
     return group.area > MAX_FILL * group.width * group.height
 
 
-def plain_segmentation(gray: np.ndarray, *, pad: bool) -> Segmentation:
-    """The digits of the main row by one global threshold; `pad` surrounds the photo with paper
-    first (for tight crops, whose digits touch the frame)."""
+def dark_ink(gray: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The photo as dark ink on light paper, and whether it had to be inverted for that."""
     # Light ink on a dark board: the board is most of the photo, so the photo is dark overall (the
     # sparse-ink test alone takes a light band beside a shadow on blank paper for chalk).
     inverted = polarity_inverted(gray) and quantile(gray[::2, ::2], 0.5) < 128
-    if inverted:
-        gray = 255 - gray
+    return (255 - gray if inverted else gray), inverted
+
+
+def plain_segmentation(gray: np.ndarray, *, pad: bool) -> Segmentation:
+    """The digits of the main row by one global threshold; `pad` surrounds the photo with paper
+    first (for tight crops, whose digits touch the frame)."""
+    gray, inverted = dark_ink(gray)
     paper_grain = grain(gray)  # before padding: the flat padding has none
     margin = 2 + round(0.03 * max(gray.shape)) if pad else 0
     if margin:
         border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
         gray = cv2.copyMakeBorder(gray, margin, margin, margin, margin, cv2.BORDER_CONSTANT,
                                   value=int(np.median(border)))
-    height, width = gray.shape
     ink = plain_ink_map(gray)
-    mask = _without_long_lines(_mask(ink, paper_grain))
+    return row_of_digits(gray, ink, without_long_lines(_mask(ink, paper_grain)), inverted=inverted, margin=margin)
+
+
+def row_of_digits(gray: np.ndarray, ink: np.ndarray, mask: np.ndarray, *, inverted: bool,
+                  margin: int = 0) -> Segmentation:
+    """The digits of the main row of an ink mask (dark-ink `gray`, its soft `ink` map, all the same
+    size; `margin`: paper padded around the photo, taken off the regions again)."""
+    height, width = gray.shape
     labels, groups = components(mask)
     regions: list[DigitRegion] = []
     if groups:

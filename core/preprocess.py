@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from core.ink_net import ink_finder, learned_segmentation
 from core.plain_ink import plain_segmentation
 from core.segment import DigitRegion, Segmentation, find_digits
 
@@ -50,7 +51,7 @@ class DigitCrop:
 class Candidate:
     """One segmentation's digits; the classifier picks among a photo's candidates."""
 
-    look: str  # "segment" (core.segment), "plain" or "plain-padded" (core.plain_ink)
+    look: str  # "segment" (core.segment), "plain", "plain-padded" (core.plain_ink), "learned" (core.ink_net)
     digits: list[DigitCrop]
     binary: np.ndarray  # the ink mask the digits were found in (same size as gray)
     inverted: bool
@@ -193,6 +194,12 @@ def decode_gray(data: bytes) -> tuple[np.ndarray | None, str]:
     """Upright grey image with its long side at most WORK_LONG_SIDE, or (None, failure status)."""
     gray, status, _ = _decode(data)
     return gray, status
+
+
+def decode_working(data: bytes) -> np.ndarray | None:
+    """The grey image the plain and learned looks work on (decode_gray, small images upscaled)."""
+    gray, _ = decode_gray(data)
+    return None if gray is None or min(gray.shape) < MIN_SIDE else _upscale_small(gray)
 
 
 def _decode(data: bytes) -> tuple[np.ndarray | None, str, int]:
@@ -344,3 +351,6 @@ def look_again(result: Preprocessed) -> None:
     # for a digit); on larger photos the desk and paper edges at the frame would win too often.
     if result.tight or (result.candidates and result.small):
         result.add("plain-padded", plain_segmentation(result.gray, pad=True))
+    finder = ink_finder()
+    if finder is not None:
+        result.add("learned", learned_segmentation(result.gray, finder, pad=result.small))

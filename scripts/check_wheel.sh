@@ -24,7 +24,7 @@ import sys
 import zipfile
 
 names = set(zipfile.ZipFile(sys.argv[1]).namelist())
-need = {"core/weights/base.pt", "storage/migrations/alembic.ini", "storage/migrations/env.py",
+need = {"core/weights/base.pt", "core/weights/ink.pt", "storage/migrations/alembic.ini", "storage/migrations/env.py",
         "storage/migrations/script.py.mako", "storage/migrations/versions/0001_initial_schema.py"}
 missing = sorted(need - names)
 stray = sorted(n for n in names if n.startswith(("var/", "weights/", "migrations/", "tests/")))

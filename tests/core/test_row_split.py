@@ -67,5 +67,5 @@ def _prediction(confidence: float) -> DigitPrediction:
 def test_a_sure_reading_of_a_little_of_the_ink_loses_to_a_reading_of_all_of_it() -> None:
     one_sure_digit = [_prediction(0.99)]
     whole_row = [_prediction(0.9)] * 5
-    assert choose_candidate([one_sure_digit, whole_row], [0.2, 1.0], segment_first=True) == 1
-    assert choose_candidate([one_sure_digit, whole_row], [1.0, 1.0], segment_first=True) == 0
+    assert choose_candidate([one_sure_digit, whole_row], [0.2, 1.0], ["segment", "plain"], segment_first=True) == 1
+    assert choose_candidate([one_sure_digit, whole_row], [1.0, 1.0], ["segment", "plain"], segment_first=True) == 0
