@@ -25,7 +25,7 @@ from worker.scheduler import FinetuneScheduler, Notify, Sweeper, request_finetun
 
 if TYPE_CHECKING:
     from core.finetune import FinetuneConfig
-    from worker.jobs import Progress
+    from worker.lease import Progress
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ class LocalDispatcher:
             self._finished(batch)
 
     def _watch(self, job_ids: list[int]) -> None:
-        from worker.jobs import Progress, abandon
+        from worker.jobs import abandon
+        from worker.lease import Progress
 
         progress = Progress()
         thread = threading.Thread(target=self._run, args=(job_ids, progress), name="finetune", daemon=True)
