@@ -20,7 +20,7 @@ from storage.errors import InvalidLabel, NotYourSample, UnknownSample
 from storage.records import TRUE_TEXT_MAX, ReadingView
 from storage.repository.readings import owned_reading
 
-Change = Callable[[Session], None]
+Change = Callable[[Session, ReadingView], None]  # the reading as it stands, the user's
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class LabellingServices(ServicesBase):
 
     def _run_labelling(self, telegram_id: int, reading_id: int, change: Change | None, update_id: int | None,
                        *, check: Callable[[ReadingCard], None] | None = None,
-                       first: Change | None = None) -> ReadingCard:
+                       first: Callable[[Session], None] | None = None) -> ReadingCard:
         """One transaction: ``first``, the reading (the user's, or NotFound / NotOwner), ``check`` on
         it, the change unless this update id was handled before, and the card as stored."""
         try:
@@ -143,7 +143,7 @@ class LabellingServices(ServicesBase):
                     session, update_id=update_id, stale_before=stale_before(self.update_retention))
                 if change is None or not fresh:
                     return reading_card(session, view, telegram_id)
-                change(session)
+                change(session, view)
                 return reading_card(session, _owned_view(session, telegram_id, reading_id), telegram_id)
         except UnknownSample:
             raise NotFound(reading_id) from None
@@ -163,15 +163,14 @@ def _owned_view(session: Session, telegram_id: int, reading_id: int) -> ReadingV
 
 
 def _label_digit(telegram_id: int, reading_id: int, position: int, digit: int) -> Change:
-    def change(session: Session) -> None:
+    def change(session: Session, _view: ReadingView) -> None:
         repo.label_sample(session, telegram_id=telegram_id, reading_id=reading_id, position=position, digit=digit)
         repo.set_true_text(session, telegram_id=telegram_id, reading_id=reading_id, text=None)
     return change
 
 
 def _label_all(telegram_id: int, reading_id: int, digits: str | None) -> Change:
-    def change(session: Session) -> None:
-        view = _owned_view(session, telegram_id, reading_id)
+    def change(session: Session, view: ReadingView) -> None:
         text = view.labelled_text if digits is None else "".join(digits.split())  # keeps corrections made
         if len(text) != len(view.digits):
             repo.set_true_text(session, telegram_id=telegram_id, reading_id=reading_id, text=text)
@@ -182,8 +181,8 @@ def _label_all(telegram_id: int, reading_id: int, digits: str | None) -> Change:
 
 
 def _undo(telegram_id: int, reading_id: int) -> Change:
-    def change(session: Session) -> None:
-        for digit in _owned_view(session, telegram_id, reading_id).digits:
+    def change(session: Session, view: ReadingView) -> None:
+        for digit in view.digits:
             while repo.undo_label(session, telegram_id=telegram_id, reading_id=reading_id,
                                   position=digit.position) is not None:
                 pass
