@@ -95,10 +95,6 @@ class LabellingServices(ServicesBase):
             return _undo(telegram_id, reading_id)
         return None  # "pick" / "back" only change the keyboard
 
-    async def card(self, telegram_id: int, reading_id: int) -> ReadingCard:
-        """The reading as it stands; NotFound / NotOwner."""
-        return await asyncio.to_thread(self._run_labelling, telegram_id, reading_id, None, None)
-
     async def card_for_reply(self, telegram_id: int, chat_id: int, message_id: int) -> ReadingCard | None:
         def work() -> ReadingCard | None:
             with self.sessions() as session:
