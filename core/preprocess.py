@@ -81,6 +81,7 @@ class Preprocessed:
     chosen: int = 0
     max_digits: int = 12
     looked_again: bool = False  # whether the plain looks have run (see look_again)
+    looked_learned: bool = False  # whether the learned look has run (see look_learned)
     unread_ink: float = 0.0  # of core.segment's look (see unread_ink)
 
     def add(self, look: str, found: Segmentation) -> None:
@@ -304,7 +305,8 @@ def preprocess(data: bytes, *, max_digits: int = 12, every_look: bool = False) -
 
     Each look at the photo that finds digits gives a candidate; `digits` holds the first one's
     (core.segment's when it found any). The plain looks run when core.segment found nothing, on
-    tight crops, with `every_look`, or later through `look_again`; core.recognize lets the
+    tight crops, with `every_look`, or later through `look_again`; the learned look when no other
+    found anything, with `every_look`, or later through `look_learned`. core.recognize lets the
     classifier choose.
     """
     try:
@@ -327,6 +329,8 @@ def preprocess(data: bytes, *, max_digits: int = 12, every_look: bool = False) -
     result.unread_ink = unread_ink(found)
     if every_look or result.tight or not result.candidates:
         look_again(result)
+    if every_look or not result.candidates:
+        look_learned(result)
     return result
 
 
@@ -351,6 +355,15 @@ def look_again(result: Preprocessed) -> None:
     # for a digit); on larger photos the desk and paper edges at the frame would win too often.
     if result.tight or (result.candidates and result.small):
         result.add("plain-padded", plain_segmentation(result.gray, pad=True))
+
+
+def look_learned(result: Preprocessed) -> bool:
+    """Add the learned look's candidate (core.ink_net); whether it found digits. It costs more than
+    the others, so core.recognize asks for it only where their readings are unsure."""
     finder = ink_finder()
-    if finder is not None:
-        result.add("learned", learned_segmentation(result.gray, finder, pad=result.small))
+    if result.gray is None or result.looked_learned or finder is None:
+        return False
+    result.looked_learned = True
+    before = len(result.candidates)
+    result.add("learned", learned_segmentation(result.gray, finder, pad=result.small))
+    return len(result.candidates) > before

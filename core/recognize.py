@@ -20,12 +20,12 @@ from torch.nn import functional as F
 from core.memory import PersonalMemory
 from core.model import Checkpoint, DigitNet, for_inference, head_state, merge_state, normalize
 from core.row_split import cut, piece_counts
+from core.sources import BASE, PERSONAL
 
 if TYPE_CHECKING:
     from core.preprocess import Candidate, DigitCrop, Preprocessed
 
 log = logging.getLogger(__name__)
-BASE, PERSONAL = "base", "personal"
 DEFAULT_PERSONAL_THRESHOLD = 0.9
 # On a photo that is not a tight crop, core.segment's reading (made for phone photos of a page)
 # is kept unless another look's is surer by more than this (chosen on simulated photos: 0.05 kept
@@ -44,6 +44,10 @@ SPLIT_PENALTY = 0.1
 # The learned look (core.ink_net) reads thin pens the others miss, but on photos they read well it
 # is less often right than its confidence says; it must be surer than them by this much.
 LEARNED_PENALTY = 0.15
+# It costs more than the other looks (10-20 ms on one core), so it only looks at photos whose best
+# reading so far scores under this. It can only win below 1 - LEARNED_PENALTY, but its ink also
+# shows what the others left unread (ink_shares).
+LEARNED_LOOK_BELOW = 0.95
 
 
 @dataclass(frozen=True)
@@ -236,7 +240,7 @@ class Recognizer:
         """Preprocess every photo and classify the digits of its candidate segmentations in one
         batch; each photo's reading is the candidate the classifier is surest of. The plain looks
         run only where they could win: where core.segment's reading is not sure enough already."""
-        from core.preprocess import look_again, preprocess
+        from core.preprocess import look_again, look_learned, preprocess
 
         prepared = [preprocess(data) for data in photos]
         scored = self._classify_candidates(prepared, personal)
@@ -255,8 +259,15 @@ class Recognizer:
                 continue
             for index, candidate in enumerate(pre.candidates):
                 per_candidate[index] = self._split_touching(candidate, per_candidate[index], personal)
-            pre.choose(choose_candidate(per_candidate, ink_shares(pre), [c.look for c in pre.candidates],
-                                        segment_first=not pre.tight))
+            scores = candidate_scores(per_candidate, ink_shares(pre), [c.look for c in pre.candidates],
+                                      segment_first=not pre.tight)
+            # The learned look is asked where no other reading is sure (see LEARNED_LOOK_BELOW).
+            if max(scores) < LEARNED_LOOK_BELOW and look_learned(pre):
+                learned = self._classify_candidates([pre], personal, first=len(per_candidate))[0][0]
+                per_candidate.append(self._split_touching(pre.candidates[-1], learned, personal))
+                scores = candidate_scores(per_candidate, ink_shares(pre), [c.look for c in pre.candidates],
+                                          segment_first=not pre.tight)
+            pre.choose(int(np.argmax(scores)))
             readings.append(PhotoReading(status="ok", predictions=per_candidate[pre.chosen],
                                          crops=list(pre.digits), preprocessed=pre))
         return readings
@@ -333,7 +344,13 @@ def ink_shares(pre: Preprocessed) -> list[float]:
 
 def choose_candidate(candidates: Sequence[Sequence[DigitPrediction]], ink_share: Sequence[float],
                      looks: Sequence[str], *, segment_first: bool) -> int:
-    """The index of the reading to use among a photo's candidate segmentations: the surest
+    """The index of the reading to use among a photo's candidate segmentations (candidate_scores)."""
+    return int(np.argmax(candidate_scores(candidates, ink_share, looks, segment_first=segment_first)))
+
+
+def candidate_scores(candidates: Sequence[Sequence[DigitPrediction]], ink_share: Sequence[float],
+                     looks: Sequence[str], *, segment_first: bool) -> list[float]:
+    """How good each of a photo's candidate readings is: how sure the classifier is of it
     (reading_score), less MISSED_INK_COST for the ink it leaves unread (see SEGMENT_BONUS and
     LEARNED_PENALTY too; `segment_first`: core.segment's reading is favoured)."""
     def bonus(look: str) -> float:
@@ -341,6 +358,5 @@ def choose_candidate(candidates: Sequence[Sequence[DigitPrediction]], ink_share:
             return SEGMENT_BONUS if segment_first else 0.0
         return -LEARNED_PENALTY if look == "learned" else 0.0
 
-    scores = [reading_score(c) - MISSED_INK_COST * (1 - share) + bonus(look)
-              for c, share, look in zip(candidates, ink_share, looks, strict=True)]
-    return int(np.argmax(scores))
+    return [reading_score(c) - MISSED_INK_COST * (1 - share) + bonus(look)
+            for c, share, look in zip(candidates, ink_share, looks, strict=True)]
