@@ -49,7 +49,6 @@ CANDIDATE, ACTIVE, REJECTED, RETIRED = "candidate", "active", "rejected", "retir
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 CONFIRMED, CORRECTED = "confirmed", "corrected"
 INBOX_PENDING, INBOX_DONE, INBOX_FAILED = "pending", "done", "failed"
-BASE, PERSONAL = "base", "personal"
 
 
 def utcnow() -> datetime:

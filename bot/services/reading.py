@@ -14,6 +14,7 @@ from bot.services.outcomes import PhotoOutcome
 from bot.views import DigitCard, ReadingCard
 from core.memory import PersonalMemory
 from core.recognize import PersonalModel, PhotoReading, Recognizer
+from core.sources import PERSONAL
 from storage import repository as repo
 from storage.db import Session
 from storage.errors import CorruptWeights, QuotaExceeded
@@ -44,7 +45,7 @@ class ReadingServices(ServicesBase):
         records = [
             DigitRecord(image=crop.image, digit=p.digit, confidence=p.confidence, source=p.source,
                         base_digit=p.base_digit, base_confidence=p.base_confidence,
-                        model_version_id=version_id if p.source == "personal" else None)
+                        model_version_id=version_id if p.source == PERSONAL else None)
             for p, crop in zip(reading.predictions, reading.crops, strict=True)
         ]
         try:
@@ -57,7 +58,7 @@ class ReadingServices(ServicesBase):
                 inbox_repo.inbox_link_reading(session, update_id=update_id, reading_id=stored.reading_id)
         except QuotaExceeded as exc:
             return PhotoOutcome(status="quota", quota=exc.limit)
-        personal_used = any(p.source == "personal" for p in reading.predictions)
+        personal_used = any(p.source == PERSONAL for p in reading.predictions)
         card = ReadingCard(
             reading_id=stored.reading_id, owner_telegram_id=telegram_id, chat_id=chat_id, bot_message_id=None,
             digits=tuple(DigitCard(p.digit, p.confidence, p.source, runner_up=p.runner_up())

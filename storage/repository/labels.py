@@ -12,8 +12,9 @@ import numpy as np
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from core.sources import PERSONAL
 from storage.errors import InvalidLabel, UnknownSample
-from storage.models import CONFIRMED, CORRECTED, PERSONAL, Label, Prediction, Sample, User, utcnow
+from storage.models import CONFIRMED, CORRECTED, Label, Prediction, Sample, User, utcnow
 from storage.records import LabelRecord, TrainingSet
 from storage.repository._common import lock_user
 from storage.repository.readings import owned_reading, parse_digit

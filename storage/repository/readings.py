@@ -8,8 +8,9 @@ import numpy as np
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
+from core.sources import BASE, PERSONAL
 from storage.errors import InvalidLabel, NotYourSample, QuotaExceeded, UnknownSample
-from storage.models import BASE, PERSONAL, Base, Label, Prediction, Reading, Sample, utcnow
+from storage.models import Base, Label, Prediction, Reading, Sample, utcnow
 from storage.records import (
     IMAGE_BYTES,
     IMAGE_SHAPE,

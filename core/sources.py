@@ -1,0 +1,3 @@
+"""Which model answered a digit (``DigitPrediction.source``, the ``predictions.source`` column)."""
+
+BASE, PERSONAL = "base", "personal"
