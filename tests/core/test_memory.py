@@ -147,3 +147,29 @@ def test_views_remember_a_crop_under_small_transforms(recognizer: Recognizer, di
     single = PersonalMemory(images[:4], labels[:4], MemoryConfig(views=1))
     assert torch.all(votes >= single.evidence(recognizer.embed(images[2:3]),
                                               single.embeddings(0, recognizer.embed)) - 1e-5)
+
+
+def test_the_memory_beside_a_head_holds_only_the_labels_after_its_training(recognizer: Recognizer, digits) -> None:
+    images, labels = digits
+    embedded: list[int] = []
+
+    def embed(crops: np.ndarray) -> torch.Tensor:
+        embedded.append(len(crops))
+        return recognizer.embed(crops)
+
+    memory = PersonalMemory(images[:10], labels[:10], ids=np.arange(10))
+    rows = memory.embeddings(0, embed)
+    later = memory.after(6)  # a head trained on the first 6 labels
+    assert later.ids is not None and np.array_equal(later.ids, np.arange(6, 10))
+    assert np.array_equal(later.labels, labels[6:10])
+    assert torch.equal(later.embeddings(0, embed), rows[6:]) and len(embedded) == 1  # nothing recomputed
+    assert len(memory.after(0)) == 10 and len(memory.after(25)) == 0
+    # a memory that kept only its most recent samples counts in labelling order all the same
+    recent = PersonalMemory(images[:10], labels[:10], MemoryConfig(max_samples=4))  # holds labels 6..9
+    assert np.array_equal(recent.after(8).labels, labels[8:10]) and len(recent.after(3)) == 4
+    # an empty memory beside the head reads as the head alone
+    head = {k: v for k, v in load_base().state_dict.items() if k.startswith("fc2.")}
+    checkpoint = Checkpoint(state_dict=head, meta={"temperature": 1.0, "threshold": 0.0})
+    alone = recognizer.classify(images[:20], PersonalModel(checkpoint))
+    beside = recognizer.classify(images[:20], PersonalModel(checkpoint, memory=memory.after(10)))
+    assert [p.probabilities for p in beside] == [p.probabilities for p in alone]
