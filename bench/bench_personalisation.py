@@ -18,8 +18,9 @@ photo bytes). The user's labels are their first k photos: the crops the pipeline
 (base reading; a photo where it found no digit or the wrong number gives none), with the true
 digit. Each writer's photos after the first max(--label-counts) are read by the base, the memory
 alone, the fine-tuned head alone (threshold 0), and as served (head + memory if the gate promoted
-it, else the memory alone); every miss is split into segmentation (wrong digit count) and
-classification (one digit found, wrong class). MNIST test (all 10,000) through Recognizer.classify
+it, else the memory alone; "consolidated": a promoted head with the memory of the labels it did not
+train on, i.e. none, core.memory.PersonalMemory.after); every miss is split into segmentation
+(wrong digit count) and classification (one digit found, wrong class). MNIST test (all 10,000) through Recognizer.classify
 with the memory-only and the served personal model.
 
     .venv/bin/python -m bench.bench_personalisation --photos --split eval --threads 1 --out var/photo_eval.json
@@ -259,8 +260,9 @@ def photo_writer_rows(writer: PhotoWriter, recognizer: Recognizer, base: Checkpo
         outcome = {"base": base_counts}
         promoted, reason, trained, seconds = False, "no labels", False, 0.0
         mnist_memory = mnist_served = mnist_base
+        mnist_consolidated = mnist_base
         if k == 0:
-            outcome.update(memory=base_counts, personal=base_counts, served=base_counts)
+            outcome.update(memory=base_counts, personal=base_counts, served=base_counts, consolidated=base_counts)
         else:
             outcome["memory"] = outcome_counts(read_all(recognizer, new_bytes, memory_only), new_labels)
             mnist_memory = mnist_accuracy(recognizer, *mnist, memory_only)
@@ -279,13 +281,18 @@ def photo_writer_rows(writer: PhotoWriter, recognizer: Recognizer, base: Checkpo
                 served = PersonalModel(result.checkpoint, memory=memory)
                 outcome["served"] = outcome_counts(read_all(recognizer, new_bytes, served), new_labels)
                 mnist_served = mnist_accuracy(recognizer, *mnist, served)
+                # the head with only the memory of the labels it did not train on (none here)
+                beside = PersonalModel(result.checkpoint, memory=memory.after(len(crop_labels)))
+                outcome["consolidated"] = outcome_counts(read_all(recognizer, new_bytes, beside), new_labels)
+                mnist_consolidated = mnist_accuracy(recognizer, *mnist, beside)
             else:
                 outcome["served"], mnist_served = outcome["memory"], mnist_memory
+                outcome["consolidated"], mnist_consolidated = outcome["memory"], mnist_memory
         row = {"user": writer.name, "labels": k, "crops": len(crop_labels), "new_photos": len(new_bytes),
                "promoted": promoted, "trained": trained, "reason": reason, "finetune_seconds": seconds,
                "render_seconds": render_seconds, "mnist_base": mnist_base, "mnist_memory": mnist_memory,
-               "mnist_served": mnist_served}
-        for model in MODELS:
+               "mnist_served": mnist_served, "mnist_consolidated": mnist_consolidated}
+        for model in (*MODELS, "consolidated"):
             row.update({f"{model}_{key}": value for key, value in outcome[model].items()})
         rows.append(row)
         print(f"{writer.name:24s} k={k:3d} crops={len(crop_labels):3d}  " + "  ".join(
@@ -360,6 +367,14 @@ def print_photo_summary(rows: list[dict], counts: tuple[int, ...]) -> None:
             ratio = np.mean([r["served_error"] for r in at(k)]) / max(np.mean([r["base_error"] for r in at(k)]), 1e-9)
             per = ", ".join(f"{r['served_error'] / max(r['base_error'], 1e-9):.2f}" for r in at(k))
             print(f"  served / base error after {k} labels: {ratio:.2f} (target <= {bound:.2f}); per writer: {per}")
+    for k in (10, 20, 50, 100):
+        chosen = [r for r in at(k) if "consolidated_error" in r]
+        if chosen:
+            base_error = max(np.mean([r["base_error"] for r in chosen]), 1e-9)
+            print(f"  consolidated (a promoted head with the memory of the labels after it) / base error after "
+                  f"{k} labels: {np.mean([r['consolidated_error'] for r in chosen]) / base_error:.2f} (served "
+                  f"{np.mean([r['served_error'] for r in chosen]) / base_error:.2f}); worst MNIST "
+                  f"{100 * min(r['mnist_consolidated'] - r['mnist_base'] for r in chosen):+.2f} points")
     if picked:
         worst = min(r["mnist_served"] - r["mnist_base"] for r in picked)
         print(f"  worst MNIST change, served: {100 * worst:+.2f} points (target >= -0.30)")
