@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from core.data import load_mnist
-from core.ink_net import WEIGHTS, InkNet, inputs, resize_truth, save
+from core.ink_net import WEIGHTS, InkFinder, InkNet, inputs, resize_truth, save
 from core.photo_sim import photo_set
 from core.plain_ink import dark_ink
 from core.preprocess import decode_working
@@ -148,6 +148,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     parser.add_argument("--cache", type=Path, help="keep the rendered photos in this folder (e.g. var/)")
+    parser.add_argument("--resume", type=Path, help="start from this network (e.g. the shipped one)")
+    parser.add_argument("--extra-photos", type=int, default=0, help="more training photos, from seed + 2")
     parser.add_argument("--dry-run", action="store_true", help="a few photos and steps, to check the plumbing")
     args = parser.parse_args()
     if args.dry_run:
@@ -156,13 +158,17 @@ def main() -> None:
     torch.manual_seed(args.seed)
     started = time.time()
     examples = cached(args.photos, args.seed, args.cache)
+    if args.extra_photos:
+        examples += cached(args.extra_photos, args.seed + 2, args.cache)
     held_out = cached(args.val_photos, args.seed + 1, args.cache)
     print(f"{len(examples)} training photos, {len(held_out)} held out, rendered in {time.time() - started:.0f} s")
-    model = InkNet()
+    model = InkFinder(args.resume).model if args.resume else InkNet()
     train(model, examples, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
     metrics = evaluate(model, held_out)
     print(", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-    save(model, args.out, {**metrics, "photos": float(len(examples)), "steps": float(args.steps)})
+    resumed = InkFinder(args.resume).metrics if args.resume else {}
+    steps = args.steps + resumed.get("steps", 0.0)
+    save(model, args.out, {**metrics, "photos": float(len(examples)), "steps": steps})
     print(f"saved {args.out} ({time.time() - started:.0f} s)")
 
 
