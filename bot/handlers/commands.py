@@ -287,7 +287,7 @@ def finetune_outcome_text(status: FinetuneStatus, _: Translator) -> str:
     kept = (_("your personal model v{version}", version=status.active_version) if status.active_version is not None
             else _("the base model"))
     if status.accuracy_before is not None and status.accuracy_after is not None:
-        return _("Fine-tune finished: the new model was not better ({after} on your held-out digits, "
+        return _("Fine-tune finished: the new model was not better ({after} in a cross-check on your digits, "
                  "{before} before), so I kept {kept}.", after=_percent(status.accuracy_after),
                  before=_percent(status.accuracy_before), kept=kept)
     return _("Fine-tune finished: the new model was not better, so I kept {kept}.", kept=kept)

@@ -58,11 +58,11 @@ def last_finetune_text(status: FinetuneStatus, _: Translator) -> str:
     if status.state == "failed":
         return _("Last fine-tune ({when}): failed; your model did not change.", **details)
     if status.promoted:
-        return _("Last fine-tune ({when}): v{version} went live ({after} on your held-out digits, "
+        return _("Last fine-tune ({when}): v{version} went live ({after} in a cross-check on your digits, "
                  "{before} before).", **details)
     kept = (_("your personal model v{version}", version=status.active_version) if status.active_version is not None
             else _("the base model"))
-    return _("Last fine-tune ({when}): v{version} was not better ({after} on your held-out digits, {before} "
+    return _("Last fine-tune ({when}): v{version} was not better ({after} in a cross-check on your digits, {before} "
              "before), so I kept {kept}.", kept=kept, **details)
 
 
@@ -96,10 +96,10 @@ def outcome_text(summary: dict[str, Any], _: Translator) -> str:
                "mnist": _percent(summary.get("mnist_accuracy")), "digits": summary.get("heldout_samples") or "?"}
     if summary.get("promoted", True):
         if details["after"] == details["before"]:  # promoted on a tie: as accurate, and surer where right
-            return _("🎉 Your personal model v{version} is live! On your held-out digits it's as accurate as "
+            return _("🎉 Your personal model v{version} is live! In a cross-check on your digits it's as accurate as "
                      "before ({after}) and surer of its answers, trained on {labels} of your labels, and it "
                      "still reads standard digits ({mnist} on MNIST). /stats shows the details.", **details)
-        return _("🎉 Your personal model v{version} is live! On your held-out digits it's right {after} of the "
+        return _("🎉 Your personal model v{version} is live! In a cross-check on your digits it's right {after} of the "
                  "time (before: {before}), trained on {labels} of your labels, and it still reads standard "
                  "digits ({mnist} on MNIST). /stats shows the details.", **details)
     if not summary.get("trained", True):

@@ -41,17 +41,19 @@ def test_outcome_texts_in_english_and_chinese() -> None:
     en, zh = translator("en"), translator(resolve_language("zh-hans"))
     rejected = _status("succeeded", "rejected", version=3, accuracy_before=0.9, accuracy_after=0.85,
                        active_version=2)
-    assert finetune_outcome_text(rejected, en) == ("Fine-tune finished: the new model was not better (85% on your "
-                                                   "held-out digits, 90% before), so I kept your personal model v2.")
+    assert finetune_outcome_text(rejected, en) == ("Fine-tune finished: the new model was not better (85% in a "
+                                                   "cross-check on your digits, 90% before), so I kept your personal "
+                                                   "model v2.")
     assert finetune_outcome_text(_status("succeeded", "rejected"), en) == (
         "Fine-tune finished: the new model was not better, so I kept the base model.")
     assert finetune_outcome_text(rejected, zh).startswith("训练完成：新模型没有更好")
     assert "你的个人模型 v2" in finetune_outcome_text(rejected, zh)
-    assert last_finetune_text(rejected, en) == ("Last fine-tune (2026-05-04 03:02 UTC): v3 was not better (85% on "
-                                                "your held-out digits, 90% before), so I kept your personal model v2.")
+    assert last_finetune_text(rejected, en) == ("Last fine-tune (2026-05-04 03:02 UTC): v3 was not better (85% in a "
+                                                "cross-check on your digits, 90% before), so I kept your personal "
+                                                "model v2.")
     promoted = _status("succeeded", "promoted+notified", version=3, accuracy_before=0.8, accuracy_after=0.95)
-    assert last_finetune_text(promoted, en) == ("Last fine-tune (2026-05-04 03:02 UTC): v3 went live (95% on your "
-                                                "held-out digits, 80% before).")
+    assert last_finetune_text(promoted, en) == ("Last fine-tune (2026-05-04 03:02 UTC): v3 went live (95% in a "
+                                                "cross-check on your digits, 80% before).")
     assert last_finetune_text(_status("failed", None), en).endswith("failed; your model did not change.")
     assert last_finetune_text(_status("queued", None), en) == (
         "Last fine-tune: asked 2026-05-04 03:02 UTC, waiting to run.")
@@ -75,6 +77,8 @@ def test_every_fine_tune_outcome_has_a_message_in_english_and_chinese() -> None:
     promoted = dict(kept, promoted=True, accuracy_after=0.95, mnist_accuracy=0.991)
     assert outcome_text(promoted, en).startswith("🎉 Your personal model v4 is live!") and "95%" in outcome_text(
         promoted, en)
+    assert outcome_text(promoted, zh).startswith(
+        "🎉 你的个人模型 v4 已启用！在对你的数字的交叉检验中，它的正确率是 95%")
     old = {"version": 2, "labels": 40, "accuracy_before": 0.8, "accuracy_after": 0.95}  # queued before issue 12
     assert outcome_text(old, en).startswith("🎉 Your personal model v2 is live!")
 
