@@ -20,8 +20,8 @@ digit. Each writer's photos after the first max(--label-counts) are read by the 
 alone, the fine-tuned head alone (threshold 0), and as served (head + memory if the gate promoted
 it, else the memory alone; "consolidated": a promoted head with the memory of the labels it did not
 train on, i.e. none, core.memory.PersonalMemory.after); every miss is split into segmentation
-(wrong digit count) and classification (one digit found, wrong class). MNIST test (all 10,000) through Recognizer.classify
-with the memory-only and the served personal model.
+(wrong digit count) and classification (one digit found, wrong class). MNIST test (all 10,000)
+through Recognizer.classify with the memory-only and the served personal model.
 
     .venv/bin/python -m bench.bench_personalisation --photos --split eval --threads 1 --out var/photo_eval.json
     .venv/bin/python -m bench.bench_personalisation --photos --max-users 1 --samples 10 --label-counts 0,5  # smoke
