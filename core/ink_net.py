@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from core.grouping import quantile
-from core.plain_ink import dark_ink, plain_ink_map, row_of_digits, without_long_lines
+from core.plain_ink import dark_ink, pad_margin, plain_ink_map, row_of_digits, without_long_lines
 from core.segment import Segmentation
 
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "ink.pt"
@@ -154,7 +154,7 @@ def learned_segmentation(gray: np.ndarray, finder: InkFinder, *, pad: bool) -> S
     if not pad:  # a scan's or crop's digits may be as tall as the photo
         mask = without_straight_lines(mask)
     mask = without_long_lines(mask)
-    margin = 2 + round(0.03 * max(gray.shape)) if pad else 0
+    margin = pad_margin(gray.shape) if pad else 0
     if margin:
         gray = cv2.copyMakeBorder(gray, margin, margin, margin, margin, cv2.BORDER_REPLICATE)
         ink, mask = (cv2.copyMakeBorder(plane, margin, margin, margin, margin, cv2.BORDER_CONSTANT, value=0)

@@ -126,12 +126,17 @@ def dark_ink(gray: np.ndarray) -> tuple[np.ndarray, bool]:
     return (255 - gray if inverted else gray), inverted
 
 
+def pad_margin(shape: tuple[int, ...]) -> int:
+    """How much paper a look pads around a tight crop, so that a digit cut by the frame is no edge."""
+    return 2 + round(0.03 * max(shape))
+
+
 def plain_segmentation(gray: np.ndarray, *, pad: bool) -> Segmentation:
     """The digits of the main row by one global threshold; `pad` surrounds the photo with paper
     first (for tight crops, whose digits touch the frame)."""
     gray, inverted = dark_ink(gray)
     paper_grain = grain(gray)  # before padding: the flat padding has none
-    margin = 2 + round(0.03 * max(gray.shape)) if pad else 0
+    margin = pad_margin(gray.shape) if pad else 0
     if margin:
         border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
         gray = cv2.copyMakeBorder(gray, margin, margin, margin, margin, cv2.BORDER_CONSTANT,
