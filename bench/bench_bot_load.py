@@ -70,8 +70,8 @@ def percentiles(latencies: list[float]) -> tuple[float, float, float, float]:
 
 
 def make_photos(count: int, digits: tuple[int, int], seed: int) -> list[bytes]:
-    from core.data import load_mnist
-    from core.photo_sim import photo_set
+    from core.model.data import load_mnist
+    from core.sim.photo_sim import photo_set
 
     images, labels = load_mnist(train=False)
     return [photo.data for photo in photo_set(images.numpy(), labels.numpy(), count, digits, seed)]
@@ -84,7 +84,7 @@ def baseline_recognizer(photos: list[bytes], weights: Path) -> tuple[float, floa
     keeps photos)."""
     import torch
 
-    from core.model import load_base
+    from core.model.network import load_base
     from core.recognize import Recognizer
     from emulator.files import FileStore
 

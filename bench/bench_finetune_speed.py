@@ -5,7 +5,7 @@ and MNIST probe already cached (as in a running worker); reports the training ti
 features + head steps) and the whole call (+ calibration, MNIST gate), median of ``--repeats``,
 plus the cold first call (MNIST loading, replay bank and probe features).
 Part 2: ``--users`` users with 100 labels each, same steps: the batched path
-(core.batched_finetune, one trunk pass, stacked heads, vmap) against a sequential loop of
+(core.personal.batched_finetune, one trunk pass, stacked heads, vmap) against a sequential loop of
 ``finetune_user`` in the same run (both include calibration and the MNIST gate); users per
 minute for both. CUDA is used when available.
 
@@ -23,10 +23,10 @@ import time
 
 import torch
 
-from core.batched_finetune import UserSamples, finetune_users
-from core.finetune import FinetuneConfig, finetune_user
-from core.model import load_base, pick_device
-from core.personal_data import simulated_users
+from core.model.network import load_base, pick_device
+from core.personal.batched_finetune import UserSamples, finetune_users
+from core.personal.finetune import FinetuneConfig, finetune_user
+from core.sim.crop_writers import simulated_users
 
 
 def main() -> None:

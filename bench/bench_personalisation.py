@@ -1,10 +1,10 @@
 """Personalisation benchmark: simulated users, 10/20/50/100 labels, base vs memory vs personal vs served.
 
-For each simulated user (core.personal_data; ``--split eval`` users were never used for tuning)
+For each simulated user (core.sim.crop_writers; ``--split eval`` users were never used for tuning)
 the first k samples are the labels, the samples after the first 100 are the user's *new* samples.
 Reports accuracy on the new samples of the base model, the personal model alone, the combined
 answer (personal when its calibrated confidence clears the threshold, else base; via
-core.recognize), the memory of the k labels alone (core.memory), the answer served (as the bot
+core.recognize), the memory of the k labels alone (core.personal.memory), the answer served (as the bot
 does: the promoted head with its fallback plus the memory, else the memory alone; "served without
 the memory" is the gate's choice of combined or base, as this bench reported before the memory),
 and MNIST test accuracy (all 10,000) of the base, the personal model, the combined rule and the
@@ -12,14 +12,14 @@ served answer (memory included, calibrated on the recognizer's 2,000-digit probe
 
     .venv/bin/python bench/bench_personalisation.py --split eval --out docs/bench_personalisation.json
 
-``--photos`` (issue 12): writers the base misreads, as thin-pen photos (core.photo_writers), read
+``--photos`` (issue 12): writers the base misreads, as thin-pen photos (core.sim.photo_writers), read
 through the whole photo pipeline exactly as the bot does (core.recognize.Recognizer.read_many on the
 photo bytes). The user's labels are their first k photos: the crops the pipeline cut from them
 (base reading; a photo where it found no digit or the wrong number gives none), with the true
 digit. Each writer's photos after the first max(--label-counts) are read by the base, the memory
 alone, the fine-tuned head alone (threshold 0), and as served (head + memory if the gate promoted
 it, else the memory alone; "consolidated": a promoted head with the memory of the labels it did not
-train on, i.e. none, core.memory.PersonalMemory.after); every miss is split into segmentation
+train on, i.e. none, core.personal.memory.PersonalMemory.after); every miss is split into segmentation
 (wrong digit count) and classification (one digit found, wrong class). MNIST test (all 10,000)
 through Recognizer.classify with the memory-only and the served personal model.
 
@@ -40,14 +40,14 @@ import cv2
 import numpy as np
 import torch
 
-from core.calibrate import MnistProbe, calibrated_probabilities, combine
-from core.data import load_mnist
-from core.finetune import FinetuneConfig, finetune_user
-from core.memory import PersonalMemory
-from core.model import Checkpoint, head_state, load_base
-from core.personal_data import simulated_users
-from core.photo_writers import CLASSIFICATION, SEGMENTATION, PhotoWriter, labelled_crops, miss_kind, photo_writers
+from core.model.data import load_mnist
+from core.model.network import Checkpoint, head_state, load_base
+from core.personal.calibrate import MnistProbe, calibrated_probabilities, combine
+from core.personal.finetune import FinetuneConfig, finetune_user
+from core.personal.memory import PersonalMemory
 from core.recognize import PersonalModel, PhotoReading, Recognizer
+from core.sim.crop_writers import simulated_users
+from core.sim.photo_writers import CLASSIFICATION, SEGMENTATION, PhotoWriter, labelled_crops, miss_kind, photo_writers
 
 LABEL_COUNTS = (10, 20, 50, 100)
 FIRST_NEW = 100  # new samples start after the largest label count

@@ -1,6 +1,6 @@
-"""Preprocessing benchmark: our core.preprocess against the seed's pipeline, same photos, same run.
+"""Preprocessing benchmark: our core.vision.preprocess against the seed's pipeline, same photos, same run.
 
-Photos are rendered by core.photo_sim from MNIST *test* digits (single digits, and rows of 2-8),
+Photos are rendered by core.sim.photo_sim from MNIST *test* digits (single digits, and rows of 2-8),
 both pipelines feed the same base model, and a photo counts as read only when the whole string
 is right. Latency is per photo (decode + preprocessing + classification) with one thread for
 OpenCV and torch; throughput is digits/s for the whole set with preprocessing spread over two
@@ -8,7 +8,7 @@ worker processes and classification batched on two threads.
 
     python -m bench.bench_preprocess --singles 600 --rows 600 [--failures DIR] [--style thin]
 
-`--style thin` renders the digits with real pen widths (core.pen_sim) instead of upscaled MNIST strokes.
+`--style thin` renders the digits with real pen widths (core.sim.pen_sim) instead of upscaled MNIST strokes.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from bench.seed_pipeline import seed_preprocess
-from core.data import load_mnist
-from core.model import for_inference, load_base, normalize
-from core.photo_sim import STYLES, Photo, photo_set
+from core.model.data import load_mnist
+from core.model.network import for_inference, load_base, normalize
 from core.recognize import Recognizer
+from core.sim.photo_sim import STYLES, Photo, photo_set
 
 _RECOGNIZER: list[Recognizer] = []
 
@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--failures", type=Path, default=None, help="write misread photos (ours) here")
     parser.add_argument("--no-throughput", action="store_true")
-    parser.add_argument("--style", choices=list(STYLES), default="classic", help="photo style (core.photo_sim)")
+    parser.add_argument("--style", choices=list(STYLES), default="classic", help="photo style (core.sim.photo_sim)")
     args = parser.parse_args()
 
     images, labels = load_mnist(train=False)

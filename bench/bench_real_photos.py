@@ -5,7 +5,7 @@ thread (torch, OpenCV, onnxruntime, Tesseract), after one warm-up read. A photo 
 when the digits of the answer equal the label exactly. The table gives accuracy per group, the
 phone and cheque rows together, the share of empty readings and the latency per photo (decode to
 answer, wall clock; reading the file is not timed). Tesseract's page-segmentation mode is chosen on
-simulated photos (core.photo_sim, MNIST test digits), never on real-dev. Engines that are not
+simulated photos (core.sim.photo_sim, MNIST test digits), never on real-dev. Engines that are not
 installed are skipped with the reason; sockets are blocked, so an engine that tries to download a
 model fails loudly instead. Our misses go to a contact sheet (under var/, never committed).
 The "+whole" engines are RapidOCR and PP-OCRv5 with one addition: when their text detector finds
@@ -77,7 +77,7 @@ class Result:
 # --- engines -------------------------------------------------------------------------------------
 
 def make_ours() -> Engine:
-    from core.model import load_base
+    from core.model.network import load_base
     from core.recognize import Recognizer
 
     recognizer = Recognizer(load_base(), torch_threads=1)
@@ -87,7 +87,7 @@ def make_ours() -> Engine:
 def make_seed() -> Engine:
     from bench.bench_preprocess import classify
     from bench.seed_pipeline import seed_preprocess
-    from core.model import for_inference, load_base
+    from core.model.network import for_inference, load_base
 
     model = for_inference(load_base().build())
     return Engine("seed", lambda data: classify(model, seed_preprocess(data)),
@@ -116,8 +116,8 @@ def tesseract_read(binary: str, psm: int, data: bytes) -> str:
 
 def choose_psm(binary: str, count: int, seed: int, mnist: Path | None) -> tuple[int, dict[int, tuple[float, float]]]:
     """The psm with the best mean of single-digit and row accuracy on simulated photos."""
-    from core.data import load_mnist
-    from core.photo_sim import photo_set
+    from core.model.data import load_mnist
+    from core.sim.photo_sim import photo_set
 
     images, labels = load_mnist(train=False, directory=mnist)
     singles = photo_set(images.numpy(), labels.numpy(), count, (1, 1), seed)
@@ -244,7 +244,7 @@ def measure(engine: Engine, photos: Sequence[RealPhoto]) -> Result:
 
 
 def _mnist_dir(data: str | None) -> Path | None:
-    """MNIST beside real-dev when --data names the shared folder; else core.data's default."""
+    """MNIST beside real-dev when --data names the shared folder; else core.model.data's default."""
     return Path(data) / "mnist" if data and (Path(data) / "mnist").exists() else None
 
 

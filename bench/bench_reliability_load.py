@@ -362,8 +362,8 @@ def main() -> None:
                         "scenario's database when a label was lost or duplicated)")
     args = parser.parse_args()
 
-    from core.data import load_mnist
-    from core.photo_sim import photo_set
+    from core.model.data import load_mnist
+    from core.sim.photo_sim import photo_set
 
     images, labels = load_mnist(train=False)
     photos = [_telegram_size(photo, args.max_side) for photo in

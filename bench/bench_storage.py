@@ -195,7 +195,7 @@ def personal_weights() -> bytes:
     """A realistic personal checkpoint: the trainable head of DigitNet, as core saves it."""
     import torch
 
-    from core.model import FROZEN_PREFIXES, DigitNet
+    from core.model.network import FROZEN_PREFIXES, DigitNet
 
     state = {k: v for k, v in DigitNet().state_dict().items() if not k.startswith(FROZEN_PREFIXES)}
     buffer = io.BytesIO()

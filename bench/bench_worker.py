@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy import create_engine, insert, make_url, text
 
-from core.finetune import FinetuneMetrics, FinetuneResult, GateDecision, head_state
-from core.model import Checkpoint, DigitNet
+from core.model.network import Checkpoint, DigitNet
+from core.personal.finetune import FinetuneMetrics, FinetuneResult, GateDecision, head_state
 from digitbot.settings import Settings
 from digitbot.wiring import open_database, worker_config
 from storage import repository as repo

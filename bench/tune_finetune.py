@@ -1,8 +1,8 @@
 """Tune the fine-tune recipe and check the gate on the DEV writers (issue 12): never on "eval".
 
-For each recipe (``--recipes``, names below) every dev writer (core.personal_data, ``--split dev``)
+For each recipe (``--recipes``, names below) every dev writer (core.sim.crop_writers, ``--split dev``)
 is fine-tuned on its first k labels (k in ``--labels``), all users and label counts as one batch
-(core.batched_finetune), and read on its samples after the first 100 (never labelled):
+(core.personal.batched_finetune), and read on its samples after the first 100 (never labelled):
 
 * base / personal / combined error on those new samples (combined = personal with the calibrated
   base fallback, as served), served = combined when the gate promoted it, else the base;
@@ -22,11 +22,11 @@ import time
 import numpy as np
 import torch
 
-from core.batched_finetune import UserSamples, finetune_users
-from core.calibrate import MnistProbe, calibrated_probabilities, combine, head_logits, trunk_features
-from core.finetune import LIGHT_AUGMENT, FinetuneConfig
-from core.model import Checkpoint, load_base
-from core.personal_data import simulated_users
+from core.model.network import Checkpoint, load_base
+from core.personal.batched_finetune import UserSamples, finetune_users
+from core.personal.calibrate import MnistProbe, calibrated_probabilities, combine, head_logits, trunk_features
+from core.personal.finetune import LIGHT_AUGMENT, FinetuneConfig
+from core.sim.crop_writers import simulated_users
 
 FIRST_NEW = 100
 OLD = FinetuneConfig(trainable=("conv3.", "bn3.", "fc1.", "fc2."), lr=1e-3, steps=60, l2_pull=1e-3)

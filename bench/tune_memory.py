@@ -1,9 +1,9 @@
-"""Choose the personal memory's constants (core.memory.MemoryConfig) on simulated writers.
+"""Choose the personal memory's constants (core.personal.memory.MemoryConfig) on simulated writers.
 
-For each writer (core.personal_data; tune with ``--split dev``, report with ``--split eval``) the
+For each writer (core.sim.crop_writers; tune with ``--split dev``, report with ``--split eval``) the
 first k samples are remembered and the samples after the first 100 are read, for every
 (views, width, strength) on the grid, **as served**: each memory is first calibrated exactly as
-core.recognize.Recognizer does (core.memory.PersonalMemory.fit_scale on the same 2,000 MNIST test
+core.recognize.Recognizer does (core.personal.memory.PersonalMemory.fit_scale on the same 2,000 MNIST test
 digits), then it reads the writer's new samples (classification error vs the base's) and the other
 8,000 MNIST test digits (the worst drop over writers and k; the probe's own digits are left out, so
 the MNIST figure is not the one the calibration was fitted on).
@@ -24,12 +24,12 @@ import itertools
 import numpy as np
 import torch
 
-from core.calibrate import mnist_probe_indices
-from core.data import load_mnist
-from core.memory import MemoryConfig, PersonalMemory
-from core.model import load_base
-from core.personal_data import simulated_users
+from core.model.data import load_mnist
+from core.model.network import load_base
+from core.personal.calibrate import mnist_probe_indices
+from core.personal.memory import MemoryConfig, PersonalMemory
 from core.recognize import Recognizer
+from core.sim.crop_writers import simulated_users
 
 LABEL_COUNTS = (1, 5, 10, 20, 50, 100)
 FIRST_NEW = 100

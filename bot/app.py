@@ -111,7 +111,7 @@ async def stop_bot(application: AnyApplication) -> None:
 def build_services(settings: Settings, *, sessions: SessionFactory, notices: Notices,
                    request_finetune: FinetuneRequester | None) -> BotServices:
     """The recognizer and storage behind the handlers (BotServices counting photos read for /metrics)."""
-    from core.model import load_base
+    from core.model.network import load_base
     from core.recognize import Recognizer
 
     return MeteredServices(

@@ -17,21 +17,21 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from core.memory import PersonalMemory
-from core.model import Checkpoint, DigitNet, for_inference, head_state, merge_state, normalize
-from core.row_split import cut, piece_counts
+from core.model.network import Checkpoint, DigitNet, for_inference, head_state, merge_state, normalize
+from core.personal.memory import PersonalMemory
 from core.sources import BASE, PERSONAL
+from core.vision.touching import cut, piece_counts
 
 if TYPE_CHECKING:
-    from core.preprocess import Candidate, DigitCrop, Preprocessed
+    from core.vision.preprocess import Candidate, DigitCrop, Preprocessed
 
 log = logging.getLogger(__name__)
 DEFAULT_PERSONAL_THRESHOLD = 0.9
-# On a photo that is not a tight crop, core.segment's reading (made for phone photos of a page)
+# On a photo that is not a tight crop, core.vision.segment's reading (made for phone photos of a page)
 # is kept unless another look's is surer by more than this (chosen on simulated photos: 0.05 kept
 # their rows at 91% where no bonus dropped them to 86%, and singles at 98%).
 SEGMENT_BONUS = 0.05
-# core.segment's reading is checked against the other looks also when it leaves more than this
+# core.vision.segment's reading is checked against the other looks also when it leaves more than this
 # share of the clear ink unread (a sure "1" out of a whole amount).
 MAX_UNREAD_INK = 0.5
 # What leaving all the ink the other looks read unread costs a reading (see choose_candidate);
@@ -41,14 +41,14 @@ MISSED_INK_COST = 0.5
 # test digits (pairs read: 0 -> 84%, 0.1 -> 81%, no cuts 73%; singles 97% throughout) and simulated
 # rows (no cuts 91.3%, 0.1 -> 90.0%): real cheque amounts touch far more often than simulated rows.
 SPLIT_PENALTY = 0.1
-# The learned look (core.ink_net) reads thin pens the others miss, but on photos they read well it
+# The learned look (core.vision.ink_net) reads thin pens the others miss, but on photos they read well it
 # is less often right than its confidence says; it must be surer than them by this much.
 LEARNED_PENALTY = 0.15
 # It costs more than the other looks (10-20 ms on one core), so it only looks at photos whose best
 # reading so far scores under this. It can only win below 1 - LEARNED_PENALTY, but its ink also
 # shows what the others left unread (ink_shares).
 LEARNED_LOOK_BELOW = 0.95
-# ... or whose core.segment look left more than this share of the clear ink unread: a sure reading of
+# ... or whose core.vision.segment look left more than this share of the clear ink unread: a sure reading of
 # part of a row. Simulated tuning photos (seeds 31/32, of 150): thin-pen rows 79 -> 85, classic singles
 # 144 -> 143; 0.05: 87 rows, 143/134 classic; every photo: 90 rows, 142/134 classic. On real-dev it runs
 # on most photos all the same (cheque patterns): p50 +12 ms on the loaded 2-core VM.
@@ -84,7 +84,7 @@ class PhotoReading:
 
 class PersonalModel:
     """What a user has taught the bot: a fine-tuned head with its calibration (merged with the base
-    weights on first use) and/or the memory of their labelled digits (core.memory). Either may be
+    weights on first use) and/or the memory of their labelled digits (core.personal.memory). Either may be
     absent: before the first fine-tune a user has only the memory."""
 
     def __init__(self, checkpoint: Checkpoint | None, *, version: int | None = None,
@@ -175,7 +175,7 @@ class Recognizer:
         return base.cpu().numpy(), own, votes
 
     def _memory_scale(self, personal: PersonalModel, remembered: torch.Tensor) -> float:
-        """How strongly this user's memory may vote (core.memory.fit_scale on the MNIST probe, with the
+        """How strongly this user's memory may vote (core.personal.memory.fit_scale on the MNIST probe, with the
         user's head answering as served), computed once per personal model."""
         key = id(self.model)
         if key not in personal.memory_scales:
@@ -195,8 +195,8 @@ class Recognizer:
     def _mnist_probe(self) -> _Probe | None:
         with self._probe_lock:
             if self._probe is None and self._probe_samples is None:
-                from core.calibrate import mnist_probe_indices
-                from core.data import load_mnist
+                from core.model.data import load_mnist
+                from core.personal.calibrate import mnist_probe_indices
 
                 try:
                     mnist_images, mnist_labels = load_mnist(train=False)
@@ -244,8 +244,8 @@ class Recognizer:
     def read_many(self, photos: Sequence[bytes], personal: PersonalModel | None = None) -> list[PhotoReading]:
         """Preprocess every photo and classify the digits of its candidate segmentations in one
         batch; each photo's reading is the candidate the classifier is surest of. The plain looks
-        run only where they could win: where core.segment's reading is not sure enough already."""
-        from core.preprocess import look_again, look_learned, preprocess
+        run only where they could win: where core.vision.segment's reading is not sure enough already."""
+        from core.vision.preprocess import look_again, look_learned, preprocess
 
         prepared = [preprocess(data) for data in photos]
         scored = self._classify_candidates(prepared, personal)
@@ -253,7 +253,7 @@ class Recognizer:
                   and (reading_score(scored[i][0]) < 1 - SEGMENT_BONUS or pre.unread_ink > MAX_UNREAD_INK)]
         for i in unsure:
             look_again(prepared[i])
-        # core.segment's candidate (the first) is classified already; only the new ones are left.
+        # core.vision.segment's candidate (the first) is classified already; only the new ones are left.
         again = self._classify_candidates([prepared[i] for i in unsure], personal, first=1)
         for i, predictions in zip(unsure, again, strict=True):
             scored[i] = scored[i][:1] + predictions
@@ -280,7 +280,7 @@ class Recognizer:
     def _split_touching(self, candidate: Candidate, predictions: list[DigitPrediction],
                         personal: PersonalModel | None) -> list[DigitPrediction]:
         """Cut the candidate's wide regions into the number of digits the classifier reads best
-        (core.row_split); the candidate's regions and crops follow. Returns its predictions."""
+        (core.vision.touching); the candidate's regions and crops follow. Returns its predictions."""
         options = [(index, cut(region, pieces)) for index, region in enumerate(candidate.regions)
                    for pieces in piece_counts(region)[1:]]
         options = [(index, pieces) for index, pieces in options if len(pieces) > 1]
@@ -357,7 +357,7 @@ def candidate_scores(candidates: Sequence[Sequence[DigitPrediction]], ink_share:
                      looks: Sequence[str], *, segment_first: bool) -> list[float]:
     """How good each of a photo's candidate readings is: how sure the classifier is of it
     (reading_score), less MISSED_INK_COST for the ink it leaves unread (see SEGMENT_BONUS and
-    LEARNED_PENALTY too; `segment_first`: core.segment's reading is favoured)."""
+    LEARNED_PENALTY too; `segment_first`: core.vision.segment's reading is favoured)."""
     def bonus(look: str) -> float:
         if look == "segment":
             return SEGMENT_BONUS if segment_first else 0.0

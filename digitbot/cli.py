@@ -15,9 +15,9 @@ if TYPE_CHECKING:
 def _cmd_train_base(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from core.model import Checkpoint
-    from core.photo_crops import PhotoCrops
-    from core.train import TrainConfig, plot_curves, train_base
+    from core.model.network import Checkpoint
+    from core.model.train import TrainConfig, plot_curves, train_base
+    from core.sim.photo_crops import PhotoCrops
     from digitbot.wiring import use_data_paths
 
     use_data_paths()
@@ -44,7 +44,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from core.model import load_base
+    from core.model.network import load_base
     from core.recognize import PersonalModel, Recognizer
     from digitbot.wiring import use_data_paths
 
@@ -99,7 +99,7 @@ def _explain(args: argparse.Namespace, index: int, name: str, reading: PhotoRead
         why = "the file could not be read" if reading is None else f"not an image we can decode: {reading.status}"
         print(f"{name}: no explanation figure ({why})", file=stream, flush=True)
         return
-    from core.explain import explain_figure
+    from core.vision.explain import explain_figure
 
     out = explain_figure(pre, [p.probabilities for p in reading.predictions],
                          explain_path(args.explain, index, len(args.images)))
@@ -164,10 +164,10 @@ def _base_weights(args: argparse.Namespace) -> Path:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from core.finetune import FinetuneConfig, finetune_user
-    from core.memory import PersonalMemory
-    from core.model import Checkpoint, load_base
-    from core.personal_data import load_labelled_folder
+    from core.model.network import Checkpoint, load_base
+    from core.personal.finetune import FinetuneConfig, finetune_user
+    from core.personal.memory import PersonalMemory
+    from core.sim.crop_writers import load_labelled_folder
     from digitbot.wiring import use_data_paths
 
     use_data_paths()
@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", default=None,
                        help="a checkpoint of an earlier stage: skip stage 1 and run the later stages asked for")
     train.add_argument("--photo-crops", default=None, nargs="+", metavar="CROPS.pt",
-                       help="crops of synthetic phone photos (python -m core.photo_crops; several files are "
+                       help="crops of synthetic phone photos (python -m core.sim.photo_crops; several files are "
                             "joined): adds the photo stage")
     train.add_argument("--photo-epochs", type=int, default=6, help="epochs of the photo stage (with --photo-crops)")
     train.add_argument("--photo-lr", type=float, default=2e-3, help="peak learning rate of the photo stage")

@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:
-    from core.data import DataPaths
+    from core.model.data import DataPaths
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the checkout (tests, recipes); not used at run time
 # The shipped base model, package data of `core` (importing `core` itself is cheap: no torch).
@@ -93,8 +93,8 @@ def get_settings() -> Settings:
 def data_paths() -> DataPaths:
     """Where training and test data live: ``DIGITS_MNIST_DIR`` and ``DIGITS_SEMEION_PATH``, default
     under ``DIGITS_DATA_DIR`` (default ``../shared/data`` beside the checkout); gzipped MNIST is
-    unpacked under ``$XDG_CACHE_HOME/digitbot``. Give it to ``core.data.use_data_paths``."""
-    from core.data import DEFAULT_DATA_DIR, DataPaths
+    unpacked under ``$XDG_CACHE_HOME/digitbot``. Give it to ``core.model.data.use_data_paths``."""
+    from core.model.data import DEFAULT_DATA_DIR, DataPaths
 
     env = os.environ
     data_dir = Path(env.get("DIGITS_DATA_DIR", DEFAULT_DATA_DIR))

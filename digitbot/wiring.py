@@ -32,7 +32,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
 
 
 def use_data_paths() -> None:
-    """Point core.data at DIGITS_* (for commands that train, fine-tune or read with a memory)."""
-    from core.data import use_data_paths as use
+    """Point core.model.data at DIGITS_* (for commands that train, fine-tune or read with a memory)."""
+    from core.model.data import use_data_paths as use
 
     use(data_paths())

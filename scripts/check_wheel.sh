@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the wheel, install it in a fresh venv outside the checkout, and use it from there: migrate an
 # SQLite database (`digitbot db upgrade`) and read a generated PNG (`digitbot predict`). Catches package
-# data that the wheel lacks (storage/migrations/, core/weights/base.pt) and state written next to the code.
+# data that the wheel lacks (storage/migrations/, core/weights/base.pt, ink.pt) and state written next to the code.
 # The install is scripts/install_app.sh, the same step as the Dockerfile's (TORCH_INDEX_URL: where torch comes from).
 # Usage: bash scripts/check_wheel.sh [PYTHON]   (default python3; about 1-2 min with torch on the local disk)
 set -euo pipefail
@@ -25,7 +25,8 @@ import zipfile
 
 names = set(zipfile.ZipFile(sys.argv[1]).namelist())
 need = {"core/weights/base.pt", "core/weights/ink.pt", "storage/migrations/alembic.ini", "storage/migrations/env.py",
-        "storage/migrations/script.py.mako", "storage/migrations/versions/0001_initial_schema.py"}
+        "storage/migrations/script.py.mako", "storage/migrations/versions/0001_initial_schema.py",
+        *(f"core/{room}/__init__.py" for room in ("vision", "model", "personal", "sim"))}
 missing = sorted(need - names)
 stray = sorted(n for n in names if n.startswith(("var/", "weights/", "migrations/", "tests/")))
 assert not missing and not stray, f"wheel lacks {missing}, has stray {stray}"
@@ -47,12 +48,14 @@ site=$("$bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"
 import sys
 from pathlib import Path
 
-import core.model
+import core.model.network
+import core.vision.ink_net
 import storage.db
 from digitbot.settings import Settings
 
 site = Path(sys.argv[1]).resolve()
-for path in (storage.db.MIGRATIONS_DIR, core.model.DEFAULT_WEIGHTS, Settings().base_weights):
+for path in (storage.db.MIGRATIONS_DIR, core.model.network.DEFAULT_WEIGHTS, core.vision.ink_net.WEIGHTS,
+             Settings().base_weights):
     assert path.resolve().is_relative_to(site) and path.exists(), f"{path} is not installed package data"
 assert Settings().data_dir == Path("var"), Settings().data_dir
 EOF

@@ -12,7 +12,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest
 import torch
 
-from core.data import default_mnist_dir, default_semeion_path, use_data_paths
+from core.model.data import default_mnist_dir, default_semeion_path, use_data_paths
 from digitbot.settings import data_paths
 
 torch.set_num_threads(1)

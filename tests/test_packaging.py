@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from core.model import DEFAULT_WEIGHTS
+from core.model.network import DEFAULT_WEIGHTS
 from digitbot.settings import PROJECT_ROOT, SHIPPED_BASE_WEIGHTS, Settings
 from storage.db import MIGRATIONS_DIR, alembic_config
 

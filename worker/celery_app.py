@@ -114,7 +114,7 @@ def finetune_task(self: Any, job_id: int) -> dict[str, Any]:
 
 @app.task(name=BATCH_TASK_NAME, **TASK_OPTIONS)
 def finetune_batch_task(self: Any, job_ids: list[int]) -> list[dict[str, Any]]:
-    """Run several fine-tune jobs together (core.batched_finetune; the GPU path)."""
+    """Run several fine-tune jobs together (core.personal.batched_finetune; the GPU path)."""
     from worker.jobs import run_jobs
 
     config = _worker_config()

@@ -34,9 +34,9 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from core.batched_finetune import UserSamples
-from core.finetune import FinetuneConfig, FinetuneResult
-from core.model import Checkpoint, load_base
+from core.model.network import Checkpoint, load_base
+from core.personal.batched_finetune import UserSamples
+from core.personal.finetune import FinetuneConfig, FinetuneResult
 from storage import repository as repo
 from storage.db import SessionFactory
 from storage.models import QUEUED
@@ -47,8 +47,8 @@ from worker.lease import Heartbeat, JobAbandoned, Progress
 
 log = logging.getLogger(__name__)
 
-Trainer = Callable[..., FinetuneResult]  # core.finetune.finetune_user's signature
-BatchTrainer = Callable[..., list[FinetuneResult]]  # core.batched_finetune.finetune_users's signature
+Trainer = Callable[..., FinetuneResult]  # core.personal.finetune.finetune_user's signature
+BatchTrainer = Callable[..., list[FinetuneResult]]  # core.personal.batched_finetune.finetune_users's signature
 PROMOTED, REJECTED, SKIPPED, FAILED, RETRY, LOST = (
     "promoted", "rejected", "skipped", "failed", "retry", "lost")
 
@@ -74,8 +74,8 @@ def cached_base(path: str) -> Checkpoint:
 
 
 def pick_device(device: str | None = None) -> str:
-    """core.model.pick_device as the name the worker logs and passes around."""
-    from core.model import pick_device as choose
+    """core.model.network.pick_device as the name the worker logs and passes around."""
+    from core.model.network import pick_device as choose
 
     return str(choose(device or None))
 
@@ -87,9 +87,9 @@ def run_job(job_id: int, *, config: WorkerConfig, worker_id: str, session_factor
     """Claim job `job_id`, fine-tune, gate, store and promote or reject; never raises for a bad job
     (errors are recorded on the job row, which is re-queued while attempts remain).
 
-    `trainer` defaults to core.finetune.finetune_user (same signature)."""
+    `trainer` defaults to core.personal.finetune.finetune_user (same signature)."""
     def train_one(base: Checkpoint, users: Sequence[UserSamples], **kwargs: Any) -> list[FinetuneResult]:
-        from core.finetune import finetune_user
+        from core.personal.finetune import finetune_user
 
         (user,) = users
         return [(trainer or finetune_user)(base, user.images, user.labels, current=user.current, **kwargs)]
@@ -101,7 +101,7 @@ def run_job(job_id: int, *, config: WorkerConfig, worker_id: str, session_factor
 def run_jobs(job_ids: Sequence[int], *, config: WorkerConfig, worker_id: str, session_factory: SessionFactory,
              device: str | None = None, base: Checkpoint | None = None, finetune: FinetuneConfig | None = None,
              batch_trainer: BatchTrainer | None = None, progress: Progress | None = None) -> list[JobOutcome]:
-    """Several jobs trained together (core.batched_finetune: the trunk runs once, the users' heads
+    """Several jobs trained together (core.personal.batched_finetune: the trunk runs once, the users' heads
     train side by side); each job is still claimed, fenced, finished or failed on its own.
     One outcome per job id, in order. `progress`: the watchdog's handle on this run (its claims
     are set once claimed; see `abandon`)."""
@@ -154,7 +154,7 @@ def abandon(session_factory: SessionFactory, progress: Progress, reason: str, *,
 def _batch_trainer(batch_trainer: BatchTrainer | None) -> BatchTrainer:
     if batch_trainer is not None:
         return batch_trainer
-    from core.batched_finetune import finetune_users
+    from core.personal.batched_finetune import finetune_users
 
     return finetune_users
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.gate import FinetuneMetrics
+from core.personal.gate import FinetuneMetrics
 
 
 def summary_of(metrics: dict[str, Any], *, promoted: bool = True) -> dict[str, Any]:

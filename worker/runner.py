@@ -24,7 +24,7 @@ from worker.jobs import pick_device
 from worker.scheduler import FinetuneScheduler, Notify, Sweeper, request_finetune
 
 if TYPE_CHECKING:
-    from core.finetune import FinetuneConfig
+    from core.personal.finetune import FinetuneConfig
     from worker.lease import Progress
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,7 @@ def embedded_worker(config: WorkerConfig, *, session_factory: SessionFactory, no
 
     Jobs go to Celery when `use_celery` (default: when `config.celery_broker_url` is set), else
     they run in a local worker thread (`finetune`: fine-tune settings for those, default
-    core.finetune's). `notify(telegram_id, summary)` is called after promotions."""
+    core.personal.finetune's). `notify(telegram_id, summary)` is called after promotions."""
     factory = session_factory
     scheduler_ref: list[FinetuneScheduler] = []
 

@@ -18,7 +18,7 @@ from bot.i18n import Translator
 from bot.keyboards import reading_keyboard
 from bot.ratelimit import photo_limiter
 from bot.views import reading_text
-from core.preprocess import MAX_PIXELS
+from core.vision.preprocess import MAX_PIXELS
 
 log = logging.getLogger(__name__)
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024  # the Bot API's getFile limit
@@ -61,7 +61,7 @@ def problem_text(status: str, _: Translator, **values: int) -> str:
     texts = {
         "not_an_image": _("That doesn't look like an image I can read. Please send a photo "
                           "(JPEG or PNG) of handwritten digits."),
-        # Too many bytes, or too many pixels (core.preprocess; e.g. a tiny decompression bomb).
+        # Too many bytes, or too many pixels (core.vision.preprocess; e.g. a tiny decompression bomb).
         "too_large": _("That image is too large for me (the limit is 20 MB and {megapixels} megapixels). "
                        "Please send a smaller image.", megapixels=MAX_PIXELS // 1_000_000),
         "no_digit": _("I couldn't find any digits in this photo. Try a close, well-lit photo of dark "

@@ -29,7 +29,7 @@ class BadLabel(ValueError):
 
 @dataclass(frozen=True)
 class PhotoOutcome:
-    # "ok" | "duplicate" | "quota" | any core.preprocess status ("no_digit", "not_an_image", ...)
+    # "ok" | "duplicate" | "quota" | any core.vision.preprocess status ("no_digit", "not_an_image", ...)
     status: str
     card: ReadingCard | None = None
     quota: int | None = None

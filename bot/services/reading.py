@@ -12,7 +12,7 @@ from bot.services.base import ServicesBase, stale_before
 from bot.services.labelling import reading_card
 from bot.services.outcomes import PhotoOutcome
 from bot.views import DigitCard, ReadingCard
-from core.memory import PersonalMemory
+from core.personal.memory import PersonalMemory
 from core.recognize import PersonalModel, PhotoReading, Recognizer
 from core.sources import PERSONAL
 from storage import repository as repo

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.model import DEFAULT_WEIGHTS, Checkpoint, DigitNet, load_base
+from core.model.network import DEFAULT_WEIGHTS, Checkpoint, DigitNet, load_base
 from core.recognize import Recognizer
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from core.recognize import Recognizer
 from storage import repository as repo
 from tests.bot.support import running_bot
-from tests.core.test_plain_ink import CASES, _photo
+from tests.core.vision.test_plain_ink import CASES, _photo
 
 ANN = 42
 

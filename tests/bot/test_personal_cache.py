@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from bot.personal_cache import PersonalModelCache
-from core.model import FROZEN_PREFIXES, Checkpoint
+from core.model.network import FROZEN_PREFIXES, Checkpoint
 from core.recognize import Recognizer
 from storage import repository as repo
 from tests.bot.support import BotHarness, digits_photo, running_bot

@@ -1,5 +1,5 @@
 """Learning from the first correction: the user's memory changes their very next reading of a
-look-alike, no one else's, and /forget takes it away (core/memory.py through bot/services/reading.py)."""
+look-alike, no one else's, and /forget takes it away (core/personal/memory.py through bot/services/reading.py)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from telegram.ext import AIORateLimiter
 from bot.app import build_application, webhook_secret
 from bot.handlers.errors import REDACTED, RedactTokenFilter, install_redaction
 from bot.services import BotServices, NotOwner
-from core.model import FROZEN_PREFIXES, Checkpoint
+from core.model.network import FROZEN_PREFIXES, Checkpoint
 from core.recognize import Recognizer
 from digitbot.settings import Settings
 from storage import repository as repo

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.data import load_mnist
-from core.model import Checkpoint, load_base
+from core.model.data import load_mnist
+from core.model.network import Checkpoint, load_base
 
 HEAD_PREFIXES = ("conv3.", "bn3.", "fc1.", "fc2.")
 

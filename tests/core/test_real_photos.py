@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.real_photos import CHEQUE_DIGITS, CHEQUE_ROWS, PHONE_ROWS, PHONE_SINGLE, load_photos, score
-from core.model import load_base
+from core.model.network import load_base
 from core.recognize import Recognizer
 
 # What commit 7fa31da reads (100% / 8 of 9 / 94.7% / 41.8%), less a margin of one to three photos.

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.data import load_mnist
-from core.model import Checkpoint, DigitNet
+from core.model.data import load_mnist
+from core.model.network import Checkpoint, DigitNet
 from core.recognize import BASE, PERSONAL, PersonalModel, Recognizer
 
 HEAD_PREFIXES = ("conv3.", "bn3.", "fc1.", "fc2.")
@@ -65,7 +65,7 @@ def test_empty_batch(base: Checkpoint) -> None:
 
 def test_shipped_weights_score_on_mnist_test(mnist_dir) -> None:
     """The shipped base model meets the issue's bar: >= 99.6% on the 10,000 MNIST test digits."""
-    from core.model import load_base
+    from core.model.network import load_base
 
     images, labels = load_mnist(train=False, directory=mnist_dir)
     recognizer = Recognizer(load_base())

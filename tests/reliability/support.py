@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from bot.i18n import resolve_language, translator
-from core.model import DEFAULT_WEIGHTS, Checkpoint, DigitNet, load_base
+from core.model.network import DEFAULT_WEIGHTS, Checkpoint, DigitNet, load_base
 from core.recognize import Recognizer
 from emulator.state import CallbackQueryRecord
 from storage import repository as repo

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import select
 
-from core.model import DEFAULT_WEIGHTS, Checkpoint, DigitNet
+from core.model.network import DEFAULT_WEIGHTS, Checkpoint, DigitNet
 from digitbot.settings import PROJECT_ROOT
 from emulator import EmulatorClient, EmulatorServer
 from storage.db import session_factory, upgrade_to_head

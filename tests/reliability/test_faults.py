@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 import storage.repository as repository_module
-from core.model import Checkpoint, DigitNet
+from core.model.network import Checkpoint, DigitNet
 from core.recognize import Recognizer
 from digitbot.settings import Settings
 from digitbot.wiring import open_database, worker_config

@@ -18,8 +18,8 @@ from telegram import Update
 from telegram.ext import ContextTypes
 
 from bot.keyboards import parse_forget_action, parse_reading_action
-from core.preprocess import STATUSES, preprocess
 from core.recognize import Recognizer
+from core.vision.preprocess import STATUSES, preprocess
 from tests.bot.support import digits_photo
 from tests.reliability.support import LiveBot, digit_png, new_user_id, reading_id_of
 

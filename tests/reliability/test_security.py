@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from bot.handlers.admin import ADMIN_IDS_KEY
 from bot.handlers.errors import REDACTED, RedactTokenFilter, install_redaction
-from core.model import Checkpoint, DigitNet
+from core.model.network import Checkpoint, DigitNet
 from core.recognize import PersonalModel, Recognizer
 from digitbot.settings import PROJECT_ROOT, Settings
 from emulator import DEFAULT_TOKEN

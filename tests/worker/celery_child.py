@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-import core.finetune
-from core.model import DigitNet
+import core.personal.finetune
+from core.model.network import DigitNet
 from digitbot.cli import main as digitbot_main
 from tests.worker.conftest import fake_trainer
 
@@ -45,7 +45,7 @@ def held_trainer(control: Path) -> Any:
 
 def main() -> int:
     control = Path(sys.argv[1])
-    core.finetune.finetune_user = held_trainer(control)  # worker.jobs imports it at call time
+    core.personal.finetune.finetune_user = held_trainer(control)  # worker.jobs imports it at call time
     torch.set_num_threads(1)
     return digitbot_main(["worker", "--celery", *sys.argv[2:]])
 

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.finetune import FinetuneMetrics, FinetuneResult, GateDecision, head_state
-from core.model import Checkpoint, DigitNet
+from core.model.network import Checkpoint, DigitNet
+from core.personal.finetune import FinetuneMetrics, FinetuneResult, GateDecision, head_state
 from digitbot.settings import Settings
 from digitbot.wiring import worker_config
 from storage import repository as repo
@@ -71,8 +71,8 @@ def add_labelled(factory: sessionmaker[Session], telegram_id: int, images: np.nd
 
 def styled_writer(seed: int = 0, n: int = 200) -> Any:
     """A simulated user whose handwriting the base model reads badly (about half right): back-slanted,
-    wide, flagged 1s, photographed. core.personal_data.SimUser with .images and .labels."""
-    from core.personal_data import DEV_STYLES, styled_user
+    wide, flagged 1s, photographed. core.sim.crop_writers.SimUser with .images and .labels."""
+    from core.sim.crop_writers import DEV_STYLES, styled_user
 
     return styled_user("dev-back-flag1", DEV_STYLES["dev-back-flag1"], n=n, seed=seed)
 
@@ -85,7 +85,7 @@ def random_digits(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def fake_trainer(*, promote: bool = True, reason: str = "held-out accuracy 0.50 -> 0.90",
                  calls: list[int] | None = None, before: Callable[[], None] | None = None
                  ) -> Callable[..., FinetuneResult]:
-    """A stand-in for core.finetune.finetune_user: a real (random) head checkpoint, a fixed gate."""
+    """A stand-in for core.personal.finetune.finetune_user: a real (random) head checkpoint, a fixed gate."""
     def train(base: Any, images: np.ndarray, labels: np.ndarray, **_: Any) -> FinetuneResult:
         if before is not None:
             before()

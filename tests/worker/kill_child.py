@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from core.model import Checkpoint, DigitNet
+from core.model.network import Checkpoint, DigitNet
 from digitbot.settings import Settings
 from digitbot.wiring import worker_config
 from storage.db import init_db

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.batched_finetune import UserSamples
-from core.finetune import FinetuneResult
-from core.model import Checkpoint, DigitNet
+from core.model.network import Checkpoint, DigitNet
+from core.personal.batched_finetune import UserSamples
+from core.personal.finetune import FinetuneResult
 from storage import repository as repo
 from tests.worker.conftest import active_version, add_labelled, fake_trainer, job_rows, random_digits, styled_writer
 from worker import celery_app, jobs
@@ -30,7 +30,7 @@ def queue_jobs(config: WorkerConfig, factory: sessionmaker[Session], telegram_id
 
 
 def batch_of(verdicts: dict[int, bool], seen: list[int]) -> Any:
-    """A stand-in for core.batched_finetune.finetune_users: promote or reject by label count."""
+    """A stand-in for core.personal.batched_finetune.finetune_users: promote or reject by label count."""
     def train(base: Checkpoint, users: Sequence[UserSamples], **_: Any) -> list[FinetuneResult]:
         seen.append(len(users))
         return [fake_trainer(promote=verdicts[len(u.labels)])(base, u.images, u.labels) for u in users]

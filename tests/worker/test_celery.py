@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.model import Checkpoint
+from core.model.network import Checkpoint
 from core.recognize import Recognizer
 from digitbot.settings import PROJECT_ROOT
 from storage.models import SUCCEEDED

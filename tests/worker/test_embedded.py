@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.finetune import FinetuneConfig
-from core.model import Checkpoint
+from core.model.network import Checkpoint
+from core.personal.finetune import FinetuneConfig
 from core.recognize import PersonalModel, Recognizer
 from storage import repository as repo
 from tests.worker.conftest import active_version, add_labelled, styled_writer
@@ -55,7 +55,7 @@ def test_labels_in_better_answers_out(config: WorkerConfig, factory: sessionmake
     assert active_version(factory, 42) == 1
     ((telegram_id, summary),) = told
     assert telegram_id == 42 and summary["version"] == 1 and summary["labels"] == LABELLED
-    # (a tie in the out-of-fold count is promoted when the model got surer: core.gate)
+    # (a tie in the out-of-fold count is promoted when the model got surer: core.personal.gate)
     assert summary["accuracy_after"] >= summary["accuracy_before"]
 
     with factory() as session:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.model import Checkpoint, DigitNet
+from core.model.network import Checkpoint, DigitNet
 from digitbot.settings import PROJECT_ROOT
 from storage.models import QUEUED, RUNNING, SUCCEEDED
 from tests.worker.conftest import active_version, add_labelled, fake_trainer, job_rows, random_digits

@@ -13,7 +13,7 @@ import pytest
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.model import Checkpoint, DigitNet
+from core.model.network import Checkpoint, DigitNet
 from storage import repository as repo
 from storage.models import QUEUED, SUCCEEDED, FinetuneJob
 from storage.records import Claim
@@ -39,7 +39,7 @@ def create_jobs(config: WorkerConfig, factory: sessionmaker[Session], *telegram_
 
 def test_hung_job_is_failed_and_retried_and_the_next_users_job_runs(
         config: WorkerConfig, factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
-    import core.finetune
+    import core.personal.finetune
 
     fast = replace(config, finetune_time_limit_s=0.5, finetune_stall_s=60.0)
     hung_id, next_id = create_jobs(fast, factory, 501, 502)
@@ -52,7 +52,7 @@ def test_hung_job_is_failed_and_retried_and_the_next_users_job_runs(
             release.wait(30)  # blocked: no training step, no return
 
     monkeypatch.setattr(jobs, "cached_base", lambda _path: Checkpoint(state_dict=DigitNet().state_dict()))
-    monkeypatch.setattr(core.finetune, "finetune_user", fake_trainer(before=hang_first_call))
+    monkeypatch.setattr(core.personal.finetune, "finetune_user", fake_trainer(before=hang_first_call))
     local = LocalDispatcher(fast, factory)
     try:
         assert local([hung_id, next_id]) == [hung_id, next_id]
@@ -77,7 +77,7 @@ def test_hung_job_is_failed_and_retried_and_the_next_users_job_runs(
 
 def test_job_past_its_last_attempt_is_failed(
         config: WorkerConfig, factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
-    import core.finetune
+    import core.personal.finetune
 
     fast = replace(config, finetune_time_limit_s=0.3, finetune_max_attempts=1)
     (job_id,) = create_jobs(fast, factory, 503)
@@ -87,7 +87,7 @@ def test_job_past_its_last_attempt_is_failed(
         release.wait(30)
 
     monkeypatch.setattr(jobs, "cached_base", lambda _path: Checkpoint(state_dict=DigitNet().state_dict()))
-    monkeypatch.setattr(core.finetune, "finetune_user", fake_trainer(before=hang))
+    monkeypatch.setattr(core.personal.finetune, "finetune_user", fake_trainer(before=hang))
     local = LocalDispatcher(fast, factory)
     try:
         local([job_id])

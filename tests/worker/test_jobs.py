@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.model import Checkpoint, DigitNet
+from core.model.network import Checkpoint, DigitNet
 from storage import repository as repo
 from storage.models import FAILED, QUEUED, REJECTED, RETIRED, SUCCEEDED
 from tests.worker.conftest import active_version, add_labelled, fake_trainer, job_rows, random_digits

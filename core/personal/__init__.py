@@ -1,0 +1,1 @@
+"""Per-user models: fine-tuning (one user or many batched), calibration, the promotion gate, memory."""

@@ -1,0 +1,1 @@
+"""Photo to digit crops: decoding, ink (plain and learned), segmentation, paper lines, rows, explanations."""
